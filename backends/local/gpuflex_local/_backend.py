@@ -1,0 +1,394 @@
+"""``LocalBackend``: endpoints run in worker processes on this machine, scaled by the core autoscaler."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from gpuflex import Bundle, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
+from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
+from gpuflex._envelope import PYTHON_VERSION
+from gpuflex._version import __version__ as gpuflex_version
+from gpuflex.backend import Backend, Call, JobUpdate, Payload
+from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
+
+from ._config import LocalConfig
+from ._deps import worker_python
+from ._gpus import GpuAllocator, detect_gpus
+from ._process import StartFailed, WorkerProcess
+
+__all__ = ["LocalBackend"]
+
+
+@attrs.define(eq=False)
+class LocalJob:
+    handle: str
+    call: Call
+    status: JobStatus = JobStatus.QUEUED
+    worker: WorkerProcess | None = None
+    started_at: float | None = None
+    update: JobUpdate | None = None
+    cancel_status: JobStatus | None = None
+    updates_tx: MemoryObjectSendStream[JobUpdate] | None = None
+    updates_rx: MemoryObjectReceiveStream[JobUpdate] | None = None
+    chunks_tx: MemoryObjectSendStream[Payload] | None = None
+    chunks_rx: MemoryObjectReceiveStream[Payload] | None = None
+
+    def push(self, update: JobUpdate) -> None:
+        self.status, self.update = update.status, update
+        if self.updates_tx is not None:
+            self.updates_tx.send_nowait(update)
+            if update.status.is_terminal:
+                self.updates_tx.close()
+        if update.status.is_terminal and self.chunks_tx is not None:
+            self.chunks_tx.close()
+
+
+class EndpointPool:
+    """The queue and the workers of one endpoint (for its current bundle, plus draining ones from before)."""
+
+    def __init__(self, backend: LocalBackend, spec: EndpointSpec, bundle: Bundle) -> None:
+        self.backend, self.spec, self.bundle = backend, spec, bundle
+        self.queue: list[LocalJob] = []
+        self.workers: dict[str, WorkerProcess] = {}
+        self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
+                                  concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
+        self._timer_armed_for: float | None = None
+
+    # -- scaling -------------------------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Dispatch queued jobs to free workers, then start or stop workers as the autoscaler decides."""
+        self._dispatch()
+        current = [w for w in self.workers.values() if not w.draining]
+        views = [WorkerView(id=w.id, state=w.info.state, active=len(w.active),
+                            idle_since=w.idle_since if not w.active else None) for w in current]
+        now = time.monotonic()
+        decision = decide(self.policy, queued=len(self.queue), workers=views, now=now)
+        gpus_each = self.spec.gpu.count if self.spec.gpu and self.backend.gpus.gpus else 0
+        tg = self.backend.task_group
+        assert tg is not None, "the core attaches a task group before deploy"
+        for _ in range(decision.start):
+            worker_gpus: tuple[str, ...] = ()
+            worker_id = f"{self.spec.name}-{uuid.uuid4().hex[:8]}"
+            if gpus_each:
+                taken = self.backend.gpus.take(worker_id, gpus_each)
+                if taken is None:
+                    break  # every device is held: the queue waits for one to free up
+                worker_gpus = taken
+            worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, worker_gpus,
+                                   concurrency=self.spec.concurrency, use_shm=self.backend.config.shared_memory)
+            self.workers[worker_id] = worker
+            tg.start_soon(self._run_worker, worker)
+        for worker_id in decision.stop:
+            tg.start_soon(self.workers[worker_id].stop)
+        wake = next_check(self.policy, views, now)
+        if wake is not None and wake != self._timer_armed_for:
+            self._timer_armed_for = wake
+            tg.start_soon(self._wake_at, wake)
+
+    async def _wake_at(self, when: float) -> None:
+        await anyio.sleep(max(0.0, when - time.monotonic()) + 0.01)
+        if self._timer_armed_for == when:
+            self._timer_armed_for = None
+        self.kick()
+
+    def _dispatch(self) -> None:
+        while self.queue:
+            worker = max(self.workers.values(), key=lambda w: w.free_slots, default=None)
+            if worker is None or worker.free_slots <= 0:
+                return
+            job = self.queue.pop(0)
+            job.worker = worker
+            worker.active[job.handle] = job
+            worker.info.state, worker.idle_since = WorkerState.BUSY, None
+            tg = self.backend.task_group
+            assert tg is not None
+            tg.start_soon(self._send_call, worker, job)
+
+    async def _send_call(self, worker: WorkerProcess, job: LocalJob) -> None:
+        try:
+            await worker.send(("call", job.handle, job.call.method, job.call.payload))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the read loop sees the process go and fails or requeues the job
+
+    # -- a worker's life ---------------------------------------------------------------------------------
+
+    async def _run_worker(self, worker: WorkerProcess) -> None:
+        command, env = self.backend.worker_command(self.spec, worker.info.gpus)
+        init = {
+            "target": attrs.asdict(self.spec.target),
+            "bundle_root": str(self.bundle.root),
+            "import_paths": [self.spec.target.import_path],
+            "concurrency": self.spec.concurrency,
+            "python": PYTHON_VERSION,
+            "gpuflex": gpuflex_version,
+        }
+        try:
+            await worker.start(command, env, str(self.bundle.root), init)
+        except StartFailed as exc:
+            await self._worker_gone(worker, exc.reason, start_failure=exc)
+            return
+        except OSError as exc:
+            await self._worker_gone(worker, f"could not start {command[0]}: {exc}", start_failure=StartFailed(str(exc)))
+            return
+        self.backend.events.worker_started(worker.info)
+        self.kick()
+        await worker.read_loop(self._on_frame, self._worker_gone)
+
+    def _on_frame(self, worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
+        kind, handle = frame[0], frame[1]
+        job = worker.active.get(handle)
+        if job is None:
+            return
+        if kind == "started":
+            job.started_at = time.time()
+            if job.cancel_status is None:
+                job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
+        elif kind == "chunk":
+            if job.chunks_tx is not None and job.cancel_status is None:
+                job.chunks_tx.send_nowait(frame[2])
+        elif kind == "done":
+            _, _, status, outcome = frame
+            del worker.active[handle]
+            worker.release_exported()
+            worker.info.jobs_done += 1
+            if not worker.active:
+                worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
+            if not job.status.is_terminal:
+                self._finish(job, worker, status, outcome)
+            if worker.draining and not worker.active:
+                tg = self.backend.task_group
+                assert tg is not None
+                tg.start_soon(worker.stop)
+            self.kick()
+
+    def _finish(self, job: LocalJob, worker: WorkerProcess, status: str, outcome: Payload | None) -> None:
+        now = time.time()
+        common: dict[str, Any] = {"worker": worker.id, "started_at": job.started_at, "finished_at": now}
+        if job.cancel_status is not None or status == "cancelled":
+            job.push(JobUpdate(status=job.cancel_status or JobStatus.CANCELLED, reason="cancelled while running",
+                               **common))
+        elif status == "ok":
+            job.push(JobUpdate(status=JobStatus.COMPLETED, outcome=outcome, **common))
+        else:
+            job.push(JobUpdate(status=JobStatus.FAILED, outcome=outcome, reason="the function raised", **common))
+
+    async def _worker_gone(self, worker: WorkerProcess, how: str, start_failure: StartFailed | None = None) -> None:
+        self.workers.pop(worker.id, None)
+        self.backend.gpus.release(worker.id)
+        was_running = worker.info.state not in (WorkerState.STOPPING, WorkerState.STARTING)
+        worker.info.state = WorkerState.DEAD
+        now = time.time()
+        for job in list(worker.active.values()):
+            if job.status.is_terminal:
+                continue
+            if job.started_at is None:
+                job.worker = None
+                self.queue.insert(0, job)  # it never ran: give it to another worker
+                continue
+            reason = f"worker {worker.id} (pid {worker.info.pid}) died while running the job: {how}"
+            job.push(JobUpdate(status=JobStatus.FAILED, worker=worker.id, started_at=job.started_at,
+                               finished_at=now, reason=reason, retryable=True))
+        worker.active.clear()
+        if start_failure is not None:
+            for job in self.queue:  # fail what is waiting, or the autoscaler would start workers forever
+                job.push(JobUpdate(status=JobStatus.FAILED, outcome=start_failure.outcome, finished_at=now,
+                                   reason=f"worker {worker.id} could not start: {start_failure.reason}"))
+            self.queue.clear()
+        if was_running or start_failure is None:
+            self.backend.events.worker_stopped(worker.info, how)
+        self.kick()
+
+    def cancel(self, job: LocalJob, status: JobStatus) -> None:
+        if job.status.is_terminal:
+            return
+        if job in self.queue:
+            self.queue.remove(job)
+            job.push(JobUpdate(status=status, finished_at=time.time(), reason="cancelled while queued"))
+            return
+        job.cancel_status = status
+        worker = job.worker
+        if worker is None:
+            return
+        kind = self.spec.kind_of(job.call.method)
+        inline_sync = self.spec.concurrency == 1 and kind.value in ("function", "generator")
+        tg = self.backend.task_group
+        assert tg is not None
+        if inline_sync and job.started_at is not None:
+            worker.kill()  # a running sync call cannot be interrupted; its worker is replaced
+            job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at, finished_at=time.time(),
+                               reason="cancelled while running; its worker process was stopped"))
+        else:
+            tg.start_soon(worker.send, ("cancel", job.handle))
+            if kind.value in ("function", "generator"):  # runs on in a thread; its result will be dropped
+                job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at,
+                                   finished_at=time.time(), reason="cancelled while running"))
+
+
+class LocalBackend(Backend):
+    """Worker processes on this machine. Each is pinned to its GPUs with CUDA_VISIBLE_DEVICES when CUDA exists;
+    without CUDA, GPU endpoints run on CPU with one warning (or fail, with ``strict_gpu=True``)."""
+
+    name: ClassVar[str] = "local"
+    aliases: ClassVar[tuple[str, ...]] = ("local-cuda",)
+    config_cls: ClassVar[type[Any]] = LocalConfig
+    capabilities: ClassVar[Mapping[str, str | None]] = {
+        "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
+    }
+    config: LocalConfig
+
+    def __init__(self, config: LocalConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.gpus = GpuAllocator(detect_gpus())
+        self.pools: dict[str, EndpointPool] = {}
+        self.jobs: dict[str, LocalJob] = {}
+        self._warned_cpu: set[str] = set()
+        self._closed = False
+
+    def live_capabilities(self) -> Mapping[str, str | None]:
+        caps = dict(self.capabilities)
+        if not self.gpus.gpus:
+            caps["gpu"] = "no CUDA device on this machine (nvidia-smi found none); GPU endpoints run on CPU"
+        return caps
+
+    def worker_command(self, spec: EndpointSpec, gpus: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        env.update(spec.env)
+        for secret in spec.secrets:
+            if secret not in os.environ:
+                raise ConfigError(f"endpoint {spec.name!r} needs the secret {secret}, which is not set here")
+            env[secret] = os.environ[secret]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus) if gpus else ""
+        if not self.gpus.gpus:
+            env.pop("CUDA_VISIBLE_DEVICES")
+        if self.config.shared_memory:
+            env["GPUFLEX_WORKER_SHM"] = "1"
+        python = worker_python(spec, self.config)
+        return [python, "-m", "gpuflex._worker_entry"], env
+
+    async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        if self._closed:
+            raise BackendUnavailable("the local backend is closed")
+        if endpoint.gpu is not None and not self.gpus.gpus:
+            if self.config.strict_gpu:
+                raise BackendUnavailable(
+                    f"endpoint {endpoint.name!r} asks for GPU {endpoint.gpu} but this machine has no CUDA device "
+                    "(strict_gpu=True); run it on another backend or drop strict_gpu to use the CPU"
+                )
+            if endpoint.name not in self._warned_cpu:
+                self._warned_cpu.add(endpoint.name)
+                warnings.warn(f"no CUDA device here: endpoint {endpoint.name!r} (gpu={endpoint.gpu}) runs on CPU",
+                              GpuflexWarning, stacklevel=2)
+        if endpoint.gpu is not None and self.gpus.gpus and endpoint.gpu.count > len(self.gpus.gpus):
+            raise BackendUnavailable(f"endpoint {endpoint.name!r} needs {endpoint.gpu.count} GPUs per worker; "
+                                     f"this machine has {len(self.gpus.gpus)}")
+        await anyio.to_thread.run_sync(worker_python, endpoint, self.config)  # build an isolated env up front
+        old = self.pools.get(endpoint.name)
+        pool = EndpointPool(self, endpoint, bundle)
+        if old is not None:  # hot reload: running calls finish on the old code, queued ones move over
+            pool.queue, old.queue = old.queue, []
+            for worker in old.workers.values():
+                worker.draining = True
+                pool.workers[worker.id] = worker
+                if not worker.active:
+                    assert self.task_group is not None
+                    self.task_group.start_soon(worker.stop)
+        self.pools[endpoint.name] = pool
+        pool.kick()
+
+    async def submit(self, call: Call) -> str:
+        pool = self.pools.get(call.endpoint.name)
+        if pool is None:
+            raise BackendUnavailable(f"endpoint {call.endpoint.name!r} is not deployed on the local backend")
+        handle = f"{call.job_id}-{call.attempt}"
+        job = LocalJob(handle, call)
+        job.updates_tx, job.updates_rx = anyio.create_memory_object_stream[JobUpdate](8)
+        if call.endpoint.kind_of(call.method).streams:
+            job.chunks_tx, job.chunks_rx = anyio.create_memory_object_stream[Payload](float("inf"))
+        self.jobs[handle] = job
+        pool.queue.append(job)
+        pool.kick()
+        return handle
+
+    def _job(self, handle: str) -> LocalJob:
+        try:
+            return self.jobs[handle]
+        except KeyError:
+            raise BackendUnavailable(f"no job {handle!r} on the local backend") from None
+
+    async def status(self, handle: str) -> JobUpdate:
+        job = self._job(handle)
+        return job.update or JobUpdate(status=job.status)
+
+    async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:  # type: ignore[override]
+        job = self._job(handle)
+        assert job.updates_rx is not None
+        try:
+            async for update in job.updates_rx:
+                yield update
+        finally:
+            if job.status.is_terminal:
+                self.jobs.pop(handle, None)
+
+    async def stream(self, handle: str) -> AsyncIterator[Payload]:  # type: ignore[override]
+        job = self._job(handle)
+        if job.chunks_rx is None:
+            return
+        async for chunk in job.chunks_rx:
+            yield chunk
+
+    async def cancel(self, handle: str) -> None:
+        job = self.jobs.get(handle)
+        if job is None or job.status.is_terminal:
+            return
+        self.pools[job.call.endpoint.name].cancel(job, JobStatus.CANCELLED)
+
+    def price(self, endpoint: EndpointSpec) -> Price:
+        if not self.config.hourly_rate:
+            return Price(source="local machine (no hourly_rate set)")
+        return Price(usd_per_hour=self.config.hourly_rate, billing="uptime", source="local hourly_rate")
+
+    async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:
+        pool = self.pools[endpoint]
+        pool.spec = attrs.evolve(pool.spec, min_workers=min_workers, max_workers=max_workers)
+        pool.policy = attrs.evolve(pool.policy, min_workers=min_workers, max_workers=max_workers)
+        pool.kick()
+
+    async def workers(self) -> list[WorkerInfo]:
+        return [attrs.evolve(w.info, active_jobs=len(w.active)) for p in self.pools.values()
+                for w in p.workers.values()]
+
+    async def teardown(self, endpoint: str | None = None) -> None:
+        names = [endpoint] if endpoint else list(self.pools)
+        for name in names:
+            pool = self.pools.pop(name, None)
+            if pool is None:
+                continue
+            for job in pool.queue:
+                job.push(JobUpdate(status=JobStatus.CANCELLED, reason="the endpoint was torn down"))
+            pool.queue.clear()
+            async with anyio.create_task_group() as tg:
+                for worker in list(pool.workers.values()):
+                    tg.start_soon(worker.stop)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.teardown()
+
+    def kill_worker_of(self, handle: str) -> int | None:
+        """Kill the process running a job (tests and fault drills): returns its pid."""
+        job = self.jobs.get(handle)
+        if job is None or job.worker is None:
+            return None
+        job.worker.kill()
+        return job.worker.info.pid
+

@@ -1,0 +1,31 @@
+"""Options of the local backend (``gpuflex.use("local", **options)`` or ``[tool.gpuflex.backends.local]``)."""
+
+from __future__ import annotations
+
+import attrs
+
+
+def _non_negative(inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{attr.name} must be a non-negative number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class LocalConfig:
+    """
+    :param hourly_rate: what one worker costs you per hour, in USD (your electricity, your amortised card);
+        jobs are billed for their running time at this rate. 0 means free.
+    :param strict_gpu: fail instead of falling back to CPU when an endpoint asks for a GPU and there is none.
+    :param isolate: give each set of ``dependencies`` its own virtual environment (built with uv, cached by
+        the hash of the set) instead of checking them against the current environment.
+    :param shared_memory: move large buffers (numpy arrays, tensors) through /dev/shm instead of the pipe.
+    :param python: the interpreter for workers (default: the caller's).
+    :param cache_dir: where isolated environments live (default: ``$GPUFLEX_CACHE_DIR`` or ~/.cache/gpuflex).
+    """
+
+    hourly_rate: float = attrs.field(default=0.0, validator=_non_negative)
+    strict_gpu: bool = False
+    isolate: bool = False
+    shared_memory: bool = True
+    python: str | None = None
+    cache_dir: str | None = None

@@ -1,0 +1,80 @@
+"""gpuflex: one decorated Python function, any GPU target.
+
+>>> import gpuflex
+>>> @gpuflex.endpoint(gpu="H100", max_workers=4)
+... def embed(text: str) -> list[float]: ...
+"""
+
+from __future__ import annotations
+
+from . import errors as errors
+from ._client import get_session as _get_session
+from ._client import shutdown as shutdown
+from ._config import use as use
+from ._costs import EndpointCosts as EndpointCosts
+from ._endpoint import Endpoint as Endpoint
+from ._endpoint import RemoteInstance as RemoteInstance
+from ._endpoint import endpoint as endpoint
+from ._gpus import GPU as GPU
+from ._job import Job as Job
+from ._models import Bundle as Bundle
+from ._models import Cost as Cost
+from ._models import EndpointKind as EndpointKind
+from ._models import EndpointSpec as EndpointSpec
+from ._models import JobStatus as JobStatus
+from ._models import Price as Price
+from ._models import Resources as Resources
+from ._models import WorkerInfo as WorkerInfo
+from ._models import WorkerState as WorkerState
+from ._plugins import hookimpl as hookimpl
+from ._registry import list_backends as list_backends
+from ._version import __version__ as __version__
+from .errors import GpuflexError as GpuflexError
+from .errors import RemoteError as RemoteError
+
+
+def costs() -> dict[str, EndpointCosts]:
+    """Calls, GPU-seconds and dollars per endpoint, for the jobs this process ran."""
+    return _get_session().meter.summary()
+
+
+def total_cost() -> Cost:
+    """What every job this process ran has cost so far."""
+    return _get_session().meter.total()
+
+
+__all__ = sorted(
+    [
+        "GPU",
+        "Bundle",
+        "Cost",
+        "Endpoint",
+        "EndpointCosts",
+        "EndpointKind",
+        "EndpointSpec",
+        "GpuflexError",
+        "Job",
+        "JobStatus",
+        "Price",
+        "RemoteError",
+        "RemoteInstance",
+        "Resources",
+        "WorkerInfo",
+        "WorkerState",
+        "__version__",
+        "costs",
+        "endpoint",
+        "errors",
+        "hookimpl",
+        "list_backends",
+        "shutdown",
+        "total_cost",
+        "use",
+    ]
+)
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("gpuflex._"):
+        _obj.__module__ = "gpuflex"
+del _name, _obj

@@ -1,0 +1,383 @@
+"""The core client: binds endpoints to backends, and drives each job through retries, deadlines, polling,
+streaming, cost accounting and hooks.
+
+All backend I/O happens on one background thread running an event loop ("the gpuflex loop"); sync callers wait
+on futures, async callers await them from their own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import concurrent.futures
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import attrs
+
+from . import _plugins
+from ._bundle import build_bundle
+from ._config import BackendChoice, resolve_backend
+from ._costs import BudgetGuard, CostMeter, job_cost
+from ._job import Job
+from ._models import Bundle, Cost, EndpointSpec, JobStatus, WorkerInfo
+from ._registry import get_registry
+from .backend import Backend, BackendEvents, Call, JobUpdate, Payload
+from .errors import (
+    ConfigError,
+    GpuflexError,
+    GpuflexWarning,
+    JobFailed,
+    PayloadTooLarge,
+    QuotaExceeded,
+)
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._endpoint import Endpoint
+
+__all__ = ["Session", "get_session"]
+
+T = TypeVar("T")
+_MAX_REMEMBERED_JOBS = 10_000
+_CANCEL_GRACE_SECONDS = 10.0
+
+
+class _HookEvents(BackendEvents):
+    def __init__(self, backend_name: str) -> None:
+        self.backend_name = backend_name
+
+    def worker_started(self, worker: WorkerInfo) -> None:
+        _plugins.call_hook("gpuflex_worker_started", worker=worker, backend=self.backend_name)
+
+    def worker_stopped(self, worker: WorkerInfo, reason: str) -> None:
+        _plugins.call_hook("gpuflex_worker_stopped", worker=worker, backend=self.backend_name, reason=reason)
+
+
+@attrs.define
+class _Binding:
+    spec: EndpointSpec
+    bundle_hash: str | None = None
+    lock: anyio.Lock = attrs.field(factory=anyio.Lock)
+
+
+class Session:
+    """Process-wide state: the loop thread, backend instances, deployed bundles, jobs and costs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="gpuflex-loop", daemon=True)
+        self._thread.start()
+        self.task_group: TaskGroup = self.submit(self._start_supervisor()).result()
+        self.meter = CostMeter()
+        self.budget = BudgetGuard(self.meter)
+        pm = _plugins.get_plugin_manager()
+        if not pm.is_registered(self.budget):
+            pm.register(self.budget, name=f"gpuflex.budget.{id(self)}")
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._bindings: dict[tuple[tuple[str, str], str], _Binding] = {}
+        self._bundles: dict[Any, Bundle] = {}
+        self._bundle_lock = threading.Lock()
+        self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._closed = False
+
+    async def _start_supervisor(self) -> TaskGroup:
+        started: asyncio.Future[TaskGroup] = self.loop.create_future()
+
+        async def supervise() -> None:
+            async with anyio.create_task_group() as tg:
+                started.set_result(tg)
+                await anyio.sleep_forever()
+
+        self._supervisor = self.loop.create_task(supervise())
+        return await started
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
+
+    # -- backends and deploys ------------------------------------------------------------------------------
+
+    def _backend_sync(self, choice: BackendChoice) -> Backend:
+        key = choice.key()
+        backend = self._backends.get(key)
+        if backend is None:
+            cls = get_registry().get(choice.name)
+            try:
+                config = cls.config_cls(**choice.options)
+            except TypeError as exc:
+                raise ConfigError(f"bad options for the {cls.name} backend: {exc}") from None
+            backend = cls(config, events=_HookEvents(cls.name))
+            backend.attach(self.task_group)
+            self._backends[key] = backend
+        return backend
+
+    def install_backend(self, backend: Backend) -> BackendChoice:
+        """Use this backend instance for ``gpuflex.use(backend.name)`` (tests, the conformance suite)."""
+        choice = BackendChoice(backend.name, {})
+        backend.attach(self.task_group)
+        self._backends[choice.key()] = backend
+        return choice
+
+    async def remove_backend(self, backend: Backend) -> None:
+        for key, installed in list(self._backends.items()):
+            if installed is backend:
+                del self._backends[key]
+                for binding_key in [k for k in self._bindings if k[0] == key]:
+                    del self._bindings[binding_key]
+        await backend.aclose()
+
+    def bundle_for(self, endpoint: Endpoint) -> Bundle:
+        root = endpoint.project_root
+        with self._bundle_lock:
+            bundle = self._bundles.get(root)
+            if bundle is None:
+                ignores: list[str] = []
+                for extra in _plugins.get_plugin_manager().hook.gpuflex_bundle_ignore(root=str(root)):
+                    ignores.extend(extra or [])
+                bundle = build_bundle(root, extra_ignores=ignores)
+                self._bundles[root] = bundle
+            return bundle
+
+    def invalidate_bundles(self) -> None:
+        """Forget built bundles: the next call of each endpoint rebuilds and redeploys if the code changed."""
+        with self._bundle_lock:
+            self._bundles.clear()
+
+    async def _bind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint) -> EndpointSpec:
+        binding = self._bindings.get((key, endpoint.name))
+        if binding is None:
+            spec = _plugins.call_endpoint_spec(endpoint.spec)
+            _check_capabilities(backend, spec)
+            binding = self._bindings.setdefault((key, endpoint.name), _Binding(spec))
+        bundle = self._bundles.get(endpoint.project_root)
+        if bundle is None:  # first call, or the code changed: hashing files is blocking work
+            bundle = await anyio.to_thread.run_sync(self.bundle_for, endpoint)
+        if binding.bundle_hash != bundle.hash:
+            async with binding.lock:
+                if binding.bundle_hash != bundle.hash:
+                    await backend.deploy(binding.spec, bundle)
+                    binding.bundle_hash = bundle.hash
+                    _plugins.call_hook("gpuflex_deployed", spec=binding.spec, bundle=bundle, backend=backend.name)
+        return binding.spec
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    def spawn(self, endpoint: Endpoint, method: str | None, payload: Payload, *, streaming: bool) -> Job:
+        """Accept a job (caller's thread) and start driving it (loop thread)."""
+        choice = resolve_backend(endpoint.name, endpoint.spec.backend, endpoint.spec)
+        backend = self._backend_sync(choice)
+        if backend.max_payload_bytes is not None and payload.nbytes > backend.max_payload_bytes:
+            raise PayloadTooLarge(payload.nbytes, backend.max_payload_bytes, backend.name)
+        job = Job(uuid.uuid4().hex[:16], endpoint.name, backend.name, streaming=streaming)
+        self.jobs[job.id] = job
+        while len(self.jobs) > _MAX_REMEMBERED_JOBS:
+            self.jobs.popitem(last=False)
+        job._canceller = lambda: self.submit(self._cancel(job, backend))
+        self.submit(self._drive(job, backend, choice.key(), endpoint, method, payload))
+        return job
+
+    async def _cancel(self, job: Job, backend: Backend) -> None:
+        job._cancel_requested = True
+        handle = job._handle
+        if handle is not None and not job.done():
+            await backend.cancel(handle)
+
+    async def _drive(
+        self, job: Job, backend: Backend, key: tuple[str, str], endpoint: Endpoint, method: str | None,
+        payload: Payload,
+    ) -> None:
+        try:
+            spec = await self._bind(backend, key, endpoint)
+            refusal = _plugins.call_check_budget(spec, self.meter.total(), backend.name)
+            if refusal:
+                raise QuotaExceeded(refusal)
+            _plugins.call_hook("gpuflex_job_submitted", job=job)
+            update = await self._attempts(job, backend, spec, method, payload)
+        except BaseException as exc:
+            error = exc if isinstance(exc, GpuflexError) else JobFailed(
+                f"gpuflex could not run job {job.id}: {type(exc).__name__}: {exc}", job_id=job.id
+            )
+            job.status, job.reason, job.finished_at = JobStatus.FAILED, str(error), time.time()
+            if job.chunks is not None:
+                job.chunks.close()
+            job._future.set_exception(error)
+            _plugins.call_hook("gpuflex_job_finished", job=job)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        gpus = spec.gpu.count if spec.gpu else 0
+        self.meter.record(spec.name, job.cost, gpus)
+        job._finish(update)
+        _plugins.call_hook("gpuflex_job_finished", job=job)
+
+    async def _attempts(
+        self, job: Job, backend: Backend, spec: EndpointSpec, method: str | None, payload: Payload
+    ) -> JobUpdate:
+        price = _plugins.call_price(spec, backend.name, backend.price(spec))
+        attempt = 0
+        while True:
+            attempt += 1
+            job.attempts = attempt
+            if job._cancel_requested:
+                return JobUpdate(status=JobStatus.CANCELLED, reason="cancelled before it started")
+            call = Call(job_id=job.id, attempt=attempt, endpoint=spec, method=method, payload=payload,
+                        timeout=spec.timeout)
+            handle = await backend.submit(call)
+            job._handle = handle
+            if job._cancel_requested:
+                await backend.cancel(handle)
+            update = await self._follow(job, backend, handle, spec)
+            if update.started_at is not None or update.billed_seconds is not None:
+                started = update.started_at or job.started_at or time.time()
+                finished = update.finished_at or time.time()
+                seconds = update.billed_seconds if update.billed_seconds is not None else finished - started
+                job.cost = job.cost + job_cost(price, run_seconds=max(0.0, seconds))
+            retry = (
+                update.status is JobStatus.FAILED
+                and attempt <= spec.retries
+                and not job._cancel_requested
+                and (job.chunks is None or job.chunks.delivered == 0)
+            )
+            if not retry:
+                return update
+            reason = update.reason or "the function raised an exception"
+            _plugins.call_hook("gpuflex_job_retrying", job=job, reason=reason)
+            job.status = JobStatus.QUEUED
+
+    async def _follow(self, job: Job, backend: Backend, handle: str, spec: EndpointSpec) -> JobUpdate:
+        final: JobUpdate | None = None
+        scope = anyio.CancelScope()
+
+        async def pump_chunks() -> None:
+            assert job.chunks is not None
+            async for chunk in backend.stream(handle):
+                job.chunks.put(chunk)
+                job.chunks.delivered += 1
+
+        async with anyio.create_task_group() as tg:
+            if job.chunks is not None:
+                tg.start_soon(pump_chunks)
+            with scope:
+                async for update in _updates(backend, handle):
+                    if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
+                        job.status = JobStatus.RUNNING
+                        job.started_at = update.started_at or time.time()
+                        job.worker = update.worker
+                        _plugins.call_hook("gpuflex_job_started", job=job)
+                        if spec.timeout is not None:
+                            scope.deadline = anyio.current_time() + spec.timeout
+                    if update.status.is_terminal:
+                        final = update
+                        break
+            if final is None:  # the deadline passed
+                with anyio.CancelScope(shield=True):
+                    await backend.cancel(handle)
+                    with anyio.move_on_after(_CANCEL_GRACE_SECONDS):
+                        async for update in _updates(backend, handle):
+                            if update.status.is_terminal:
+                                final = update
+                                break
+                if final is None or final.status is not JobStatus.COMPLETED:
+                    final = attrs.evolve(
+                        final or JobUpdate(status=JobStatus.TIMED_OUT),
+                        status=JobStatus.TIMED_OUT, outcome=None,
+                        reason=f"ran past the endpoint's timeout of {spec.timeout} s and was stopped",
+                    )
+        if final.worker:
+            job.worker = final.worker
+        if final.started_at:
+            job.started_at = final.started_at
+        return final
+
+    # -- shutdown ------------------------------------------------------------------------------------------
+
+    async def aclose_backends(self) -> None:
+        backends, self._backends = list(self._backends.values()), {}
+        self._bindings.clear()
+        for backend in backends:
+            with anyio.move_on_after(15):
+                await backend.aclose()
+        self._supervisor.cancel()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.submit(self.aclose_backends()).result(timeout=20)
+        except Exception as exc:  # never let shutdown raise
+            warnings.warn(f"gpuflex: backends did not close cleanly: {exc}", GpuflexWarning, stacklevel=1)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+async def _updates(backend: Backend, handle: str) -> AsyncIterator[JobUpdate]:
+    """Push-based updates where the backend offers them, else polling ``status`` with backoff."""
+    if type(backend).updates is not Backend.updates:
+        async for update in backend.updates(handle):
+            yield update
+        return
+    delay, last = 0.005, None
+    while True:
+        update = await backend.status(handle)
+        if update.status is not last:
+            last = update.status
+            yield update
+        if update.status.is_terminal:
+            return
+        await anyio.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def _check_capabilities(backend: Backend, spec: EndpointSpec) -> None:
+    caps = backend.live_capabilities()
+    needs = []
+    if spec.kind.streams or any(k.streams for k in spec.methods.values()):
+        needs.append("streaming")
+    if spec.methods:
+        needs.append("classes")
+    for feature in needs:
+        reason = caps.get(feature)
+        if reason:
+            raise ConfigError(f"endpoint {spec.name!r} needs {feature}, which the {backend.name} backend lacks: {reason}")
+
+
+_session: Session | None = None
+_session_lock = threading.Lock()
+
+
+def get_session() -> Session:
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = Session()
+            atexit.register(_session.close)
+        return _session
+
+
+def shutdown() -> None:
+    """Stop every worker this process started and forget all backends (``gpuflex.shutdown()``)."""
+    global _session
+    with _session_lock:
+        session, _session = _session, None
+    if session is not None:
+        atexit.unregister(session.close)
+        session.close()
+
+
+def total_cost() -> Cost:
+    return get_session().meter.total()

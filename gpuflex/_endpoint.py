@@ -1,0 +1,305 @@
+"""``@gpuflex.endpoint``: turn a function or class into something that runs on any backend."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import inspect
+import os
+import sys
+import typing
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from ._bundle import find_project_root
+from ._client import get_session
+from ._envelope import encode_call
+from ._gpus import parse_gpu
+from ._job import Job
+from ._models import EndpointKind, EndpointSpec, FunctionRef, Resources
+from ._worker import IN_WORKER_ENV
+from .errors import ConfigError
+
+__all__ = ["Endpoint", "endpoint"]
+
+
+def _kind_of(obj: Any) -> EndpointKind:
+    if inspect.isclass(obj):
+        return EndpointKind.CLASS
+    if inspect.isasyncgenfunction(obj):
+        return EndpointKind.ASYNC_GENERATOR
+    if inspect.isgeneratorfunction(obj):
+        return EndpointKind.GENERATOR
+    if inspect.iscoroutinefunction(obj):
+        return EndpointKind.ASYNC_FUNCTION
+    if callable(obj):
+        return EndpointKind.FUNCTION
+    raise ConfigError(f"@gpuflex.endpoint decorates functions and classes, not {type(obj).__name__}")
+
+
+def _public_methods(cls: type) -> dict[str, EndpointKind]:
+    methods = {}
+    for name, member in inspect.getmembers(cls, callable):
+        if name == "__call__" and "__call__" in vars(cls) or not name.startswith("_") and name != "setup":
+            if not inspect.isclass(member):
+                methods[name] = _kind_of(member)
+    return methods
+
+
+def _source_file(obj: Any) -> str | None:
+    try:
+        return inspect.getsourcefile(obj)
+    except TypeError:
+        return getattr(sys.modules.get(obj.__module__), "__file__", None)
+
+
+def _function_ref(obj: Any, source_file: str | None, root: Path) -> FunctionRef:
+    module, qualname = obj.__module__, obj.__qualname__
+    by_value = "<locals>" in qualname or source_file is None or not Path(source_file).exists()
+    if by_value:
+        return FunctionRef(module=module, qualname=qualname, pickled=cloudpickle.dumps(obj))
+    path = Path(source_file).resolve()  # type: ignore[arg-type]
+    if module == "__main__":
+        base = path.parent
+    else:
+        depth = module.count(".") + (2 if path.name == "__init__.py" else 1)
+        base = path.parents[depth - 1]
+    try:
+        import_path = base.relative_to(root).as_posix() or "."
+        script = path.relative_to(root).as_posix() if module == "__main__" else None
+    except ValueError:  # outside the project (an installed package): import it from the environment
+        if module == "__main__":
+            return FunctionRef(module=module, qualname=qualname, pickled=cloudpickle.dumps(obj))
+        import_path, script = ".", None
+    return FunctionRef(module=module, qualname=qualname, import_path=import_path, path=script)
+
+
+class _Aio:
+    """``fn.aio``: async versions of the calls that would block an event loop."""
+
+    def __init__(self, ep: Endpoint, method: str | None) -> None:
+        self._ep, self._method = ep, method
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._ep._spawn(self._method, args, kwargs).aresult()
+
+    def spawn(self, *args: Any, **kwargs: Any) -> Job:
+        return self._ep._spawn(self._method, args, kwargs)
+
+    async def map(self, *iterables: Iterable[Any], order: bool = True) -> AsyncIterator[Any]:
+        import asyncio
+
+        window = self._ep._map_window()
+        pending: collections.deque[Job] = collections.deque()
+        for args in zip(*iterables, strict=False):
+            pending.append(self._ep._spawn(self._method, args, {}))
+            if len(pending) >= window:
+                yield await pending.popleft().aresult()
+        if order:
+            while pending:
+                yield await pending.popleft().aresult()
+            return
+        futures = {asyncio.ensure_future(job.aresult()) for job in pending}
+        for next_done in asyncio.as_completed(futures):
+            yield await next_done
+
+
+class _Callable:
+    """One remotely callable thing (a function endpoint, or one method of a class endpoint)."""
+
+    def __init__(self, ep: Endpoint, method: str | None, kind: EndpointKind, local: Callable[..., Any]) -> None:
+        self._ep, self._method, self._kind, self._local = ep, method, kind, local
+        self.aio = _Aio(ep, method)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if os.environ.get(IN_WORKER_ENV):
+            return self._local(*args, **kwargs)  # a nested call inside a worker runs in-process
+        ep, method = self._ep, self._method
+        if self._kind is EndpointKind.FUNCTION:
+            return ep._spawn(method, args, kwargs).result()
+        if self._kind is EndpointKind.ASYNC_FUNCTION:
+            return ep._spawn(method, args, kwargs).aresult()
+        if self._kind is EndpointKind.GENERATOR:
+            return _sync_stream(ep._spawn(method, args, kwargs, streaming=True))
+        return _async_stream(ep._spawn(method, args, kwargs, streaming=True))
+
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run in this process, with no backend."""
+        return self._local(*args, **kwargs)
+
+    def spawn(self, *args: Any, **kwargs: Any) -> Job:
+        """Start the call and return its :class:`gpuflex.Job` at once."""
+        return self._ep._spawn(self._method, args, kwargs, streaming=self._kind.streams)
+
+    def map(self, *iterables: Iterable[Any], order: bool = True) -> Iterator[Any]:
+        """Call once per item (several iterables are zipped, like ``map``), with bounded concurrency.
+        ``order=False`` yields results as they complete."""
+        if self._kind.streams:
+            raise ConfigError("map() is for endpoints that return a value; iterate a generator endpoint instead")
+        window = self._ep._map_window()
+        pending: collections.deque[Job] = collections.deque()
+        ready: collections.deque[Job] = collections.deque()
+        for args in zip(*iterables, strict=False):
+            pending.append(self._ep._spawn(self._method, args, {}))
+            if len(pending) >= window:
+                yield (pending.popleft() if order else _first_done(pending)).result()
+        while pending:
+            yield (pending.popleft() if order else _first_done(pending)).result()
+        del ready
+
+
+def _first_done(pending: collections.deque[Job]) -> Job:
+    done, _ = concurrent.futures.wait([j._future for j in pending], return_when=concurrent.futures.FIRST_COMPLETED)
+    for job in pending:
+        if job._future in done:
+            pending.remove(job)
+            return job
+    raise AssertionError("unreachable")
+
+
+def _sync_stream(job: Job) -> Iterator[Any]:
+    try:
+        yield from job.iter_chunks()
+    finally:
+        if not job.done():
+            job.cancel()
+
+
+async def _async_stream(job: Job) -> AsyncIterator[Any]:
+    try:
+        async for chunk in job.aiter_chunks():
+            yield chunk
+    finally:
+        if not job.done():
+            await job.acancel()
+
+
+@typing.final
+class Endpoint(_Callable):
+    """What ``@gpuflex.endpoint`` returns. Call it like the original; see also ``local``, ``spawn``, ``map``
+    and ``aio``. For a class, calling it gives a :class:`RemoteInstance` whose methods run remotely."""
+
+    def __init__(self, obj: Any, options: Mapping[str, Any]) -> None:
+        self.__gpuflex_raw__ = obj
+        self._options = dict(options)
+        kind = _kind_of(obj)
+        self.source_file = _source_file(obj)
+        self.project_root = find_project_root(Path(self.source_file)) if self.source_file else Path.cwd()
+        methods = _public_methods(obj) if kind is EndpointKind.CLASS else {}
+        if kind is EndpointKind.CLASS and not methods:
+            raise ConfigError(f"class endpoint {obj.__qualname__} has no public methods or __call__ to call remotely")
+        self.spec = _build_spec(obj, kind, methods, self.project_root, self.source_file, options)
+        self.name = self.spec.name
+        functools.update_wrapper(self, obj)  # type: ignore[arg-type]
+        local = obj if kind is not EndpointKind.CLASS else self._local_instance
+        super().__init__(self, None, kind, local)
+
+    def __repr__(self) -> str:
+        return f"<gpuflex.Endpoint {self.name} ({self.spec.kind.value})>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.__gpuflex_raw__, self._options))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.spec.kind is EndpointKind.CLASS:
+            if args or kwargs:
+                raise ConfigError(
+                    f"class endpoint {self.name!r} is built by each worker with no arguments; "
+                    "pass settings through env= or load them in setup()"
+                )
+            return RemoteInstance(self)
+        return super().__call__(*args, **kwargs)
+
+    def _local_instance(self) -> Any:
+        instance = self.__gpuflex_raw__()
+        if hasattr(instance, "setup"):
+            instance.setup()
+        return instance
+
+    def _spawn(self, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any], *,
+               streaming: bool = False) -> Job:
+        payload = encode_call(method, tuple(args), dict(kwargs))
+        return get_session().spawn(self, method, payload, streaming=streaming)
+
+    def _map_window(self) -> int:
+        return max(4, 4 * self.spec.max_workers * self.spec.concurrency)
+
+
+class RemoteInstance:
+    """A class endpoint seen from the caller: each public method (and the instance itself, if the class defines
+    ``__call__``) runs on a worker, where ``setup()`` ran once."""
+
+    def __init__(self, ep: Endpoint) -> None:
+        self._ep = ep
+        self._local_obj: Any = None
+
+    def _local(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._local_obj is None:
+                self._local_obj = self._ep._local_instance()
+            return getattr(self._local_obj, name)(*args, **kwargs)
+
+        return call
+
+    def __getattr__(self, name: str) -> _Callable:
+        methods = self._ep.spec.methods
+        if name not in methods or name == "__call__":
+            raise AttributeError(f"endpoint {self._ep.name!r} has no remote method {name!r}; it has {sorted(methods)}")
+        return _Callable(self._ep, name, methods[name], self._local(name))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "__call__" not in self._ep.spec.methods:
+            raise TypeError(f"class endpoint {self._ep.name!r} defines no __call__")
+        return _Callable(self._ep, None, self._ep.spec.methods["__call__"], self._local("__call__"))(*args, **kwargs)
+
+
+def _rebuild(obj: Any, options: Mapping[str, Any]) -> Endpoint:
+    return Endpoint(obj, options)
+
+
+def _build_spec(obj: Any, kind: EndpointKind, methods: dict[str, EndpointKind], root: Path,
+                source_file: str | None, options: Mapping[str, Any]) -> EndpointSpec:
+    def strings(key: str) -> tuple[str, ...]:
+        value = options.get(key) or ()
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(value)
+
+    return EndpointSpec(
+        name=options.get("name") or obj.__name__,
+        kind=kind,
+        target=_function_ref(obj, source_file, root.resolve()),
+        methods=methods,
+        resources=Resources(gpu=parse_gpu(options.get("gpu")), cpu=options.get("cpu"),
+                            memory=options.get("memory")),
+        min_workers=options.get("min_workers", 0),
+        max_workers=options.get("max_workers", 1),
+        idle_timeout=options.get("idle_timeout", 60),
+        timeout=options.get("timeout"),
+        retries=options.get("retries", 0),
+        concurrency=options.get("concurrency", 1),
+        dependencies=strings("dependencies"),
+        system_dependencies=strings("system_dependencies"),
+        env=dict(options.get("env") or {}),
+        secrets=strings("secrets"),
+        backend=options.get("backend"),
+    )
+
+
+def endpoint(
+    obj: Any = None, *, name: str | None = None, gpu: Any = None, cpu: float | None = None, memory: int | None = None,
+    min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60, timeout: float | None = None,
+    retries: int = 0, concurrency: int = 1, dependencies: Sequence[str] = (), system_dependencies: Sequence[str] = (),
+    env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), backend: str | None = None,
+) -> Any:
+    """Make a function or class runnable on any backend. Use bare (``@endpoint``) or with options."""
+    options = {k: v for k, v in locals().items() if k != "obj"}
+
+    def wrap(target: Any) -> Endpoint:
+        return Endpoint(target, options)
+
+    return wrap(obj) if obj is not None else wrap

@@ -1,0 +1,99 @@
+"""The plugin manager: built in a function, never on import."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+if TYPE_CHECKING:
+    from ._models import Cost, EndpointSpec, Price
+    from .backend import Backend
+
+__all__ = ["get_plugin_manager", "hookimpl", "reset_plugin_manager"]
+
+hookimpl = pluggy.HookimplMarker("gpuflex")
+
+_lock = threading.Lock()
+_manager: pluggy.PluginManager | None = None
+
+
+class _Defaults:
+    """Answers to firstresult hooks when no plugin gives one (registered last, ``trylast``)."""
+
+    @hookimpl(trylast=True)
+    def gpuflex_price(self, default: Price) -> Price:
+        return default
+
+
+def _build() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("gpuflex")
+    pm.add_hookspecs(hookspecs)
+    for name in filter(None, os.environ.get("GPUFLEX_DISABLE_PLUGINS", "").split(",")):
+        pm.set_blocked(name.strip())
+    try:
+        pm.load_setuptools_entrypoints("gpuflex")
+    except Exception as exc:
+        raise PluginError(f"a gpuflex plugin failed to load: {type(exc).__name__}: {exc}") from exc
+    pm.register(_Defaults(), name="gpuflex.defaults")
+    pm.check_pending()
+    if os.environ.get("GPUFLEX_TRACE_PLUGINS"):
+        pm.trace.root.setwriter(print)
+        pm.enable_tracing()
+    return pm
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    global _manager
+    with _lock:
+        if _manager is None:
+            _manager = _build()
+        return _manager
+
+
+def reset_plugin_manager() -> None:
+    """Forget the plugin manager (tests; after installing a plugin in a running process)."""
+    global _manager
+    with _lock:
+        _manager = None
+
+
+# Typed wrappers: the core calls hooks through these, with keyword arguments only.
+
+
+def call_register_backends() -> list[type[Backend]]:
+    found: list[type[Backend]] = []
+    for result in get_plugin_manager().hook.gpuflex_register_backends():
+        if result is None:
+            continue
+        found.extend(result if isinstance(result, list | tuple) else [result])
+    return found
+
+
+def call_endpoint_spec(spec: EndpointSpec) -> EndpointSpec:
+    pm = get_plugin_manager()
+    for impl in reversed(pm.hook.gpuflex_endpoint_spec.get_hookimpls()):
+        replacement = impl.function(**{k: v for k, v in {"spec": spec}.items() if k in impl.argnames})
+        if replacement is not None:
+            spec = replacement
+    return spec
+
+
+def call_hook(name: str, **kwargs: Any) -> Any:
+    """Call an observing hook; a plugin that raises is reported, never allowed to lose a job."""
+    return getattr(get_plugin_manager().hook, name)(**kwargs)
+
+
+def call_price(spec: EndpointSpec, backend: str, default: Price) -> Price:
+    price: Price = get_plugin_manager().hook.gpuflex_price(spec=spec, backend=backend, default=default)
+    return price
+
+
+def call_check_budget(spec: EndpointSpec, spent: Cost, backend: str) -> str | None:
+    reason: str | None = get_plugin_manager().hook.gpuflex_check_budget(spec=spec, spent=spent, backend=backend)
+    return reason

@@ -1,0 +1,176 @@
+"""Frames between a client and a worker process over a byte stream (pipes locally, an SSH channel on a pod).
+
+A frame is ``<u64 meta length> <meta pickle> <raw buffer>...``: the meta pickle holds the message tuple and the
+sizes of the raw buffers that follow, so large buffers are written without being copied into the pickle.
+Buffers of a payload may instead travel through shared memory (``ShmRef``), when both ends share a machine.
+
+Messages (client -> worker): ``("init", spec)``, ``("call", job_id, method, payload)``, ``("cancel", job_id)``,
+``("stop",)``. Worker -> client: ``("ready", info)``, ``("fatal", payload)``, ``("started", job_id)``,
+``("chunk", job_id, payload)``, ``("done", job_id, status, payload)`` with status ``"ok"``, ``"error"`` or
+``"cancelled"``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import attrs
+
+from .backend import Payload
+
+if TYPE_CHECKING:
+    from anyio.abc import ByteSendStream
+    from anyio.streams.buffered import BufferedByteReceiveStream
+
+__all__ = ["ShmRef", "WireCodec", "read_frame_sync", "write_frame_sync"]
+
+_LEN = struct.Struct("<Q")
+SHM_DIR = "/dev/shm"
+SHM_MIN_BYTES = 1 << 20
+
+
+@attrs.frozen
+class ShmRef:
+    """A buffer placed in a shared-memory file; the receiver maps it and unlinks the name."""
+
+    path: str
+    size: int
+
+
+@attrs.frozen
+class _Raw:
+    index: int
+
+
+def shm_available() -> bool:
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+def export_shm(buffer: Any) -> ShmRef:
+    view = memoryview(buffer).cast("B")
+    path = os.path.join(SHM_DIR, f"gpuflex-{uuid.uuid4().hex}")
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        written = 0
+        while written < view.nbytes:
+            written += os.write(fd, view[written:])
+    finally:
+        os.close(fd)
+    return ShmRef(path, view.nbytes)
+
+
+def import_shm(ref: ShmRef) -> memoryview:
+    """Map a shared-memory buffer copy-on-write (reads are zero-copy; writes stay private) and unlink it."""
+    fd = os.open(ref.path, os.O_RDONLY)
+    try:
+        mapped = mmap.mmap(fd, ref.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+        os.unlink(ref.path)
+    return memoryview(mapped)
+
+
+def discard_shm(refs: Sequence[ShmRef]) -> None:
+    """Remove shared-memory files a receiver never mapped (it died first)."""
+    for ref in refs:
+        try:
+            os.unlink(ref.path)
+        except FileNotFoundError:
+            pass
+
+
+@attrs.define
+class WireCodec:
+    """Turns messages holding payloads into frames and back. ``use_shm`` moves large buffers via /dev/shm."""
+
+    use_shm: bool = False
+    exported: list[ShmRef] = attrs.field(factory=list)
+
+    def encode(self, message: tuple[Any, ...]) -> list[Any]:
+        raws: list[Any] = []
+        shm: list[ShmRef] = []
+
+        def pack(value: Any) -> Any:
+            if not isinstance(value, Payload):
+                return value
+            refs: list[Any] = []
+            for buf in value.buffers:
+                size = memoryview(buf).nbytes
+                if self.use_shm and size >= SHM_MIN_BYTES:
+                    ref = export_shm(buf)
+                    shm.append(ref)
+                    refs.append(ref)
+                else:
+                    refs.append(_Raw(len(raws)))
+                    raws.append(buf)
+            return ("__payload__", value.data, refs)
+
+        packed = tuple(pack(v) for v in message)
+        self.exported.extend(shm)
+        meta = pickle.dumps((packed, [memoryview(b).nbytes for b in raws]), protocol=5)
+        return [_LEN.pack(len(meta)), meta, *raws]
+
+    @staticmethod
+    def decode(packed: tuple[Any, ...], raws: Sequence[Any]) -> tuple[Any, ...]:
+        def unpack(value: Any) -> Any:
+            if not (isinstance(value, tuple) and value and value[0] == "__payload__"):
+                return value
+            _, data, refs = value
+            buffers = tuple(raws[r.index] if isinstance(r, _Raw) else import_shm(r) for r in refs)
+            return Payload(data, buffers)
+
+        return tuple(unpack(v) for v in packed)
+
+
+# -- worker side: blocking file descriptors ------------------------------------------------------------------
+
+
+def write_frame_sync(out: BinaryIO, parts: Sequence[Any]) -> None:
+    for part in parts:
+        out.write(part)
+    out.flush()
+
+
+def read_frame_sync(inp: BinaryIO) -> tuple[Any, ...] | None:
+    """Read one frame; ``None`` at end of stream."""
+    head = inp.read(_LEN.size)
+    if len(head) < _LEN.size:
+        return None
+    (length,) = _LEN.unpack(head)
+    packed, sizes = pickle.loads(inp.read(length))
+    raws = []
+    for size in sizes:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = inp.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                return None
+            got += n
+        raws.append(buf)
+    return WireCodec.decode(packed, raws)
+
+
+# -- client side: anyio streams -------------------------------------------------------------------------------
+
+
+async def write_frame(stream: ByteSendStream, parts: Sequence[Any]) -> None:
+    if sum(memoryview(p).nbytes for p in parts) < 1 << 20:
+        await stream.send(b"".join(parts))
+        return
+    for part in parts:
+        await stream.send(part)
+
+
+async def read_frame(stream: BufferedByteReceiveStream) -> tuple[Any, ...]:
+    (length,) = _LEN.unpack(await stream.receive_exactly(_LEN.size))
+    packed, sizes = pickle.loads(await stream.receive_exactly(length))
+    raws = [await stream.receive_exactly(size) if size else b"" for size in sizes]
+    return WireCodec.decode(packed, raws)

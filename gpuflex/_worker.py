@@ -1,0 +1,237 @@
+"""The worker runtime: the same small program on every target.
+
+It loads a bundle, imports the endpoint's function or class by reference (or unpickles it, for closures and
+scripts run interactively), runs ``setup()`` once for classes, then serves calls: plain and async functions,
+generators (each chunk sent as soon as it is produced) and async generators.
+
+Run as ``python -m gpuflex._worker``: frames (see ``_wire``) arrive on stdin and go out on stdout; the user's
+prints go to stderr. Backends that talk to workers another way reuse :class:`WorkerRuntime` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cloudpickle
+
+from ._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
+from ._version import __version__
+from ._wire import WireCodec, read_frame_sync, write_frame_sync
+from .backend import Payload
+from .errors import ConfigError, VersionMismatch
+
+__all__ = ["IN_WORKER_ENV", "WorkerRuntime", "main"]
+
+IN_WORKER_ENV = "GPUFLEX_IN_WORKER"
+SCRIPT_MODULE = "__gpuflex_main__"
+
+
+def _walk(obj: Any, qualname: str) -> Any:
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_target(spec: dict[str, Any]) -> Any:
+    """Import (or unpickle) the user's function or class, unwrapping the ``@endpoint`` decorator."""
+    target = spec["target"]
+    root = Path(spec["bundle_root"])
+    for entry in reversed(spec.get("import_paths", ["."])):
+        path = str((root / entry).resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    if target.get("pickled"):
+        obj = cloudpickle.loads(target["pickled"])
+    elif target.get("path"):
+        module_spec = importlib.util.spec_from_file_location(SCRIPT_MODULE, root / target["path"])
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"cannot import {target['path']} from the bundle")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[SCRIPT_MODULE] = module
+        module_spec.loader.exec_module(module)
+        cloudpickle.register_pickle_by_value(module)  # results of script-defined classes travel by value
+        obj = _walk(module, target["qualname"])
+    else:
+        obj = _walk(importlib.import_module(target["module"]), target["qualname"])
+    return getattr(obj, "__gpuflex_raw__", obj)
+
+
+class WorkerRuntime:
+    """Runs calls of one endpoint inside one worker. Transport-agnostic: ``send`` delivers outgoing messages."""
+
+    def __init__(self, spec: dict[str, Any], send: Callable[[tuple[Any, ...]], None]) -> None:
+        self.spec = spec
+        self.send = send
+        self.concurrency: int = spec.get("concurrency", 1)
+        self.target: Any = None
+        self.instance: Any = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.cancelled: set[str] = set()  # cancel requests that arrived before their call started
+        self._callables: dict[str | None, Any] = {}
+
+    def check_versions(self) -> None:
+        if self.spec["python"] != PYTHON_VERSION:
+            raise VersionMismatch("Python", self.spec["python"], PYTHON_VERSION)
+        if self.spec["gpuflex"] != __version__:
+            raise VersionMismatch("gpuflex", self.spec["gpuflex"], __version__)
+
+    async def start(self) -> dict[str, Any]:
+        """Load the target and run a class's ``setup()``; return what the worker reports as ready."""
+        self.check_versions()
+        self.target = load_target(self.spec)
+        if inspect.isclass(self.target):
+            self.instance = self.target()
+            setup = getattr(self.instance, "setup", None)
+            if setup is not None:
+                result = setup()
+                if inspect.isawaitable(result):
+                    await result
+        return {"pid": os.getpid(), "python": PYTHON_VERSION, "gpuflex": __version__, "started": time.time()}
+
+    def _resolve(self, method: str | None) -> Any:
+        if method not in self._callables:
+            if self.instance is not None:
+                name = method or "__call__"
+                if name.startswith("_") and name != "__call__":
+                    raise AttributeError(f"{name!r} is private and cannot be called remotely")
+                self._callables[method] = getattr(self.instance, name)
+            else:
+                self._callables[method] = self.target
+        return self._callables[method]
+
+    def runs_inline(self, method: str | None) -> bool:
+        """A sync callable on a one-call-at-a-time worker runs on the loop itself (cancelled by a kill)."""
+        if self.concurrency != 1:
+            return False
+        try:
+            fn = self._resolve(method)
+        except Exception:
+            return True  # run() reports the error
+        return not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
+
+    def submit(self, job_id: str, payload: Payload) -> None:
+        """Start one call as a task (async callables, or several calls at once)."""
+        task = asyncio.get_running_loop().create_task(self.run(job_id, payload))
+        self.tasks[job_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
+
+    def cancel(self, job_id: str) -> None:
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            self.cancelled.discard(job_id)
+
+    async def run(self, job_id: str, payload: Payload) -> None:
+        if job_id in self.cancelled:
+            self.cancelled.discard(job_id)
+            self.send(("done", job_id, "cancelled", None))
+            return
+        self.send(("started", job_id))
+        outcome: Payload | None
+        try:
+            method, args, kwargs = decode_call(payload)
+            fn = self._resolve(method)
+            outcome, status = await self._invoke(job_id, fn, args, kwargs), "ok"
+        except asyncio.CancelledError:
+            outcome, status = None, "cancelled"
+        except BaseException as exc:  # the user's exception goes back to the caller
+            outcome, status = encode_error(exc), "error"
+        self.send(("done", job_id, status, outcome))
+
+    async def _invoke(self, job_id: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+        inline = self.concurrency == 1
+        if inspect.isasyncgenfunction(fn):
+            async for chunk in fn(*args, **kwargs):
+                self.send(("chunk", job_id, encode_value(chunk)))
+            return encode_value(None)
+        if inspect.isgeneratorfunction(fn):
+            gen = fn(*args, **kwargs)
+            done = object()
+            while True:
+                chunk = next(gen, done) if inline else await asyncio.to_thread(next, gen, done)
+                if chunk is done:
+                    return encode_value(None)
+                self.send(("chunk", job_id, encode_value(chunk)))
+        if inspect.iscoroutinefunction(fn):
+            return encode_value(await fn(*args, **kwargs))
+        value = fn(*args, **kwargs) if inline else await asyncio.to_thread(fn, *args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+        return encode_value(value)
+
+
+def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
+    codec = WireCodec(use_shm=bool(os.environ.get("GPUFLEX_WORKER_SHM")))
+    lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        parts = codec.encode(message)
+        with lock:
+            write_frame_sync(proto_out, parts)
+
+    init = read_frame_sync(proto_in)
+    if init is None or init[0] != "init":
+        raise SystemExit("gpuflex worker: expected an init frame on stdin")
+    runtime = WorkerRuntime(init[1], send)
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            info = await runtime.start()
+        except BaseException as exc:
+            send(("fatal", encode_error(exc)))
+            return
+        send(("ready", info))
+        queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+
+        def reader() -> None:
+            while True:
+                frame = read_frame_sync(proto_in)
+                if frame is not None and frame[0] == "cancel":
+                    runtime.cancelled.add(frame[1])  # seen at once, even while a sync call blocks the loop
+                loop.call_soon_threadsafe(queue.put_nowait, frame)
+                if frame is None or frame[0] == "stop":
+                    return
+
+        threading.Thread(target=reader, name="gpuflex-reader", daemon=True).start()
+        while True:
+            frame = await queue.get()
+            if frame is None or frame[0] == "stop":
+                break
+            if frame[0] == "call":
+                _, job_id, method, payload = frame
+                if runtime.runs_inline(method):
+                    await runtime.run(job_id, payload)  # one sync call at a time: no task, no thread hop
+                else:
+                    runtime.submit(job_id, payload)
+            elif frame[0] == "cancel":
+                runtime.cancel(frame[1])
+        for task in list(runtime.tasks.values()):
+            task.cancel()
+
+    asyncio.run(serve())
+
+
+def main() -> None:
+    os.environ[IN_WORKER_ENV] = "1"
+    proto_out = os.fdopen(os.dup(1), "wb")
+    proto_in = os.fdopen(os.dup(0), "rb")
+    os.dup2(2, 1)  # the user's prints go to stderr; stdout carries frames only
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    sys.stdout = sys.stderr
+    _serve_stdio(proto_in, proto_out)
+
+
+if __name__ == "__main__":
+    main()

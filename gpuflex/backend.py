@@ -1,0 +1,222 @@
+"""The one extension point: a ``Backend`` runs endpoints somewhere.
+
+Life cycle, as the core drives it::
+
+    backend = BackendClass(config, events=...)      # cheap: no I/O
+    backend.attach(task_group)                      # the core's task group for background work
+    await backend.deploy(spec, bundle)              # per endpoint; again on every hot reload (new bundle)
+    handle = await backend.submit(call)             # per call (and per retry attempt)
+    async for update in backend.updates(handle):    # RUNNING, then one terminal update
+        ...                                         #   (or the core polls ``status`` when updates is not overridden)
+    async for chunk in backend.stream(handle): ...  # generator endpoints only
+    await backend.cancel(handle)                    # when the caller cancels or a deadline passes
+    await backend.teardown(name)                    # gpuflex teardown
+    await backend.aclose()                          # always, last
+
+Retries, deadlines, polling cadence, cost accounting and hooks live in the core client, not here.
+A backend reports each job's terminal state with a reason and never leaves one without it.
+"""
+
+from __future__ import annotations
+
+import abc
+import struct
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from ._models import JobStatus, Price, WorkerInfo
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from ._models import Bundle, EndpointSpec, WorkerState
+
+__all__ = ["Backend", "BackendEvents", "Call", "JobUpdate", "NoConfig", "Payload"]
+
+
+@attrs.frozen
+class Payload:
+    """Serialized data: a pickle stream plus its out-of-band buffers (pickle protocol 5).
+
+    Backends that can move buffers without copying (shared memory) use ``buffers`` directly; the others send
+    ``to_bytes()`` and rebuild with ``from_bytes()``.
+    """
+
+    data: bytes
+    buffers: tuple[Any, ...] = ()  # bytes-like objects (bytes, memoryview, PickleBuffer)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def to_bytes(self) -> bytes:
+        views = [memoryview(b).cast("B") for b in self.buffers]
+        header = struct.pack(f"<I{len(views) + 1}Q", len(views), len(self.data), *(v.nbytes for v in views))
+        return b"".join([header, self.data, *views])
+
+    @classmethod
+    def from_bytes(cls, blob: bytes | memoryview) -> Payload:
+        view = memoryview(blob)
+        (count,) = struct.unpack_from("<I", view)
+        sizes = struct.unpack_from(f"<{count + 1}Q", view, 4)
+        offset = 4 + 8 * (count + 1)
+        parts = []
+        for size in sizes:
+            parts.append(view[offset : offset + size])
+            offset += size
+        return cls(bytes(parts[0]), tuple(parts[1:]))
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """One attempt at running one call of an endpoint."""
+
+    job_id: str
+    attempt: int
+    endpoint: EndpointSpec
+    method: str | None
+    payload: Payload
+    timeout: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class JobUpdate:
+    """A backend's report on one job.
+
+    A terminal update carries either ``outcome`` (the worker's serialized result or exception) or ``reason``
+    (why the infrastructure could not produce one). ``retryable`` marks infrastructure failures (a lost worker)
+    that the core may retry.
+    """
+
+    status: JobStatus
+    worker: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    outcome: Payload | None = None
+    reason: str | None = None
+    retryable: bool = False
+    billed_seconds: float | None = None
+
+
+@attrs.frozen
+class NoConfig:
+    """Configuration of a backend that takes no options."""
+
+
+class BackendEvents:
+    """What a backend tells the core about its workers; the core turns these into hook calls."""
+
+    def worker_started(self, worker: WorkerInfo) -> None:
+        """A worker became ready to take jobs."""
+
+    def worker_stopped(self, worker: WorkerInfo, reason: str) -> None:
+        """A worker stopped (scaled down, crashed, replaced by a reload)."""
+
+    def worker_state(self, worker: WorkerInfo, state: WorkerState) -> None:
+        """A worker changed state (IDLE <-> BUSY)."""
+
+
+class Backend(abc.ABC):
+    """Runs endpoints on one kind of target. Subclass it in a plugin and return the class from
+    ``gpuflex_register_backends``.
+
+    Class attributes:
+
+    * ``name``: the name users pass to ``--backend`` / ``gpuflex.use``.
+    * ``aliases``: other accepted names.
+    * ``config_cls``: an attrs class of this backend's options (``gpuflex.use(name, **options)``).
+    * ``capabilities``: feature -> ``None`` when supported, or a reason when not (e.g.
+      ``{"gpu": "no CUDA device on this machine"}``). The conformance suite skips checks the backend declares
+      unsupported, and the core warns when an endpoint needs one.
+    * ``max_payload_bytes``: the largest call payload the target accepts, or ``None``.
+    """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    config_cls: ClassVar[type[Any]] = NoConfig
+    capabilities: ClassVar[Mapping[str, str | None]] = {}
+    max_payload_bytes: ClassVar[int | None] = None
+
+    def __init__(self, config: Any = None, *, events: BackendEvents | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+        self.events = events or BackendEvents()
+        self.task_group: TaskGroup | None = None
+
+    def attach(self, task_group: TaskGroup) -> None:
+        """Called by the core once, before ``deploy``: a task group, alive until after ``aclose``, for this
+        backend's background work (reading from workers, scaling timers)."""
+        self.task_group = task_group
+
+    @classmethod
+    def supports(cls, feature: str) -> bool:
+        return cls.capabilities.get(feature, None) is None
+
+    def live_capabilities(self) -> Mapping[str, str | None]:
+        """*optional* Capabilities of this instance, which may depend on the machine (e.g. whether CUDA exists)."""
+        return self.capabilities
+
+    # -- deployment -------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        """**REQUIRED** Make ``endpoint`` runnable with the code in ``bundle``.
+
+        Called before the first call of an endpoint, and again with a new bundle on every hot reload: calls
+        already running finish on the old code, the next call runs the new code. Must be idempotent.
+        """
+
+    async def teardown(self, endpoint: str | None = None) -> None:  # noqa: B027 - optional hook method
+        """*optional* Remove what ``deploy`` created, for one endpoint or (``None``) all of them."""
+
+    # -- jobs -------------------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def submit(self, call: Call) -> str:
+        """**REQUIRED** Queue one attempt of a call; return a handle (any string unique within this backend)."""
+
+    @abc.abstractmethod
+    async def status(self, handle: str) -> JobUpdate:
+        """**REQUIRED** The job's current state. The core polls this when ``updates`` is not overridden."""
+
+    def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
+        """*optional* Push-based updates: yield each state change, ending with the terminal update.
+
+        Backends that are told when a job changes state (the local backend, a persistent connection) override
+        this; the others leave it and the core polls ``status`` with backoff.
+        """
+        raise NotImplementedError
+
+    def stream(self, handle: str) -> AsyncIterator[Payload]:
+        """*optional* (REQUIRED for generator endpoints) Yield each chunk a generator job produces, as it is
+        produced, and return when the job ends. The terminal update says how it ended."""
+        raise NotImplementedError(f"the {self.name} backend does not stream generator results")
+
+    @abc.abstractmethod
+    async def cancel(self, handle: str) -> None:
+        """**REQUIRED** Stop a queued or running job. Its terminal update becomes CANCELLED (or TIMED_OUT when the
+        core cancels on a deadline; the core records which). Cancelling a finished job does nothing."""
+
+    # -- scaling, prices, introspection ---------------------------------------------------------------------
+
+    async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:  # noqa: B027
+        """*optional* Change an endpoint's worker bounds without a redeploy."""
+
+    def price(self, endpoint: EndpointSpec) -> Price:
+        """*optional* What one worker of ``endpoint`` costs and how it is billed. Default: free."""
+        return Price()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """*optional* A snapshot of the workers this backend runs now."""
+        return []
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """**REQUIRED** Stop everything this instance started (workers, connections). Called once, last."""
+
+    async def __aenter__(self) -> Backend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,173 @@
+"""Hook specifications: how plugins register backends and observe or steer the core.
+
+Hooks register and observe; they never run jobs (that is :class:`gpuflex.backend.Backend`'s work). Implement
+them with ``from gpuflex import hookimpl`` in a module named by a ``gpuflex`` entry point. Every hook is called
+with keyword arguments; a plugin may accept any subset of the parameters.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._client import Job
+    from ._models import Bundle, Cost, EndpointSpec, Price, WorkerInfo
+    from .backend import Backend
+
+hookspec = pluggy.HookspecMarker("gpuflex")
+
+# -- registration ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def gpuflex_register_backends() -> type[Backend] | list[type[Backend]] | None:
+    """Return the backend class (or classes) this plugin provides.
+
+    Called once, when the registry is first needed (``gpuflex.list_backends()``, the first call of an endpoint).
+
+    :returns: a :class:`~gpuflex.backend.Backend` subclass, a list of them, or ``None``.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- configuration --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def gpuflex_endpoint_spec(spec: EndpointSpec) -> EndpointSpec | None:
+    """Validate or change an endpoint's spec before it is bound to a backend.
+
+    Called once per endpoint and backend, before the first deploy. Raise :class:`gpuflex.errors.ConfigError` to
+    reject the spec; return a replacement (built with ``attrs.evolve``) to change it. Results are applied in
+    plugin order, each plugin seeing the previous plugin's result.
+
+    :param spec: the endpoint as decorated.
+    :returns: a replacement spec, or ``None`` to keep it.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def gpuflex_select_backend(spec: EndpointSpec) -> str | None:
+    """Choose the backend for an endpoint that names none itself.
+
+    Called when an endpoint is first called, after ``endpoint(backend=...)`` and ``gpuflex.use`` (which win) and
+    before ``GPUFLEX_BACKEND``, the project config and the default. Stops at first non-None result.
+
+    :param spec: the endpoint being bound.
+    :returns: a backend name, or ``None`` to leave the choice to the usual order.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def gpuflex_bundle_ignore(root: str) -> list[str] | None:
+    """Add gitignore-style patterns of files to leave out of a bundle.
+
+    Called every time a bundle is built (first call, and every hot reload).
+
+    :param root: the project directory being bundled.
+    :returns: patterns, or ``None``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def gpuflex_deployed(spec: EndpointSpec, bundle: Bundle, backend: str) -> None:
+    """Observe a deploy: an endpoint now runs the code in ``bundle`` on ``backend``.
+
+    Called after every successful ``Backend.deploy``, including each hot reload.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- prices and budgets ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def gpuflex_price(spec: EndpointSpec, backend: str, default: Price) -> Price | None:
+    """Override what an endpoint's workers cost (a negotiated rate, a private cluster's internal price).
+
+    Called when a job finishes and when ``gpuflex plan`` estimates. Stops at first non-None result.
+
+    :param default: the backend's own price.
+    :returns: a :class:`~gpuflex.Price`, or ``None`` to keep ``default``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def gpuflex_check_budget(spec: EndpointSpec, spent: Cost, backend: str) -> str | None:
+    """Veto new work: return a reason to refuse a job before it is submitted.
+
+    Called before every submit with what has been spent so far in this process. Stops at first non-None
+    result; the caller gets :class:`gpuflex.errors.QuotaExceeded` with the reason.
+
+    :returns: a reason to refuse, or ``None`` to allow.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- job lifecycle --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def gpuflex_job_submitted(job: Job) -> None:
+    """A job was accepted (called once per job, before its first attempt is queued).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def gpuflex_job_started(job: Job) -> None:
+    """A job's attempt started running on a worker (called once per attempt).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def gpuflex_job_retrying(job: Job, reason: str) -> None:
+    """A job's attempt failed and another attempt is about to be queued.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def gpuflex_job_finished(job: Job) -> None:
+    """A job reached its terminal state; ``job.status``, ``job.cost`` and the timings are final.
+
+    Called exactly once per job, whatever the outcome.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- worker lifecycle -----------------------------------------------------------------------------------------
+
+
+@hookspec
+def gpuflex_worker_started(worker: WorkerInfo, backend: str) -> None:
+    """A worker became ready to take jobs.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def gpuflex_worker_stopped(worker: WorkerInfo, backend: str, reason: str) -> None:
+    """A worker stopped: scaled down, crashed, killed, or replaced by a hot reload.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,16 @@
+"""The offline test kit for backend authors: the conformance suite and a pytest plugin.
+
+>>> from gpuflex.testing import CHECKS, run_check
+>>> @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+... def test_conformance(check):
+...     run_check(check, MyBackend)
+"""
+
+from __future__ import annotations
+
+from ._conformance import CHECKS as CHECKS
+from ._conformance import CheckSkipped as CheckSkipped
+from ._conformance import backend_in_use as backend_in_use
+from ._conformance import run_check as run_check
+
+__all__ = ["CHECKS", "CheckSkipped", "backend_in_use", "run_check"]

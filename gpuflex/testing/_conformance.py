@@ -1,0 +1,327 @@
+"""The conformance suite: what "a backend works" means, as plain functions taking a backend factory.
+
+Each check builds a backend with ``make_backend()``, routes the suite's endpoints to it, exercises one behaviour
+through the public API, and raises ``AssertionError`` when the backend falls short. A check that needs a
+capability the backend declares missing raises :class:`CheckSkipped` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gpuflex
+from gpuflex import errors
+from gpuflex._client import get_session
+from gpuflex._costs import job_cost
+from gpuflex.backend import Backend
+
+from . import _endpoints as ep
+
+__all__ = ["CHECKS", "CheckSkipped", "backend_in_use", "run_check"]
+
+BackendFactory = Callable[[], Backend]
+Check = Callable[[BackendFactory], None]
+WAIT = 60.0
+
+
+class CheckSkipped(Exception):
+    """The backend declares it lacks what this check needs."""
+
+
+@contextlib.contextmanager
+def backend_in_use(make_backend: BackendFactory) -> Iterator[Backend]:
+    """Install a fresh backend from the factory, route every endpoint called inside the block to it, and close
+    it afterwards."""
+    backend = make_backend()
+    session = get_session()
+    session.install_backend(backend)
+    try:
+        with gpuflex.use(backend.name):
+            yield backend
+    finally:
+        session.run(session.remove_backend(backend))
+
+
+def _needs(backend: Backend, *features: str) -> None:
+    for feature in features:
+        reason = backend.live_capabilities().get(feature)
+        if reason:
+            raise CheckSkipped(f"{backend.name} lacks {feature}: {reason}")
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {limit} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _tmp() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gpuflex-conformance-"))
+
+
+# -- endpoint kinds ----------------------------------------------------------------------------------------------
+
+
+def check_function(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend):
+        assert ep.echo(21) == 21
+        assert ep.echo("a", suffix="b") == "ab"
+        assert ep.echo({"nested": [1, 2.5, None]}) == {"nested": [1, 2.5, None]}
+        blob = bytes(range(256)) * 4096  # 1 MiB: big enough to travel out of band
+        assert ep.echo(blob) == blob
+        assert ep.echo.local(5) == 5
+
+
+def check_async_function(make_backend: BackendFactory) -> None:
+    async def main() -> list[Any]:
+        pending = [ep.async_echo(i) for i in range(5)]
+        return list(await asyncio.gather(*pending))
+
+    with backend_in_use(make_backend):
+        assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+        async def sync_from_async() -> Any:
+            return await ep.echo.aio("from a loop")
+
+        assert asyncio.run(sync_from_async()) == "from a loop"
+
+
+def check_generator_streams(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "streaming")
+        gate = _tmp() / "gate"
+        chunks = ep.stream(5, str(gate))
+        assert next(chunks) == 0, "the first chunk must arrive while the generator still runs"
+        gate.touch()
+        assert list(chunks) == [1, 2, 3, 4], "a chunk was lost, or the generator was not streamed"
+
+
+def check_async_generator_streams(make_backend: BackendFactory) -> None:
+    async def main(gate: Path) -> list[int]:
+        seen = []
+        async for chunk in ep.async_stream(4, str(gate)):
+            seen.append(chunk)
+            if chunk == 0:
+                gate.touch()
+        return seen
+
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "streaming")
+        assert asyncio.run(main(_tmp() / "gate")) == [0, 1, 2, 3]
+
+
+def check_class_endpoint(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "classes")
+        counter = ep.Counter()
+        first, second, third = counter(), counter(2), counter()
+        assert [first["calls"], second["calls"], third["calls"]] == [1, 3, 4], "state was not kept between calls"
+        assert {first["setups"], third["setups"]} == {1} and first["token"] == third["token"], "setup() re-ran"
+        assert asyncio.run(counter.double.aio(4)) == 8
+        assert list(counter.letters("abc")) == ["a", "b", "c"]
+        try:
+            counter.missing(1)
+        except AttributeError as exc:
+            assert "missing" in str(exc)
+        else:
+            raise AssertionError("calling an unknown method must raise AttributeError")
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+
+
+def check_remote_exceptions(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend):
+        for kind, expected in (("value", ValueError), ("custom", ep.ConformanceError), ("other", KeyError)):
+            try:
+                ep.fail(kind)
+            except expected as exc:
+                assert isinstance(exc.__cause__, errors.RemoteTraceback), "the remote traceback is not attached"
+                assert "def fail" in exc.__cause__.tb or "fail" in exc.__cause__.tb
+            else:
+                raise AssertionError(f"fail({kind!r}) did not raise {expected.__name__}")
+        try:
+            ep.fail("unpicklable")
+        except errors.RemoteError as exc:
+            assert "UnpicklableError" in str(exc) and "a/b" in str(exc)
+        else:
+            raise AssertionError("an exception that cannot be rebuilt must become gpuflex.RemoteError")
+        try:
+            ep.echo(1, 2, 3)
+        except TypeError:
+            pass
+        else:
+            raise AssertionError("calling with the wrong arguments must raise TypeError like a local call")
+
+
+def check_bad_input(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend):
+        before = len(get_session().jobs)
+        try:
+            ep.echo(threading.Lock())
+        except errors.SerializationError as exc:
+            assert "argument 0" in str(exc) and "lock" in str(exc).lower()
+        else:
+            raise AssertionError("an unpicklable argument must raise SerializationError before submitting")
+        assert len(get_session().jobs) == before, "a job was submitted for arguments that cannot be sent"
+        try:
+            ep.unpicklable_result()
+        except errors.SerializationError as exc:
+            assert "cannot be sent back" in str(exc)
+        else:
+            raise AssertionError("an unpicklable result must raise SerializationError")
+        try:
+            with gpuflex.use("no-such-backend"):
+                ep.echo(1)
+        except errors.UnknownBackendError as exc:
+            assert "no-such-backend" in str(exc) and "installed backends" in str(exc)
+        else:
+            raise AssertionError("an unknown backend name must raise UnknownBackendError")
+        assert ep.echo("still works") == "still works"
+
+
+# -- job control -------------------------------------------------------------------------------------------------
+
+
+def check_job_api(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        started = _tmp() / "started"
+        job = ep.sleep.spawn(1.0, str(started))
+        assert isinstance(job, gpuflex.Job) and job.id
+        try:
+            job.result(timeout=0.01)
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("result(timeout=) must raise TimeoutError while the job runs")
+        assert job.result(timeout=WAIT) == 1.0
+        assert job.status is gpuflex.JobStatus.COMPLETED and job.attempts == 1
+        assert job.run_time is not None and job.run_time > 0 and job.queue_time is not None
+        assert job.worker, "the job does not say which worker ran it"
+        assert job.backend == backend.name
+        results = list(ep.echo.map(range(20)))
+        assert results == list(range(20))
+        assert sorted(ep.echo.map(range(20), order=False)) == list(range(20))
+
+
+def check_cancel(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "cancel")
+        for fn in (ep.sleep, ep.async_sleep):
+            started = _tmp() / "started"
+            job = fn.spawn(60, str(started))
+            _wait_until(started.exists, "the job to start")
+            job.cancel()
+            try:
+                job.result(timeout=WAIT)
+            except errors.JobCancelled as exc:
+                assert job.id in str(exc)
+            else:
+                raise AssertionError("a cancelled job must raise JobCancelled")
+            assert job.status is gpuflex.JobStatus.CANCELLED
+        assert ep.sleep(0.01) == 0.01, "the endpoint must keep working after a cancel"
+
+
+def check_timeout(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend):
+        job = ep.sleep_past_timeout.spawn(60)
+        try:
+            job.result(timeout=WAIT)
+        except errors.JobTimeout as exc:
+            assert "timeout" in str(exc) and isinstance(exc, TimeoutError)
+        else:
+            raise AssertionError("a job past its endpoint's timeout must raise JobTimeout")
+        assert job.status is gpuflex.JobStatus.TIMED_OUT
+        assert ep.sleep_past_timeout(0.01) == 0.01
+
+
+def check_retry_after_worker_killed(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "kill_worker")
+        job = ep.die_once.spawn(str(_tmp() / "marker"))
+        assert job.result(timeout=WAIT) == "survived"
+        assert job.attempts == 2, f"expected a retry after the worker died, got {job.attempts} attempt(s)"
+        job = ep.die_always.spawn()
+        try:
+            job.result(timeout=WAIT)
+        except errors.WorkerLost as exc:
+            assert "died" in str(exc) or "lost" in str(exc), str(exc)
+        else:
+            raise AssertionError("a job whose worker dies with no retries left must raise WorkerLost")
+        assert job.status is gpuflex.JobStatus.FAILED and job.reason
+
+
+# -- scaling and cost ------------------------------------------------------------------------------------------
+
+
+def check_scaling_bounds(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "scaling")
+        pids = set(ep.scaled.map([0.3] * 6))
+        assert 1 <= len(pids) <= 2, f"max_workers=2 but {len(pids)} workers ran the jobs"
+
+        def live(name: str) -> int:
+            workers = get_session().run(backend.workers())
+            return sum(1 for w in workers if w.endpoint == name and w.state.value in ("IDLE", "BUSY", "STARTING"))
+
+        _wait_until(lambda: live("conformance_scaled") == 0, "idle workers to be stopped after idle_timeout")
+        first = ep.warm()
+        _wait_until(lambda: live("conformance_warm") == 1, "min_workers=1 to keep one worker")
+        time.sleep(1.5)
+        assert live("conformance_warm") == 1, "a min_workers worker was stopped"
+        assert ep.warm() == first, "min_workers=1, max_workers=1 must reuse the warm worker"
+
+
+def check_cost_recorded(make_backend: BackendFactory) -> None:
+    with backend_in_use(make_backend) as backend:
+        before = gpuflex.costs().get("conformance_sleep")
+        calls_before = before.calls if before else 0
+        job = ep.sleep.spawn(0.2)
+        job.result(timeout=WAIT)
+        assert isinstance(job.cost, gpuflex.Cost)
+        price = backend.price(ep.sleep.spec)
+        assert job.cost.rule == price.billing
+        expected = job_cost(price, run_seconds=job.cost.billed_seconds)
+        assert abs(job.cost.usd - expected.usd) < 1e-9
+        if price.usd_per_hour > 0:
+            assert job.cost.usd > 0
+        after = gpuflex.costs()["conformance_sleep"]
+        assert after.calls == calls_before + 1
+
+
+CHECKS: list[Check] = [
+    check_function,
+    check_async_function,
+    check_generator_streams,
+    check_async_generator_streams,
+    check_class_endpoint,
+    check_remote_exceptions,
+    check_bad_input,
+    check_job_api,
+    check_cancel,
+    check_timeout,
+    check_retry_after_worker_killed,
+    check_scaling_bounds,
+    check_cost_recorded,
+]
+
+
+def run_check(check: Check, make_backend: BackendFactory) -> None:
+    """Run one check; under pytest a missing capability becomes a skip."""
+    try:
+        check(make_backend)
+    except CheckSkipped as exc:
+        try:
+            import pytest
+        except ImportError:
+            raise exc from None
+        pytest.skip(str(exc))

@@ -1,0 +1,154 @@
+"""Endpoints the conformance suite calls. Module-level, so every backend's workers import them by reference."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import gpuflex
+
+
+class ConformanceError(Exception):
+    """A user-defined exception type: it must come back as itself."""
+
+
+class UnpicklableError(Exception):
+    """An exception whose instances cannot be rebuilt (it needs two arguments): it must become RemoteError."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def _wait_for_file(path: str, limit: float = 60.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@gpuflex.endpoint(name="conformance_echo", max_workers=2)
+def echo(value: Any, *, suffix: str = "") -> Any:
+    return value + suffix if suffix else value
+
+
+@gpuflex.endpoint(name="conformance_async_echo")
+async def async_echo(value: Any) -> Any:
+    await asyncio.sleep(0)
+    return value
+
+
+@gpuflex.endpoint(name="conformance_pid")
+def worker_pid() -> int:
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="conformance_stream")
+def stream(count: int, gate: str) -> Iterator[int]:
+    """Yield one chunk, then wait for the caller to create ``gate`` (proves chunks arrive while running)."""
+    yield 0
+    yield 1 if _wait_for_file(gate) else -1
+    yield from range(2, count)
+
+
+@gpuflex.endpoint(name="conformance_async_stream")
+async def async_stream(count: int, gate: str) -> AsyncIterator[int]:
+    yield 0
+    for _ in range(6000):
+        if os.path.exists(gate):
+            break
+        await asyncio.sleep(0.01)
+    yield 1 if os.path.exists(gate) else -1
+    for i in range(2, count):
+        yield i
+
+
+@gpuflex.endpoint(name="conformance_counter", max_workers=1)
+class Counter:
+    """Class endpoint: ``setup`` runs once per worker, state is kept between calls."""
+
+    def setup(self) -> None:
+        self.setups = getattr(self, "setups", 0) + 1
+        self.calls = 0
+        self.token = f"{os.getpid()}-{time.time_ns()}"
+
+    def __call__(self, step: int = 1) -> dict[str, Any]:
+        self.calls += step
+        return {"calls": self.calls, "setups": self.setups, "token": self.token}
+
+    async def double(self, value: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * value
+
+    def letters(self, word: str) -> Iterator[str]:
+        yield from word
+
+
+@gpuflex.endpoint(name="conformance_fail")
+def fail(kind: str) -> None:
+    if kind == "value":
+        raise ValueError("boom from the worker")
+    if kind == "custom":
+        raise ConformanceError("custom boom")
+    if kind == "unpicklable":
+        raise UnpicklableError("a", "b")
+    raise KeyError(kind)
+
+
+@gpuflex.endpoint(name="conformance_sleep", max_workers=2)
+def sleep(seconds: float, started: str | None = None) -> float:
+    if started:
+        Path(started).touch()
+    time.sleep(seconds)
+    return seconds
+
+
+@gpuflex.endpoint(name="conformance_async_sleep", concurrency=4)
+async def async_sleep(seconds: float, started: str | None = None) -> float:
+    if started:
+        Path(started).touch()
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@gpuflex.endpoint(name="conformance_timeout", timeout=1.0)
+def sleep_past_timeout(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@gpuflex.endpoint(name="conformance_die_once", retries=1)
+def die_once(marker: str) -> str:
+    """The first attempt kills its own worker process; the retry finds the marker and succeeds."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+@gpuflex.endpoint(name="conformance_die_always")
+def die_always() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@gpuflex.endpoint(name="conformance_scaled", max_workers=2, idle_timeout=1)
+def scaled(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="conformance_warm", min_workers=1, max_workers=1)
+def warm() -> int:
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="conformance_unpicklable_result")
+def unpicklable_result() -> Any:
+    return threading.Lock()

@@ -1,0 +1,48 @@
+"""Every install and check step of the project. `pip install nox uv` then `nox -s <session>`.
+
+torch is installed with pip at a pinned version (a CPU build that lies on this project's machines); uv would
+resolve a multi-GB CUDA build from PyPI instead, so it never resolves torch here.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|venv"
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+TORCH = "torch==2.13.0"
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6"]
+BACKENDS = ["backends/local"]
+
+
+def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
+    session.install("-e", ".", *[arg for path in BACKENDS for arg in ("-e", path)], *extra)
+    if torch:
+        session.run("python", "-m", "ensurepip", "--upgrade", silent=True)
+        session.run("python", "-m", "pip", "install", "--quiet", TORCH)
+
+
+@nox.session(python=PYTHON, venv_params=["--seed"])
+def tests(session: nox.Session) -> None:
+    """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
+    _install(session, *TEST_DEPS, "uv", torch=True)
+    session.run("ruff", "check", ".")
+    session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON, venv_params=["--seed"])
+def demo(session: nox.Session) -> None:
+    """Run the quick-start demo on the local backend."""
+    _install(session, torch=True)
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session(python=PYTHON, venv_params=["--seed"])
+def benchmarks(session: nox.Session) -> None:
+    """Measure gpuflex against ProcessPoolExecutor and Ray; write docs/benchmarks.md."""
+    _install(session, "numpy>=1.26", "ray", torch=True)
+    session.run("python", "benchmarks/run.py", *session.posargs)
