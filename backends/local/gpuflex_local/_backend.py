@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import anyio
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from gpuflex import Bundle, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
 from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
@@ -27,6 +27,39 @@ from ._process import StartFailed, WorkerProcess
 
 __all__ = ["LocalBackend"]
 
+T = TypeVar("T")
+
+
+class Mailbox(Generic[T]):
+    """An unbounded single-consumer queue on the backend's loop: ``put`` never blocks, iteration ends at close."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._closed = False
+        self._event: anyio.Event | None = None
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        while True:
+            while self._items:
+                yield self._items.popleft()
+            if self._closed:
+                return
+            self._event = anyio.Event()
+            await self._event.wait()
+
 
 @attrs.define(eq=False)
 class LocalJob:
@@ -37,19 +70,16 @@ class LocalJob:
     started_at: float | None = None
     update: JobUpdate | None = None
     cancel_status: JobStatus | None = None
-    updates_tx: MemoryObjectSendStream[JobUpdate] | None = None
-    updates_rx: MemoryObjectReceiveStream[JobUpdate] | None = None
-    chunks_tx: MemoryObjectSendStream[Payload] | None = None
-    chunks_rx: MemoryObjectReceiveStream[Payload] | None = None
+    updates: Mailbox[JobUpdate] = attrs.field(factory=Mailbox)
+    chunks: Mailbox[Payload] | None = None
 
     def push(self, update: JobUpdate) -> None:
         self.status, self.update = update.status, update
-        if self.updates_tx is not None:
-            self.updates_tx.send_nowait(update)
-            if update.status.is_terminal:
-                self.updates_tx.close()
-        if update.status.is_terminal and self.chunks_tx is not None:
-            self.chunks_tx.close()
+        self.updates.put(update)
+        if update.status.is_terminal:
+            self.updates.close()
+            if self.chunks is not None:
+                self.chunks.close()
 
 
 class EndpointPool:
@@ -154,8 +184,8 @@ class EndpointPool:
             if job.cancel_status is None:
                 job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
         elif kind == "chunk":
-            if job.chunks_tx is not None and job.cancel_status is None:
-                job.chunks_tx.send_nowait(frame[2])
+            if job.chunks is not None and job.cancel_status is None:
+                job.chunks.put(frame[2])
         elif kind == "done":
             _, _, status, outcome = frame
             del worker.active[handle]
@@ -311,9 +341,8 @@ class LocalBackend(Backend):
             raise BackendUnavailable(f"endpoint {call.endpoint.name!r} is not deployed on the local backend")
         handle = f"{call.job_id}-{call.attempt}"
         job = LocalJob(handle, call)
-        job.updates_tx, job.updates_rx = anyio.create_memory_object_stream[JobUpdate](8)
         if call.endpoint.kind_of(call.method).streams:
-            job.chunks_tx, job.chunks_rx = anyio.create_memory_object_stream[Payload](float("inf"))
+            job.chunks = Mailbox()
         self.jobs[handle] = job
         pool.queue.append(job)
         pool.kick()
@@ -331,9 +360,8 @@ class LocalBackend(Backend):
 
     async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:  # type: ignore[override]
         job = self._job(handle)
-        assert job.updates_rx is not None
         try:
-            async for update in job.updates_rx:
+            async for update in job.updates:
                 yield update
         finally:
             if job.status.is_terminal:
@@ -341,9 +369,9 @@ class LocalBackend(Backend):
 
     async def stream(self, handle: str) -> AsyncIterator[Payload]:  # type: ignore[override]
         job = self._job(handle)
-        if job.chunks_rx is None:
+        if job.chunks is None:
             return
-        async for chunk in job.chunks_rx:
+        async for chunk in job.chunks:
             yield chunk
 
     async def cancel(self, handle: str) -> None:
