@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import gpuflex
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @gpuflex.endpoint(gpu="any", max_workers=2, idle_timeout=30)

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import concurrent.futures
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -39,6 +37,9 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    import concurrent.futures
+    from collections.abc import AsyncIterator, Coroutine
+
     from anyio.abc import TaskGroup
 
     from ._endpoint import Endpoint
@@ -140,7 +141,7 @@ class Session:
                     del self._bindings[binding_key]
         await backend.aclose()
 
-    def bundle_for(self, endpoint: Endpoint) -> Bundle:
+    def bundle_for(self, endpoint: Endpoint[Any, Any]) -> Bundle:
         root = endpoint.project_root
         with self._bundle_lock:
             bundle = self._bundles.get(root)
@@ -157,7 +158,7 @@ class Session:
         with self._bundle_lock:
             self._bundles.clear()
 
-    async def _bind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint) -> EndpointSpec:
+    async def _bind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any]) -> EndpointSpec:
         binding = self._bindings.get((key, endpoint.name))
         if binding is None:
             spec = _plugins.call_endpoint_spec(endpoint.spec)
@@ -176,7 +177,7 @@ class Session:
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
-    def spawn(self, endpoint: Endpoint, method: str | None, payload: Payload, *, streaming: bool) -> Job:
+    def spawn(self, endpoint: Endpoint[Any, Any], method: str | None, payload: Payload, *, streaming: bool) -> Job:
         """Accept a job (caller's thread) and start driving it (loop thread)."""
         choice = resolve_backend(endpoint.name, endpoint.spec.backend, endpoint.spec)
         backend = self._backend_sync(choice)
@@ -197,7 +198,7 @@ class Session:
             await backend.cancel(handle)
 
     async def _drive(
-        self, job: Job, backend: Backend, key: tuple[str, str], endpoint: Endpoint, method: str | None,
+        self, job: Job, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any], method: str | None,
         payload: Payload,
     ) -> None:
         try:
@@ -297,6 +298,7 @@ class Session:
                         status=JobStatus.TIMED_OUT, outcome=None,
                         reason=f"ran past the endpoint's timeout of {spec.timeout} s and was stopped",
                     )
+        assert final is not None
         if final.worker:
             job.worker = final.worker
         if final.started_at:
@@ -353,7 +355,9 @@ def _check_capabilities(backend: Backend, spec: EndpointSpec) -> None:
     for feature in needs:
         reason = caps.get(feature)
         if reason:
-            raise ConfigError(f"endpoint {spec.name!r} needs {feature}, which the {backend.name} backend lacks: {reason}")
+            raise ConfigError(
+                f"endpoint {spec.name!r} needs {feature}, which the {backend.name} backend lacks: {reason}"
+            )
 
 
 _session: Session | None = None

@@ -14,14 +14,16 @@ import contextvars
 import functools
 import os
 import tomllib
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._plugins import get_plugin_manager
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
 
 __all__ = ["BackendChoice", "ProjectConfig", "load_project_config", "resolve_backend", "use"]
 

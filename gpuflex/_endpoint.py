@@ -9,9 +9,8 @@ import inspect
 import os
 import sys
 import typing
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import cloudpickle
 
@@ -19,12 +18,20 @@ from ._bundle import find_project_root
 from ._client import get_session
 from ._envelope import encode_call
 from ._gpus import parse_gpu
-from ._job import Job
 from ._models import EndpointKind, EndpointSpec, FunctionRef, Resources
 from ._worker import IN_WORKER_ENV
 from .errors import ConfigError
 
+if typing.TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+
+    from ._job import Job
+
 __all__ = ["Endpoint", "endpoint"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 def _kind_of(obj: Any) -> EndpointKind:
@@ -81,7 +88,7 @@ def _function_ref(obj: Any, source_file: str | None, root: Path) -> FunctionRef:
 class _Aio:
     """``fn.aio``: async versions of the calls that would block an event loop."""
 
-    def __init__(self, ep: Endpoint, method: str | None) -> None:
+    def __init__(self, ep: Endpoint[Any, Any], method: str | None) -> None:
         self._ep, self._method = ep, method
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -111,7 +118,9 @@ class _Aio:
 class _Callable:
     """One remotely callable thing (a function endpoint, or one method of a class endpoint)."""
 
-    def __init__(self, ep: Endpoint, method: str | None, kind: EndpointKind, local: Callable[..., Any]) -> None:
+    def __init__(
+        self, ep: Endpoint[Any, Any], method: str | None, kind: EndpointKind, local: Callable[..., Any]
+    ) -> None:
         self._ep, self._method, self._kind, self._local = ep, method, kind, local
         self.aio = _Aio(ep, method)
 
@@ -179,7 +188,7 @@ async def _async_stream(job: Job) -> AsyncIterator[Any]:
 
 
 @typing.final
-class Endpoint(_Callable):
+class Endpoint(_Callable, Generic[P, R]):
     """What ``@gpuflex.endpoint`` returns. Call it like the original; see also ``local``, ``spawn``, ``map``
     and ``aio``. For a class, calling it gives a :class:`RemoteInstance` whose methods run remotely."""
 
@@ -194,7 +203,7 @@ class Endpoint(_Callable):
             raise ConfigError(f"class endpoint {obj.__qualname__} has no public methods or __call__ to call remotely")
         self.spec = _build_spec(obj, kind, methods, self.project_root, self.source_file, options)
         self.name = self.spec.name
-        functools.update_wrapper(self, obj)  # type: ignore[arg-type]
+        functools.update_wrapper(self, obj)
         local = obj if kind is not EndpointKind.CLASS else self._local_instance
         super().__init__(self, None, kind, local)
 
@@ -204,15 +213,15 @@ class Endpoint(_Callable):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.__gpuflex_raw__, self._options))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self.spec.kind is EndpointKind.CLASS:
             if args or kwargs:
                 raise ConfigError(
                     f"class endpoint {self.name!r} is built by each worker with no arguments; "
                     "pass settings through env= or load them in setup()"
                 )
-            return RemoteInstance(self)
-        return super().__call__(*args, **kwargs)
+            return typing.cast(R, RemoteInstance(self))
+        return typing.cast(R, super().__call__(*args, **kwargs))
 
     def _local_instance(self) -> Any:
         instance = self.__gpuflex_raw__()
@@ -233,7 +242,7 @@ class RemoteInstance:
     """A class endpoint seen from the caller: each public method (and the instance itself, if the class defines
     ``__call__``) runs on a worker, where ``setup()`` ran once."""
 
-    def __init__(self, ep: Endpoint) -> None:
+    def __init__(self, ep: Endpoint[Any, Any]) -> None:
         self._ep = ep
         self._local_obj: Any = None
 
@@ -257,7 +266,7 @@ class RemoteInstance:
         return _Callable(self._ep, None, self._ep.spec.methods["__call__"], self._local("__call__"))(*args, **kwargs)
 
 
-def _rebuild(obj: Any, options: Mapping[str, Any]) -> Endpoint:
+def _rebuild(obj: Any, options: Mapping[str, Any]) -> Endpoint[Any, Any]:
     return Endpoint(obj, options)
 
 
@@ -290,16 +299,52 @@ def _build_spec(obj: Any, kind: EndpointKind, methods: dict[str, EndpointKind], 
     )
 
 
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, obj: type[T], /) -> Endpoint[[], T]: ...
+    @overload
+    def __call__(self, obj: Callable[P, R], /) -> Endpoint[P, R]: ...
+
+
+@overload
+def endpoint(obj: type[T], /) -> Endpoint[[], T]: ...
+@overload
+def endpoint(obj: Callable[P, R], /) -> Endpoint[P, R]: ...
+@overload
 def endpoint(
-    obj: Any = None, *, name: str | None = None, gpu: Any = None, cpu: float | None = None, memory: int | None = None,
-    min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60, timeout: float | None = None,
-    retries: int = 0, concurrency: int = 1, dependencies: Sequence[str] = (), system_dependencies: Sequence[str] = (),
-    env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), backend: str | None = None,
+    obj: None = None, /, *, name: str | None = None, gpu: Any = None, cpu: float | None = None,
+    memory: int | None = None, min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60,
+    timeout: float | None = None, retries: int = 0, concurrency: int = 1, dependencies: Sequence[str] = (),
+    system_dependencies: Sequence[str] = (), env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
+    backend: str | None = None,
+) -> _Decorator: ...
+def endpoint(
+    obj: Any = None, /, *, name: str | None = None, gpu: Any = None, cpu: float | None = None,
+    memory: int | None = None, min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60,
+    timeout: float | None = None, retries: int = 0, concurrency: int = 1, dependencies: Sequence[str] = (),
+    system_dependencies: Sequence[str] = (), env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
+    backend: str | None = None,
 ) -> Any:
-    """Make a function or class runnable on any backend. Use bare (``@endpoint``) or with options."""
+    """Make a function or class runnable on any backend. Use bare (``@endpoint``) or with options.
+
+    :param name: the endpoint's name (default: the function's); unique per project.
+    :param gpu: ``"H100"``, ``"A100-80GB"``, ``"L4:2"``, ``"any"``, a RunPod pool (``"ADA_24"``), a family dict
+        (``{"Ada": 1}``), a list (ordered fallback) or :class:`gpuflex.GPU`. ``None``: no GPU.
+    :param cpu: CPU cores per worker. :param memory: MiB per worker.
+    :param min_workers: workers kept warm even when idle. :param max_workers: the most workers at once.
+    :param idle_timeout: seconds an idle worker waits for work before it stops.
+    :param timeout: seconds one call may run before it is stopped (``JobTimeout``).
+    :param retries: extra attempts after a failure (the function raised, or its worker died).
+    :param concurrency: calls one worker runs at once (threads for sync functions, tasks for async ones).
+    :param dependencies: pip requirements the function needs; checked (or installed) before the first call.
+    :param system_dependencies: OS packages (apt) the function needs, for backends that build images.
+    :param env: environment variables set on workers. :param secrets: names of environment variables copied
+        from the caller's environment to workers (never logged).
+    :param backend: run this endpoint on this backend whatever else is active.
+    """
     options = {k: v for k, v in locals().items() if k != "obj"}
 
-    def wrap(target: Any) -> Endpoint:
+    def wrap(target: Any) -> Endpoint[Any, Any]:
         return Endpoint(target, options)
 
     return wrap(obj) if obj is not None else wrap

@@ -100,8 +100,9 @@ def encode_error(exc: BaseException) -> Payload:
     """Serialize an exception raised by the user's code (or the worker), keeping its type when it pickles."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     label = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    pickled: bytes | None
     try:
-        pickled: bytes | None = cloudpickle.dumps(exc.with_traceback(None), protocol=_PROTOCOL)
+        pickled = cloudpickle.dumps(exc.with_traceback(None), protocol=_PROTOCOL)
         pickle.loads(pickled)  # some exceptions pickle but cannot be rebuilt (required __init__ args)
     except Exception:
         pickled = None
@@ -116,7 +117,7 @@ def outcome_error(payload: Payload) -> BaseException | None:
     _, pickled, label, message, tb = outcome
     exc: BaseException
     try:
-        exc = pickle.loads(pickled) if pickled is not None else RemoteError(label, message)
+        exc = RemoteError(label, message) if pickled is None else pickle.loads(pickled)
     except Exception:
         exc = RemoteError(label, message)
     exc.__cause__ = RemoteTraceback(tb)

@@ -8,13 +8,16 @@ import concurrent.futures
 import threading
 import time
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ._envelope import decode_outcome
 from ._models import Cost, JobStatus
-from .backend import JobUpdate, Payload
 from .errors import JobCancelled, JobFailed, JobTimeout, WorkerLost
+
+if typing.TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+
+    from .backend import JobUpdate, Payload
 
 __all__ = ["ChunkChannel", "Job"]
 
@@ -37,7 +40,7 @@ class ChunkChannel:
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
             loop, fut = waiter
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+            loop.call_soon_threadsafe(_wake, fut)
 
     def close(self) -> None:
         self.put(_END)
@@ -57,6 +60,11 @@ class ChunkChannel:
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiter = (loop, fut)
             await fut
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 @typing.final
@@ -152,7 +160,7 @@ class Job:
             item = self.chunks.get()
             if item is _END:
                 break
-            yield decode_outcome(typing.cast(Payload, item))
+            yield decode_outcome(typing.cast("Payload", item))
         self.result()  # re-raise the job's error, if it ended with one
 
     async def aiter_chunks(self) -> AsyncIterator[Any]:
@@ -161,7 +169,7 @@ class Job:
             item = await self.chunks.aget()
             if item is _END:
                 break
-            yield decode_outcome(typing.cast(Payload, item))
+            yield decode_outcome(typing.cast("Payload", item))
         await self.aresult()
 
     # -- called by the core on the loop thread ----------------------------------------------------------------

@@ -6,13 +6,17 @@ import enum
 import hashlib
 import json
 import typing
-from collections.abc import Mapping
-from pathlib import Path
+from typing import Any
 
 import attrs
 
-from ._gpus import GPU
 from .errors import ConfigError
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+    from ._gpus import GPU
 
 __all__ = [
     "Bundle",
@@ -73,11 +77,15 @@ def _non_negative_int(inst: object, attr: attrs.Attribute[int], value: int) -> N
         raise ConfigError(f"{attr.name} must be a non-negative integer, got {value!r}")
 
 
-def _positive_number_or_none(inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+def _positive_number_or_none(inst: object, attr: attrs.Attribute[Any], value: float | None) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{attr.name} must be a positive number of seconds or None, got {value!r}")
+
+
+def _sorted_dict(value: Mapping[str, str]) -> dict[str, str]:
+    return dict(sorted(value.items()))
 
 
 @typing.final
@@ -87,7 +95,7 @@ class Resources:
 
     gpu: GPU | None = None
     cpu: float | None = attrs.field(default=None, validator=_positive_number_or_none)
-    memory: int | None = attrs.field(default=None, validator=_positive_number_or_none)
+    memory: float | None = attrs.field(default=None, validator=_positive_number_or_none)
 
 
 @typing.final
@@ -95,9 +103,10 @@ class Resources:
 class FunctionRef:
     """How a worker finds the user's object: import ``module`` and walk ``qualname``.
 
-    ``import_path`` (relative to the bundle root) goes on the worker's ``sys.path``. ``path`` is set when the module is a script (``__main__``): the worker imports
-    the file under a private name so its ``if __name__ == "__main__"`` block does not run. ``pickled`` holds the
-    object by value (cloudpickle) when it cannot be imported (closures, interactive sessions).
+    ``import_path`` (relative to the bundle root) goes on the worker's ``sys.path``. ``path`` is set when the
+    module is a script (``__main__``): the worker imports the file under a private name so its
+    ``if __name__ == "__main__"`` block does not run. ``pickled`` holds the object by value (cloudpickle) when it
+    cannot be imported (closures, interactive sessions).
     """
 
     module: str
@@ -123,13 +132,13 @@ class EndpointSpec:
     resources: Resources = Resources()
     min_workers: int = attrs.field(default=0, validator=_non_negative_int)
     max_workers: int = attrs.field(default=1, validator=_non_negative_int)
-    idle_timeout: float = attrs.field(default=60, validator=_positive_number_or_none)
+    idle_timeout: float = attrs.field(default=60.0, validator=_positive_number_or_none)
     timeout: float | None = attrs.field(default=None, validator=_positive_number_or_none)
     retries: int = attrs.field(default=0, validator=_non_negative_int)
     concurrency: int = attrs.field(default=1, validator=_non_negative_int)
     dependencies: tuple[str, ...] = ()
     system_dependencies: tuple[str, ...] = ()
-    env: Mapping[str, str] = attrs.field(factory=dict, converter=lambda d: dict(sorted(d.items())))
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_dict)
     secrets: tuple[str, ...] = ()
     backend: str | None = None
 

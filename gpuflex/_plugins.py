@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import typing
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -80,7 +81,7 @@ def call_endpoint_spec(spec: EndpointSpec) -> EndpointSpec:
     for impl in reversed(pm.hook.gpuflex_endpoint_spec.get_hookimpls()):
         replacement = impl.function(**{k: v for k, v in {"spec": spec}.items() if k in impl.argnames})
         if replacement is not None:
-            spec = replacement
+            spec = typing.cast("EndpointSpec", replacement)
     return spec
 
 

@@ -17,7 +17,6 @@ import os
 import pickle
 import struct
 import uuid
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
@@ -25,6 +24,8 @@ import attrs
 from .backend import Payload
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anyio.abc import ByteSendStream
     from anyio.streams.buffered import BufferedByteReceiveStream
 

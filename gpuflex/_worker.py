@@ -18,17 +18,20 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import cloudpickle
 
 from ._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
 from ._version import __version__
 from ._wire import WireCodec, read_frame_sync, write_frame_sync
-from .backend import Payload
 from .errors import ConfigError, VersionMismatch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .backend import Payload
 
 __all__ = ["IN_WORKER_ENV", "WorkerRuntime", "main"]
 

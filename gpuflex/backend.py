@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import struct
-from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -29,6 +28,8 @@ import attrs
 from ._models import JobStatus, Price, WorkerInfo
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
     from anyio.abc import TaskGroup
 
     from ._models import Bundle, EndpointSpec, WorkerState

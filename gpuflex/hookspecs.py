@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from ._client import Job
+    from ._job import Job
     from ._models import Bundle, Cost, EndpointSpec, Price, WorkerInfo
     from .backend import Backend
 

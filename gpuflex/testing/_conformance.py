@@ -12,6 +12,7 @@ import contextlib
 import tempfile
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ def check_async_generator_streams(make_backend: BackendFactory) -> None:
         async for chunk in ep.async_stream(4, str(gate)):
             seen.append(chunk)
             if chunk == 0:
-                gate.touch()
+                gate.touch()  # noqa: ASYNC240 - a tiny local file, on purpose in the loop
         return seen
 
     with backend_in_use(make_backend) as backend:
@@ -126,10 +127,10 @@ def check_class_endpoint(make_backend: BackendFactory) -> None:
         first, second, third = counter(), counter(2), counter()
         assert [first["calls"], second["calls"], third["calls"]] == [1, 3, 4], "state was not kept between calls"
         assert {first["setups"], third["setups"]} == {1} and first["token"] == third["token"], "setup() re-ran"
-        assert asyncio.run(counter.double.aio(4)) == 8
+        assert asyncio.run(typing.cast(Any, counter).double.aio(4)) == 8
         assert list(counter.letters("abc")) == ["a", "b", "c"]
         try:
-            counter.missing(1)
+            getattr(counter, "missing")(1)  # noqa: B009 - the attribute does not exist on purpose
         except AttributeError as exc:
             assert "missing" in str(exc)
         else:
@@ -156,7 +157,7 @@ def check_remote_exceptions(make_backend: BackendFactory) -> None:
         else:
             raise AssertionError("an exception that cannot be rebuilt must become gpuflex.RemoteError")
         try:
-            ep.echo(1, 2, 3)
+            typing.cast(Any, ep.echo)(1, 2, 3)
         except TypeError:
             pass
         else:

@@ -7,11 +7,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gpuflex
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 
 class ConformanceError(Exception):
@@ -61,11 +63,13 @@ def stream(count: int, gate: str) -> Iterator[int]:
 @gpuflex.endpoint(name="conformance_async_stream")
 async def async_stream(count: int, gate: str) -> AsyncIterator[int]:
     yield 0
+    opened = False
     for _ in range(6000):
-        if os.path.exists(gate):
+        opened = await asyncio.to_thread(os.path.exists, gate)
+        if opened:
             break
         await asyncio.sleep(0.01)
-    yield 1 if os.path.exists(gate) else -1
+    yield 1 if opened else -1
     for i in range(2, count):
         yield i
 
@@ -113,7 +117,7 @@ def sleep(seconds: float, started: str | None = None) -> float:
 @gpuflex.endpoint(name="conformance_async_sleep", concurrency=4)
 async def async_sleep(seconds: float, started: str | None = None) -> float:
     if started:
-        Path(started).touch()
+        await asyncio.to_thread(Path(started).touch)
     await asyncio.sleep(seconds)
     return seconds
 

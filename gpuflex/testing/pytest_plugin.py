@@ -8,15 +8,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gpuflex._registry import get_registry
-from gpuflex.backend import Backend
 
 from ._conformance import CHECKS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from gpuflex.backend import Backend
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -7,8 +7,7 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
 import attrs
@@ -24,6 +23,9 @@ from ._config import LocalConfig
 from ._deps import worker_python
 from ._gpus import GpuAllocator, detect_gpus
 from ._process import StartFailed, WorkerProcess
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
 
 __all__ = ["LocalBackend"]
 
@@ -358,7 +360,7 @@ class LocalBackend(Backend):
         job = self._job(handle)
         return job.update or JobUpdate(status=job.status)
 
-    async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:  # type: ignore[override]
+    async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
         job = self._job(handle)
         try:
             async for update in job.updates:
@@ -367,7 +369,7 @@ class LocalBackend(Backend):
             if job.status.is_terminal:
                 self.jobs.pop(handle, None)
 
-    async def stream(self, handle: str) -> AsyncIterator[Payload]:  # type: ignore[override]
+    async def stream(self, handle: str) -> AsyncIterator[Payload]:
         job = self._job(handle)
         if job.chunks is None:
             return

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+import gpuflex
 from gpuflex.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def worker_python(spec: EndpointSpec, config: LocalConfig) -> str:
         site = next((env_dir / "lib").glob("python*/site-packages"))
         link_dir = env_dir / "gpuflex-runtime"
         link_dir.mkdir(exist_ok=True)
-        (link_dir / "gpuflex").symlink_to(Path(__import__("gpuflex").__file__).resolve().parent)
+        (link_dir / "gpuflex").symlink_to(Path(gpuflex.__file__ or "gpuflex").resolve().parent)
         (site / "_gpuflex_runtime.pth").write_text(f"{link_dir}\n")
         (env_dir / ".gpuflex-complete").write_text(key)
     return str(python)

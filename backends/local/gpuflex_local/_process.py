@@ -6,15 +6,18 @@ import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from gpuflex import WorkerInfo, WorkerState
 from gpuflex._wire import WireCodec, discard_shm, read_frame, write_frame
-from gpuflex.backend import Payload
+
+if TYPE_CHECKING:
+    from anyio.abc import Process
+
+    from gpuflex.backend import Payload
 
 __all__ = ["StartFailed", "WorkerProcess"]
 

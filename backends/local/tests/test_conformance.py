@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from gpuflex_local import LocalBackend
 
 from gpuflex.testing import CHECKS, run_check
-from gpuflex_local import LocalBackend
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
