@@ -122,5 +122,5 @@ def decide(policy: ScalePolicy, *, queued: int, workers: Sequence[WorkerView], n
 
 def next_check(policy: ScalePolicy, workers: Sequence[WorkerView], now: float) -> float | None:
     """The earliest time after ``now`` at which an idle worker's timeout runs out, or None."""
-    times = [at for w in workers if w.alive and (at := _expires_at(policy, w)) is not None ]
+    times = [at for w in workers if w.alive and (at := _expires_at(policy, w)) is not None and at > now]
     return min(times, default=None)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
+import itertools
+import os
 import threading
 import time
 import uuid
@@ -38,7 +41,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import AsyncIterator, Coroutine
+    from collections.abc import AsyncGenerator, Coroutine
 
     from anyio.abc import TaskGroup
 
@@ -73,21 +76,20 @@ class Session:
     """Process-wide state: the loop thread, backend instances, deployed bundles, jobs and costs."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self._thread = threading.Thread(target=self._run_loop, name="gpuflex-loop", daemon=True)
         self._thread.start()
         self.task_group: TaskGroup = self.submit(self._start_supervisor()).result()
         self.meter = CostMeter()
         self.budget = BudgetGuard(self.meter)
-        pm = _plugins.get_plugin_manager()
-        if not pm.is_registered(self.budget):
-            pm.register(self.budget, name=f"gpuflex.budget.{id(self)}")
         self._backends: dict[tuple[str, str], Backend] = {}
         self._bindings: dict[tuple[tuple[str, str], str], _Binding] = {}
         self._bundles: dict[Any, Bundle] = {}
         self._bundle_lock = threading.Lock()
         self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._closed = False
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._ids = itertools.count(1)
 
     async def _start_supervisor(self) -> TaskGroup:
         started: asyncio.Future[TaskGroup] = self.loop.create_future()
@@ -183,7 +185,7 @@ class Session:
         backend = self._backend_sync(choice)
         if backend.max_payload_bytes is not None and payload.nbytes > backend.max_payload_bytes:
             raise PayloadTooLarge(payload.nbytes, backend.max_payload_bytes, backend.name)
-        job = Job(uuid.uuid4().hex[:16], endpoint.name, backend.name, streaming=streaming)
+        job = Job(f"{self._id_prefix}{next(self._ids):x}", endpoint.name, backend.name, streaming=streaming)
         self.jobs[job.id] = job
         while len(self.jobs) > _MAX_REMEMBERED_JOBS:
             self.jobs.popitem(last=False)
@@ -203,7 +205,7 @@ class Session:
     ) -> None:
         try:
             spec = await self._bind(backend, key, endpoint)
-            refusal = _plugins.call_check_budget(spec, self.meter.total(), backend.name)
+            refusal = self.budget.check() or _plugins.call_check_budget(spec, self.meter.total(), backend.name)
             if refusal:
                 raise QuotaExceeded(refusal)
             _plugins.call_hook("gpuflex_job_submitted", job=job)
@@ -260,45 +262,20 @@ class Session:
             job.status = JobStatus.QUEUED
 
     async def _follow(self, job: Job, backend: Backend, handle: str, spec: EndpointSpec) -> JobUpdate:
-        final: JobUpdate | None = None
-        scope = anyio.CancelScope()
+        """Follow one attempt to its terminal update, streaming chunks and enforcing the endpoint's timeout."""
+        if job.chunks is None:
+            final = await self._watch(job, backend, handle, spec)
+        else:
+            chunks = job.chunks
 
-        async def pump_chunks() -> None:
-            assert job.chunks is not None
-            async for chunk in backend.stream(handle):
-                job.chunks.put(chunk)
-                job.chunks.delivered += 1
+            async def pump_chunks() -> None:
+                async for chunk in backend.stream(handle):
+                    chunks.put(chunk)
+                    chunks.delivered += 1
 
-        async with anyio.create_task_group() as tg:
-            if job.chunks is not None:
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(pump_chunks)
-            with scope:
-                async for update in _updates(backend, handle):
-                    if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
-                        job.status = JobStatus.RUNNING
-                        job.started_at = update.started_at or time.time()
-                        job.worker = update.worker
-                        _plugins.call_hook("gpuflex_job_started", job=job)
-                        if spec.timeout is not None:
-                            scope.deadline = anyio.current_time() + spec.timeout
-                    if update.status.is_terminal:
-                        final = update
-                        break
-            if final is None:  # the deadline passed
-                with anyio.CancelScope(shield=True):
-                    await backend.cancel(handle)
-                    with anyio.move_on_after(_CANCEL_GRACE_SECONDS):
-                        async for update in _updates(backend, handle):
-                            if update.status.is_terminal:
-                                final = update
-                                break
-                if final is None or final.status is not JobStatus.COMPLETED:
-                    final = attrs.evolve(
-                        final or JobUpdate(status=JobStatus.TIMED_OUT),
-                        status=JobStatus.TIMED_OUT, outcome=None,
-                        reason=f"ran past the endpoint's timeout of {spec.timeout} s and was stopped",
-                    )
-        assert final is not None
+                final = await self._watch(job, backend, handle, spec)
         if final.worker:
             job.worker = final.worker
         if final.started_at:
@@ -306,6 +283,37 @@ class Session:
         return final
 
     # -- shutdown ------------------------------------------------------------------------------------------
+
+    async def _watch(self, job: Job, backend: Backend, handle: str, spec: EndpointSpec) -> JobUpdate:
+        scope = anyio.CancelScope() if spec.timeout is not None else contextlib.nullcontext()
+        with scope:
+            async with contextlib.aclosing(_updates(backend, handle)) as updates:
+                async for update in updates:
+                    if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
+                        job.status = JobStatus.RUNNING
+                        job.started_at = update.started_at or time.time()
+                        job.worker = update.worker
+                        _plugins.call_hook("gpuflex_job_started", job=job)
+                        if isinstance(scope, anyio.CancelScope) and spec.timeout is not None:
+                            scope.deadline = anyio.current_time() + spec.timeout
+                    if update.status.is_terminal:
+                        return update
+        # the deadline passed: stop the job, and report TIMED_OUT unless it completed in the meantime
+        final: JobUpdate | None = None
+        with anyio.CancelScope(shield=True):
+            await backend.cancel(handle)
+            with anyio.move_on_after(_CANCEL_GRACE_SECONDS):
+                async with contextlib.aclosing(_updates(backend, handle)) as updates:
+                    async for update in updates:
+                        if update.status.is_terminal:
+                            final = update
+                            break
+        if final is not None and final.status is JobStatus.COMPLETED:
+            return final
+        return attrs.evolve(
+            final or JobUpdate(status=JobStatus.TIMED_OUT), status=JobStatus.TIMED_OUT, outcome=None,
+            reason=f"ran past the endpoint's timeout of {spec.timeout} s and was stopped",
+        )
 
     async def aclose_backends(self) -> None:
         backends, self._backends = list(self._backends.values()), {}
@@ -327,11 +335,12 @@ class Session:
         self._thread.join(timeout=5)
 
 
-async def _updates(backend: Backend, handle: str) -> AsyncIterator[JobUpdate]:
+async def _updates(backend: Backend, handle: str) -> AsyncGenerator[JobUpdate, None]:
     """Push-based updates where the backend offers them, else polling ``status`` with backoff."""
     if type(backend).updates is not Backend.updates:
-        async for update in backend.updates(handle):
-            yield update
+        async with contextlib.aclosing(backend.updates(handle)) as pushed:  # type: ignore[type-var]
+            async for update in pushed:
+                yield update
         return
     delay, last = 0.005, None
     while True:
@@ -385,3 +394,15 @@ def shutdown() -> None:
 
 def total_cost() -> Cost:
     return get_session().meter.total()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux and macOS), else the standard loop."""
+    if os.environ.get("GPUFLEX_NO_UVLOOP") is None:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()

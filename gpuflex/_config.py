@@ -104,7 +104,12 @@ def _parse(table: dict[str, Any], path: Path) -> ProjectConfig:
 
 
 def load_project_config(start: Path | None = None) -> ProjectConfig:
-    return _load((start or Path.cwd()).resolve())
+    return _load_cwd(os.getcwd()) if start is None else _load(start.resolve())
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cwd(cwd: str) -> ProjectConfig:
+    return _load(Path(cwd).resolve())
 
 
 def resolve_backend(endpoint_name: str, explicit: str | None, spec: Any = None) -> BackendChoice:
@@ -117,7 +122,8 @@ def resolve_backend(endpoint_name: str, explicit: str | None, spec: Any = None) 
     elif chosen is not None:
         name, options = chosen.name, dict(chosen.options)
     else:
-        picked = get_plugin_manager().hook.gpuflex_select_backend(spec=spec) if spec is not None else None
+        hook = get_plugin_manager().hook.gpuflex_select_backend
+        picked = hook(spec=spec) if spec is not None and hook.get_hookimpls() else None
         per_endpoint = project.endpoints.get(endpoint_name, {}).get("backend")
         name = picked or per_endpoint or os.environ.get("GPUFLEX_BACKEND") or project.backend or DEFAULT_BACKEND
         options = {}

@@ -10,7 +10,6 @@ import threading
 import attrs
 
 from ._models import Cost, Price
-from ._plugins import hookimpl
 
 __all__ = ["BudgetGuard", "CostMeter", "EndpointCosts", "job_cost"]
 
@@ -82,8 +81,8 @@ class BudgetGuard:
         raw = os.environ.get("GPUFLEX_MAX_COST")
         return float(raw) if raw else None
 
-    @hookimpl
-    def gpuflex_check_budget(self) -> str | None:
+    def check(self) -> str | None:
+        """A reason to refuse new work, or None."""
         limit = self.current_limit()
         if limit is None:
             return None

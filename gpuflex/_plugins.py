@@ -24,14 +24,6 @@ _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 
 
-class _Defaults:
-    """Answers to firstresult hooks when no plugin gives one (registered last, ``trylast``)."""
-
-    @hookimpl(trylast=True)
-    def gpuflex_price(self, default: Price) -> Price:
-        return default
-
-
 def _build() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("gpuflex")
     pm.add_hookspecs(hookspecs)
@@ -41,7 +33,6 @@ def _build() -> pluggy.PluginManager:
         pm.load_setuptools_entrypoints("gpuflex")
     except Exception as exc:
         raise PluginError(f"a gpuflex plugin failed to load: {type(exc).__name__}: {exc}") from exc
-    pm.register(_Defaults(), name="gpuflex.defaults")
     pm.check_pending()
     if os.environ.get("GPUFLEX_TRACE_PLUGINS"):
         pm.trace.root.setwriter(print)
@@ -86,15 +77,18 @@ def call_endpoint_spec(spec: EndpointSpec) -> EndpointSpec:
 
 
 def call_hook(name: str, **kwargs: Any) -> Any:
-    """Call an observing hook; a plugin that raises is reported, never allowed to lose a job."""
-    return getattr(get_plugin_manager().hook, name)(**kwargs)
+    """Call a hook, skipping the call entirely when no plugin implements it (the per-job hot path)."""
+    caller = getattr(get_plugin_manager().hook, name)
+    if not caller.get_hookimpls():
+        return None
+    return caller(**kwargs)
 
 
 def call_price(spec: EndpointSpec, backend: str, default: Price) -> Price:
-    price: Price = get_plugin_manager().hook.gpuflex_price(spec=spec, backend=backend, default=default)
-    return price
+    price: Price | None = call_hook("gpuflex_price", spec=spec, backend=backend, default=default)
+    return default if price is None else price
 
 
 def call_check_budget(spec: EndpointSpec, spent: Cost, backend: str) -> str | None:
-    reason: str | None = get_plugin_manager().hook.gpuflex_check_budget(spec=spec, spent=spent, backend=backend)
+    reason: str | None = call_hook("gpuflex_check_budget", spec=spec, spent=spent, backend=backend)
     return reason

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import cloudpickle
 
 from ._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
+from ._procs import FrameParser
 from ._version import __version__
 from ._wire import WireCodec, read_frame_sync, write_frame_sync
 from .errors import ConfigError, VersionMismatch
@@ -80,6 +81,8 @@ class WorkerRuntime:
         self.instance: Any = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.cancelled: set[str] = set()  # cancel requests that arrived before their call started
+        # a client that dispatches only to free slots knows when a call starts; it can spare the extra frame
+        self.report_started: bool = spec.get("report_started", True)
         self._callables: dict[str | None, Any] = {}
 
     def check_versions(self) -> None:
@@ -139,7 +142,8 @@ class WorkerRuntime:
             self.cancelled.discard(job_id)
             self.send(("done", job_id, "cancelled", None))
             return
-        self.send(("started", job_id))
+        if self.report_started:
+            self.send(("started", job_id))
         outcome: Payload | None
         try:
             method, args, kwargs = decode_call(payload)
@@ -147,6 +151,28 @@ class WorkerRuntime:
             outcome, status = await self._invoke(job_id, fn, args, kwargs), "ok"
         except asyncio.CancelledError:
             outcome, status = None, "cancelled"
+        except BaseException as exc:  # the user's exception goes back to the caller
+            outcome, status = encode_error(exc), "error"
+        self.send(("done", job_id, status, outcome))
+
+    def run_inline(self, job_id: str, payload: Payload) -> None:
+        """``run`` for a sync callable, on the loop itself: no task, no thread."""
+        if job_id in self.cancelled:
+            self.cancelled.discard(job_id)
+            self.send(("done", job_id, "cancelled", None))
+            return
+        if self.report_started:
+            self.send(("started", job_id))
+        outcome: Payload
+        try:
+            method, args, kwargs = decode_call(payload)
+            fn = self._resolve(method)
+            if inspect.isgeneratorfunction(fn):
+                for chunk in fn(*args, **kwargs):
+                    self.send(("chunk", job_id, encode_value(chunk)))
+                outcome, status = encode_value(None), "ok"
+            else:
+                outcome, status = encode_value(fn(*args, **kwargs)), "ok"
         except BaseException as exc:  # the user's exception goes back to the caller
             outcome, status = encode_error(exc), "error"
         self.send(("done", job_id, status, outcome))
@@ -173,6 +199,34 @@ class WorkerRuntime:
         return encode_value(value)
 
 
+class _StdinProtocol(asyncio.Protocol):
+    """Frames from the client, parsed as they arrive on the worker's loop (no reader thread)."""
+
+    def __init__(self, runtime: WorkerRuntime, stopped: asyncio.Event) -> None:
+        self.runtime = runtime
+        self.stopped = stopped
+        self.parser = FrameParser()
+
+    def data_received(self, data: bytes) -> None:
+        frames = self.parser.feed(data)
+        for frame in frames:  # cancels first: a cancelled call that has not started never starts
+            if frame[0] == "cancel":
+                self.runtime.cancelled.add(frame[1])
+                self.runtime.cancel(frame[1])
+        for frame in frames:
+            if frame[0] == "call":
+                _, job_id, method, payload = frame
+                if self.runtime.runs_inline(method):
+                    self.runtime.run_inline(job_id, payload)  # one sync call at a time: no task, no thread hop
+                else:
+                    self.runtime.submit(job_id, payload)
+            elif frame[0] == "stop":
+                self.stopped.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stopped.set()  # the client went away: nobody is left to answer
+
+
 def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
     codec = WireCodec(use_shm=bool(os.environ.get("GPUFLEX_WORKER_SHM")))
     lock = threading.Lock()
@@ -195,34 +249,21 @@ def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
             send(("fatal", encode_error(exc)))
             return
         send(("ready", info))
-        queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
-
-        def reader() -> None:
-            while True:
-                frame = read_frame_sync(proto_in)
-                if frame is not None and frame[0] == "cancel":
-                    runtime.cancelled.add(frame[1])  # seen at once, even while a sync call blocks the loop
-                loop.call_soon_threadsafe(queue.put_nowait, frame)
-                if frame is None or frame[0] == "stop":
-                    return
-
-        threading.Thread(target=reader, name="gpuflex-reader", daemon=True).start()
-        while True:
-            frame = await queue.get()
-            if frame is None or frame[0] == "stop":
-                break
-            if frame[0] == "call":
-                _, job_id, method, payload = frame
-                if runtime.runs_inline(method):
-                    await runtime.run(job_id, payload)  # one sync call at a time: no task, no thread hop
-                else:
-                    runtime.submit(job_id, payload)
-            elif frame[0] == "cancel":
-                runtime.cancel(frame[1])
+        stopped = asyncio.Event()
+        transport, _ = await loop.connect_read_pipe(lambda: _StdinProtocol(runtime, stopped), proto_in)
+        await stopped.wait()
+        transport.close()
         for task in list(runtime.tasks.values()):
             task.cancel()
+        if runtime.tasks:
+            await asyncio.wait(list(runtime.tasks.values()), timeout=5)
 
-    asyncio.run(serve())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
 
 
 def main() -> None:

@@ -187,7 +187,7 @@ worker_views = st.builds(
     p=policies(),
     queued=st.integers(0, 20),
     workers=st.lists(worker_views, max_size=12, unique_by=lambda w: w.id),
-    now=st.integers(0, 800).map(lambda n: n / 4),
+    now=st.integers(0, 480).map(lambda n: n / 4),
 )
 def test_decide_invariants(p, queued, workers, now):
     d = decide(p, queued=queued, workers=workers, now=now)
@@ -199,6 +199,10 @@ def test_decide_invariants(p, queued, workers, now):
         assert d.start == 0
     assert alive - len(d.stop) >= min(p.min_workers, alive)
     assert not (d.start and d.stop)
+    live = [w for w in workers if w.state not in (S.STOPPING, S.DEAD)]
+    free = sum(p.concurrency if w.state is S.STARTING else max(0, p.concurrency - w.active) for w in live)
+    needed = -(-max(0, queued - free) // p.concurrency)
+    assert d.start == max(0, min(max(needed, p.min_workers - alive), p.max_workers - alive))  # no more, no less
     assert len(set(d.stop)) == len(d.stop)
     by_id = {w.id: w for w in workers}
     for wid in d.stop:
@@ -234,7 +238,7 @@ def simulate(p: ScalePolicy, jobs: list[tuple[float, float]], delays: list[float
     def alive() -> list[_Worker]:
         return [w for w in workers.values() if w.state not in (S.STOPPING, S.DEAD)]
 
-    for _ in range(20_000):
+    for _ in range(5_000):
         # 1. let time act: jobs finish, workers come up or go away, jobs arrive
         for w in list(workers.values()):
             done += sum(end <= now for end in w.ends)
@@ -258,9 +262,11 @@ def simulate(p: ScalePolicy, jobs: list[tuple[float, float]], delays: list[float
         free = sum(p.concurrency for w in alive() if w.state is S.STARTING)
         if len(queue) > free and before < p.max_workers:  # no starvation
             assert d.start >= 1
+        assert before + d.start <= max(p.min_workers, before + -(-max(0, len(queue) - free) // p.concurrency))
         for wid in d.stop:
             w = workers[wid]
-            assert w.state is S.IDLE and not w.ends
+            assert w.state is S.IDLE and not w.ends and w.idle_since is not None
+            assert now >= w.idle_since + p.idle_timeout
             w.state, w.at, w.idle_since = S.STOPPING, now + next(startup), None
         for _ in range(d.start):
             wid = next(ids)

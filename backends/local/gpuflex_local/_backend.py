@@ -53,14 +53,16 @@ class Mailbox(Generic[T]):
             self._event.set()
             self._event = None
 
-    async def __aiter__(self) -> AsyncIterator[T]:
-        while True:
-            while self._items:
-                yield self._items.popleft()
+    def __aiter__(self) -> Mailbox[T]:
+        return self
+
+    async def __anext__(self) -> T:  # a plain method, not an async generator: nothing left for the GC to close
+        while not self._items:
             if self._closed:
-                return
+                raise StopAsyncIteration
             self._event = anyio.Event()
             await self._event.wait()
+        return self._items.popleft()
 
 
 @attrs.define(eq=False)
@@ -98,8 +100,16 @@ class EndpointPool:
     # -- scaling -------------------------------------------------------------------------------------------
 
     def kick(self) -> None:
-        """Dispatch queued jobs to free workers, then start or stop workers as the autoscaler decides."""
+        """Dispatch queued jobs to free workers; scale when jobs still wait or the pool is below its minimum."""
         self._dispatch()
+        alive = sum(1 for w in self.workers.values() if not w.draining and w.info.state is not WorkerState.DEAD)
+        if self.queue or alive < self.policy.min_workers:
+            self.scale()
+        elif self._timer_armed_for is None and any(w.idle_since is not None for w in self.workers.values()):
+            self._arm_timer(time.monotonic() + self.policy.idle_timeout)
+
+    def scale(self) -> None:
+        """Start or stop workers as the autoscaler decides, and arm a timer for the next idle expiry."""
         current = [w for w in self.workers.values() if not w.draining]
         views = [WorkerView(id=w.id, state=w.info.state, active=len(w.active),
                             idle_since=w.idle_since if not w.active else None) for w in current]
@@ -123,15 +133,24 @@ class EndpointPool:
         for worker_id in decision.stop:
             tg.start_soon(self.workers[worker_id].stop)
         wake = next_check(self.policy, views, now)
-        if wake is not None and wake != self._timer_armed_for:
-            self._timer_armed_for = wake
-            tg.start_soon(self._wake_at, wake)
+        if wake is not None:
+            self._arm_timer(wake)
+
+    def _arm_timer(self, when: float) -> None:
+        if self._timer_armed_for is not None and self._timer_armed_for <= when:
+            return  # an earlier wake-up is pending; it re-arms for later expiries
+        self._timer_armed_for = when
+        tg = self.backend.task_group
+        assert tg is not None
+        tg.start_soon(self._wake_at, when)
 
     async def _wake_at(self, when: float) -> None:
         await anyio.sleep(max(0.0, when - time.monotonic()) + 0.01)
-        if self._timer_armed_for == when:
-            self._timer_armed_for = None
-        self.kick()
+        if self._timer_armed_for != when:
+            return  # superseded by an earlier timer
+        self._timer_armed_for = None
+        self._dispatch()
+        self.scale()
 
     def _dispatch(self) -> None:
         while self.queue:
@@ -142,15 +161,9 @@ class EndpointPool:
             job.worker = worker
             worker.active[job.handle] = job
             worker.info.state, worker.idle_since = WorkerState.BUSY, None
-            tg = self.backend.task_group
-            assert tg is not None
-            tg.start_soon(self._send_call, worker, job)
-
-    async def _send_call(self, worker: WorkerProcess, job: LocalJob) -> None:
-        try:
-            await worker.send(("call", job.handle, job.call.method, job.call.payload))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass  # the read loop sees the process go and fails or requeues the job
+            worker.send(("call", job.handle, job.call.method, job.call.payload))
+            job.started_at = time.time()
+            job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
 
     # -- a worker's life ---------------------------------------------------------------------------------
 
@@ -163,18 +176,20 @@ class EndpointPool:
             "concurrency": self.spec.concurrency,
             "python": PYTHON_VERSION,
             "gpuflex": gpuflex_version,
+            "report_started": False,  # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch
         }
         try:
-            await worker.start(command, env, str(self.bundle.root), init)
+            await worker.start(command, env, str(self.bundle.root), init, self._on_frame)
         except StartFailed as exc:
-            await self._worker_gone(worker, exc.reason, start_failure=exc)
+            self._worker_gone(worker, exc.reason, start_failure=exc)
             return
-        except OSError as exc:
-            await self._worker_gone(worker, f"could not start {command[0]}: {exc}", start_failure=StartFailed(str(exc)))
+        except Exception as exc:  # never let one worker's failure take the backend's task group down
+            reason = f"could not start {command[0]}: {type(exc).__name__}: {exc}"
+            self._worker_gone(worker, reason, start_failure=StartFailed(reason))
             return
         self.backend.events.worker_started(worker.info)
         self.kick()
-        await worker.read_loop(self._on_frame, self._worker_gone)
+        self._worker_gone(worker, await worker.wait_closed())
 
     def _on_frame(self, worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
         kind, handle = frame[0], frame[1]
@@ -191,7 +206,8 @@ class EndpointPool:
         elif kind == "done":
             _, _, status, outcome = frame
             del worker.active[handle]
-            worker.release_exported()
+            if worker.channel is not None:
+                worker.channel.trim_exported()
             worker.info.jobs_done += 1
             if not worker.active:
                 worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
@@ -214,7 +230,7 @@ class EndpointPool:
         else:
             job.push(JobUpdate(status=JobStatus.FAILED, outcome=outcome, reason="the function raised", **common))
 
-    async def _worker_gone(self, worker: WorkerProcess, how: str, start_failure: StartFailed | None = None) -> None:
+    def _worker_gone(self, worker: WorkerProcess, how: str, start_failure: StartFailed | None = None) -> None:
         self.workers.pop(worker.id, None)
         self.backend.gpus.release(worker.id)
         was_running = worker.info.state not in (WorkerState.STOPPING, WorkerState.STARTING)
@@ -253,14 +269,12 @@ class EndpointPool:
             return
         kind = self.spec.kind_of(job.call.method)
         inline_sync = self.spec.concurrency == 1 and kind.value in ("function", "generator")
-        tg = self.backend.task_group
-        assert tg is not None
         if inline_sync and job.started_at is not None:
             worker.kill()  # a running sync call cannot be interrupted; its worker is replaced
             job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at, finished_at=time.time(),
                                reason="cancelled while running; its worker process was stopped"))
         else:
-            tg.start_soon(worker.send, ("cancel", job.handle))
+            worker.send(("cancel", job.handle))
             if kind.value in ("function", "generator"):  # runs on in a thread; its result will be dropped
                 job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at,
                                    finished_at=time.time(), reason="cancelled while running"))

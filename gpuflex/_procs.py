@@ -1,0 +1,151 @@
+"""Worker processes spoken to in frames, on the gpuflex loop, with no task per read.
+
+Frames are parsed in the pipe's data callback and handed to ``on_frame`` synchronously; writes go straight to
+the pipe transport, which buffers and never blocks the loop. This is the core's one piece of asyncio-specific
+I/O (the loop thread is asyncio), kept here so backends do not need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import typing
+from typing import Any
+
+from ._wire import WireCodec, discard_shm
+
+if typing.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ["FrameParser", "WorkerChannel", "start_worker_process"]
+
+_LEN = struct.Struct("<Q")
+
+
+class FrameParser:
+    """Incremental frame parser: feed bytes, get whole messages."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._meta: tuple[tuple[Any, ...], list[int]] | None = None
+        self._meta_end = 0
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        self._buf += data
+        out = []
+        while True:
+            if self._meta is None:
+                if len(self._buf) < _LEN.size:
+                    break
+                (length,) = _LEN.unpack_from(self._buf)
+                if len(self._buf) < _LEN.size + length:
+                    break
+                self._meta_end = _LEN.size + length
+                self._meta = pickle.loads(memoryview(self._buf)[_LEN.size : self._meta_end])
+            packed, sizes = self._meta
+            total = self._meta_end + sum(sizes)
+            if len(self._buf) < total:
+                break
+            raws, offset = [], self._meta_end
+            for size in sizes:
+                raws.append(bytes(self._buf[offset : offset + size]))
+                offset += size
+            del self._buf[:total]
+            self._meta = None
+            out.append(WireCodec.decode(packed, raws))
+        return out
+
+
+class WorkerChannel(asyncio.SubprocessProtocol):
+    """One worker process: ``send`` frames to its stdin; its stdout frames go to ``on_frame``."""
+
+    def __init__(self, on_frame: Callable[[tuple[Any, ...]], None], use_shm: bool) -> None:
+        self.on_frame = on_frame
+        self.codec = WireCodec(use_shm=use_shm)
+        self.parser = FrameParser()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.first_frame: asyncio.Future[tuple[Any, ...] | None] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.Event()
+        self._exited = False
+        self._stdout_closed = False
+
+    # -- asyncio callbacks ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        for frame in self.parser.feed(data):
+            if not self.first_frame.done():
+                self.first_frame.set_result(frame)
+            else:
+                self.on_frame(frame)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._stdout_closed = True
+            self._maybe_closed()
+
+    def process_exited(self) -> None:
+        self._exited = True
+        self._maybe_closed()
+
+    def _maybe_closed(self) -> None:
+        if self._exited and self._stdout_closed and not self.closed.is_set():
+            if not self.first_frame.done():
+                self.first_frame.set_result(None)
+            discard_shm(self.codec.exported)
+            self.closed.set()
+
+    # -- used by backends -------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        assert self.transport is not None
+        return self.transport.get_pid()
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.transport is None else self.transport.get_returncode()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue a frame for the worker (never blocks). Silently dropped once the worker is gone."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        stdin = typing.cast("asyncio.WriteTransport | None", self.transport.get_pipe_transport(0))
+        if stdin is None or stdin.is_closing():
+            return
+        stdin.writelines(self.codec.encode(message))
+
+    def trim_exported(self, keep: int = 64) -> None:
+        """Unlink shared-memory files the worker has long since mapped (it unlinks each as it maps it)."""
+        if len(self.codec.exported) > keep:
+            discard_shm(self.codec.exported[:-keep])
+            del self.codec.exported[:-keep]
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (it runs in its own session)."""
+        if self.transport is None or self.returncode is not None:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.transport.kill()
+
+
+async def start_worker_process(
+    command: list[str], *, env: Mapping[str, str], cwd: str, on_frame: Callable[[tuple[Any, ...]], None],
+    use_shm: bool = False,
+) -> WorkerChannel:
+    """Start ``command`` in its own session with frame pipes on stdin/stdout (stderr is inherited)."""
+    loop = asyncio.get_running_loop()
+    channel = WorkerChannel(on_frame, use_shm)
+    await loop.subprocess_exec(
+        lambda: channel, *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+        env=dict(env), cwd=cwd, start_new_session=True,
+    )
+    return channel
