@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -27,7 +28,7 @@ from ._bundle import build_bundle
 from ._config import BackendChoice, resolve_backend
 from ._costs import BudgetGuard, CostMeter, job_cost
 from ._job import Job
-from ._models import Bundle, Cost, EndpointSpec, JobStatus, WorkerInfo
+from ._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
 from ._registry import get_registry
 from .backend import Backend, BackendEvents, Call, JobUpdate, Payload
 from .errors import (
@@ -41,7 +42,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import AsyncGenerator, Coroutine
+    from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 
     from anyio.abc import TaskGroup
 
@@ -85,6 +86,7 @@ class Session:
         self._backends: dict[tuple[str, str], Backend] = {}
         self._bindings: dict[tuple[tuple[str, str], str], _Binding] = {}
         self._bundles: dict[Any, Bundle] = {}
+        self._prices: dict[tuple[int, str], Price] = {}
         self._bundle_lock = threading.Lock()
         self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._closed = False
@@ -181,17 +183,38 @@ class Session:
 
     def spawn(self, endpoint: Endpoint[Any, Any], method: str | None, payload: Payload, *, streaming: bool) -> Job:
         """Accept a job (caller's thread) and start driving it (loop thread)."""
+        return self.spawn_many(endpoint, method, [payload], streaming=streaming)[0]
+
+    def spawn_many(
+        self, endpoint: Endpoint[Any, Any], method: str | None, payloads: list[Payload], *, streaming: bool = False
+    ) -> list[Job]:
+        """Accept several jobs of one endpoint with a single hop to the loop thread (``map``)."""
         choice = resolve_backend(endpoint.name, endpoint.spec.backend, endpoint.spec)
         backend = self._backend_sync(choice)
-        if backend.max_payload_bytes is not None and payload.nbytes > backend.max_payload_bytes:
-            raise PayloadTooLarge(payload.nbytes, backend.max_payload_bytes, backend.name)
-        job = Job(f"{self._id_prefix}{next(self._ids):x}", endpoint.name, backend.name, streaming=streaming)
-        self.jobs[job.id] = job
+        limit = backend.max_payload_bytes
+        for payload in payloads:
+            if limit is not None and payload.nbytes > limit:
+                raise PayloadTooLarge(payload.nbytes, limit, backend.name)
+        jobs = []
+        for _ in payloads:
+            job = Job(f"{self._id_prefix}{next(self._ids):x}", endpoint.name, backend.name, streaming=streaming)
+            job._canceller = functools.partial(self._request_cancel, job, backend)
+            self.jobs[job.id] = job
+            jobs.append(job)
         while len(self.jobs) > _MAX_REMEMBERED_JOBS:
             self.jobs.popitem(last=False)
-        job._canceller = lambda: self.submit(self._cancel(job, backend))
-        self.submit(self._drive(job, backend, choice.key(), endpoint, method, payload))
-        return job
+        key = choice.key()
+        drives = [(job, payload) for job, payload in zip(jobs, payloads, strict=True)]
+        self.loop.call_soon_threadsafe(self._start_drives, drives, backend, key, endpoint, method)
+        return jobs
+
+    def _start_drives(self, drives: list[tuple[Job, Payload]], backend: Backend, key: tuple[str, str],
+                      endpoint: Endpoint[Any, Any], method: str | None) -> None:
+        for job, payload in drives:
+            self.loop.create_task(self._drive(job, backend, key, endpoint, method, payload))
+
+    def _request_cancel(self, job: Job, backend: Backend) -> concurrent.futures.Future[None]:
+        return self.submit(self._cancel(job, backend))
 
     async def _cancel(self, job: Job, backend: Backend) -> None:
         job._cancel_requested = True
@@ -227,10 +250,17 @@ class Session:
         job._finish(update)
         _plugins.call_hook("gpuflex_job_finished", job=job)
 
+    def _price(self, backend: Backend, spec: EndpointSpec) -> Price:
+        key = (id(backend), spec.name)
+        price = self._prices.get(key)
+        if price is None:
+            price = self._prices[key] = _plugins.call_price(spec, backend.name, backend.price(spec))
+        return price
+
     async def _attempts(
         self, job: Job, backend: Backend, spec: EndpointSpec, method: str | None, payload: Payload
     ) -> JobUpdate:
-        price = _plugins.call_price(spec, backend.name, backend.price(spec))
+        price = self._price(backend, spec)
         attempt = 0
         while True:
             attempt += 1
@@ -287,7 +317,7 @@ class Session:
     async def _watch(self, job: Job, backend: Backend, handle: str, spec: EndpointSpec) -> JobUpdate:
         scope = anyio.CancelScope() if spec.timeout is not None else contextlib.nullcontext()
         with scope:
-            async with contextlib.aclosing(_updates(backend, handle)) as updates:
+            async with _closing(_updates(backend, handle)) as updates:
                 async for update in updates:
                     if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
                         job.status = JobStatus.RUNNING
@@ -303,7 +333,7 @@ class Session:
         with anyio.CancelScope(shield=True):
             await backend.cancel(handle)
             with anyio.move_on_after(_CANCEL_GRACE_SECONDS):
-                async with contextlib.aclosing(_updates(backend, handle)) as updates:
+                async with _closing(_updates(backend, handle)) as updates:
                     async for update in updates:
                         if update.status.is_terminal:
                             final = update
@@ -335,13 +365,14 @@ class Session:
         self._thread.join(timeout=5)
 
 
-async def _updates(backend: Backend, handle: str) -> AsyncGenerator[JobUpdate, None]:
+def _updates(backend: Backend, handle: str) -> AsyncIterator[JobUpdate]:
     """Push-based updates where the backend offers them, else polling ``status`` with backoff."""
     if type(backend).updates is not Backend.updates:
-        async with contextlib.aclosing(backend.updates(handle)) as pushed:  # type: ignore[type-var]
-            async for update in pushed:
-                yield update
-        return
+        return backend.updates(handle)
+    return _poll(backend, handle)
+
+
+async def _poll(backend: Backend, handle: str) -> AsyncIterator[JobUpdate]:
     delay, last = 0.005, None
     while True:
         update = await backend.status(handle)
@@ -352,6 +383,17 @@ async def _updates(backend: Backend, handle: str) -> AsyncGenerator[JobUpdate, N
             return
         await anyio.sleep(delay)
         delay = min(delay * 1.5, 1.0)
+
+
+@contextlib.asynccontextmanager
+async def _closing(iterator: AsyncIterator[JobUpdate]) -> AsyncGenerator[AsyncIterator[JobUpdate], None]:
+    """Close an async generator we stop reading early (plain iterators need nothing)."""
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _check_capabilities(backend: Backend, spec: EndpointSpec) -> None:

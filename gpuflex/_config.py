@@ -104,12 +104,19 @@ def _parse(table: dict[str, Any], path: Path) -> ProjectConfig:
 
 
 def load_project_config(start: Path | None = None) -> ProjectConfig:
-    return _load_cwd(os.getcwd()) if start is None else _load(start.resolve())
+    """The project file for ``start`` (default: the directory the process started in, read once)."""
+    return _load_start() if start is None else _load(start.resolve())
 
 
-@functools.lru_cache(maxsize=16)
-def _load_cwd(cwd: str) -> ProjectConfig:
-    return _load(Path(cwd).resolve())
+@functools.lru_cache(maxsize=1)
+def _load_start() -> ProjectConfig:
+    return _load(Path.cwd().resolve())
+
+
+def reload_project_config() -> None:
+    """Forget what was read from project files (after editing them in a running process)."""
+    _load_start.cache_clear()
+    _load.cache_clear()
 
 
 def resolve_backend(endpoint_name: str, explicit: str | None, spec: Any = None) -> BackendChoice:

@@ -73,13 +73,11 @@ class BudgetGuard:
 
     def __init__(self, meter: CostMeter, limit: float | None = None) -> None:
         self.meter = meter
-        self.limit = limit
+        raw = os.environ.get("GPUFLEX_MAX_COST")
+        self.limit = limit if limit is not None else (float(raw) if raw else None)
 
     def current_limit(self) -> float | None:
-        if self.limit is not None:
-            return self.limit
-        raw = os.environ.get("GPUFLEX_MAX_COST")
-        return float(raw) if raw else None
+        return self.limit
 
     def check(self) -> str | None:
         """A reason to refuse new work, or None."""

@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import functools
 import inspect
+import itertools
 import os
 import sys
 import typing
@@ -151,14 +152,17 @@ class _Callable:
             raise ConfigError("map() is for endpoints that return a value; iterate a generator endpoint instead")
         window = self._ep._map_window()
         pending: collections.deque[Job] = collections.deque()
-        ready: collections.deque[Job] = collections.deque()
-        for args in zip(*iterables, strict=False):
-            pending.append(self._ep._spawn(self._method, args, {}))
-            if len(pending) >= window:
-                yield (pending.popleft() if order else _first_done(pending)).result()
-        while pending:
+        items = zip(*iterables, strict=False)
+        exhausted = False
+        while True:
+            if not exhausted and len(pending) <= window // 2:  # refill in batches: one hop per batch
+                batch = [encode_call(self._method, args, {}) for args in itertools.islice(items, window - len(pending))]
+                exhausted = not batch
+                if batch:
+                    pending.extend(get_session().spawn_many(self._ep, self._method, batch))
+            if not pending:
+                return
             yield (pending.popleft() if order else _first_done(pending)).result()
-        del ready
 
 
 def _first_done(pending: collections.deque[Job]) -> Job:
@@ -235,7 +239,7 @@ class Endpoint(_Callable, Generic[P, R]):
         return get_session().spawn(self, method, payload, streaming=streaming)
 
     def _map_window(self) -> int:
-        return max(4, 4 * self.spec.max_workers * self.spec.concurrency)
+        return max(64, 8 * self.spec.max_workers * self.spec.concurrency)
 
 
 class RemoteInstance:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 import attrs
 
-from gpuflex import Bundle, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
+from gpuflex import Bundle, EndpointKind, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
 from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
 from gpuflex._envelope import PYTHON_VERSION
 from gpuflex._version import __version__ as gpuflex_version
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalBackend"]
 
 T = TypeVar("T")
+_REMEMBERED_JOBS = 10_000
 
 
 class Mailbox(Generic[T]):
@@ -96,6 +97,8 @@ class EndpointPool:
         self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
                                   concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
         self._timer_armed_for: float | None = None
+        sync_one_at_a_time = spec.concurrency == 1 and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)
+        self.prefetch = backend.config.prefetch if sync_one_at_a_time else 0
 
     # -- scaling -------------------------------------------------------------------------------------------
 
@@ -127,7 +130,8 @@ class EndpointPool:
                     break  # every device is held: the queue waits for one to free up
                 worker_gpus = taken
             worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, worker_gpus,
-                                   concurrency=self.spec.concurrency, use_shm=self.backend.config.shared_memory)
+                                   concurrency=self.spec.concurrency, use_shm=self.backend.config.shared_memory,
+                                   prefetch=self.prefetch)
             self.workers[worker_id] = worker
             tg.start_soon(self._run_worker, worker)
         for worker_id in decision.stop:
@@ -153,17 +157,28 @@ class EndpointPool:
         self.scale()
 
     def _dispatch(self) -> None:
+        """Give queued jobs to workers: free slots first, then (sync workers) one call prefetched into a busy
+        worker's pipe, so it starts the next call without a round trip."""
         while self.queue:
-            worker = max(self.workers.values(), key=lambda w: w.free_slots, default=None)
-            if worker is None or worker.free_slots <= 0:
+            worker, best = None, (0, 0)
+            for candidate in self.workers.values():
+                room = (candidate.free_slots, candidate.pipeline_room)
+                if room > best:
+                    worker, best = candidate, room
+            if worker is None or best[1] <= 0:
                 return
+            starts_now = best[0] > 0
             job = self.queue.pop(0)
             job.worker = worker
             worker.active[job.handle] = job
             worker.info.state, worker.idle_since = WorkerState.BUSY, None
             worker.send(("call", job.handle, job.call.method, job.call.payload))
-            job.started_at = time.time()
-            job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
+            if starts_now:
+                self._started(job, worker)
+
+    def _started(self, job: LocalJob, worker: WorkerProcess) -> None:
+        job.started_at = time.time()
+        job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
 
     # -- a worker's life ---------------------------------------------------------------------------------
 
@@ -213,6 +228,10 @@ class EndpointPool:
                 worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
             if not job.status.is_terminal:
                 self._finish(job, worker, status, outcome)
+            if worker.prefetch:  # a sync worker runs its pipe in order: the next call has started now
+                waiting = next((j for j in worker.active.values() if j.started_at is None), None)
+                if waiting is not None and not waiting.status.is_terminal:
+                    self._started(waiting, worker)
             if worker.draining and not worker.active:
                 tg = self.backend.task_group
                 assert tg is not None
@@ -360,6 +379,8 @@ class LocalBackend(Backend):
         if call.endpoint.kind_of(call.method).streams:
             job.chunks = Mailbox()
         self.jobs[handle] = job
+        while len(self.jobs) > _REMEMBERED_JOBS and next(iter(self.jobs.values())).status.is_terminal:
+            self.jobs.pop(next(iter(self.jobs)))  # forget the oldest finished jobs
         pool.queue.append(job)
         pool.kick()
         return handle
@@ -374,14 +395,8 @@ class LocalBackend(Backend):
         job = self._job(handle)
         return job.update or JobUpdate(status=job.status)
 
-    async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
-        job = self._job(handle)
-        try:
-            async for update in job.updates:
-                yield update
-        finally:
-            if job.status.is_terminal:
-                self.jobs.pop(handle, None)
+    def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
+        return self._job(handle).updates
 
     async def stream(self, handle: str) -> AsyncIterator[Payload]:
         job = self._job(handle)

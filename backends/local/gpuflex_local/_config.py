@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 
-def _non_negative(inst: object, attr: attrs.Attribute[float], value: float) -> None:
+def _non_negative(inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"{attr.name} must be a non-negative number, got {value!r}")
 
@@ -21,6 +23,8 @@ class LocalConfig:
     :param shared_memory: move large buffers (numpy arrays, tensors) through /dev/shm instead of the pipe.
     :param python: the interpreter for workers (default: the caller's).
     :param cache_dir: where isolated environments live (default: ``$GPUFLEX_CACHE_DIR`` or ~/.cache/gpuflex).
+    :param prefetch: calls sent ahead into a busy one-call-at-a-time worker's pipe, so it moves to the next call
+        without a round trip (throughput); 0 sends a call only to an idle worker (fairest for long calls).
     """
 
     hourly_rate: float = attrs.field(default=0.0, validator=_non_negative)
@@ -29,3 +33,4 @@ class LocalConfig:
     shared_memory: bool = True
     python: str | None = None
     cache_dir: str | None = None
+    prefetch: int = attrs.field(default=0, validator=_non_negative)

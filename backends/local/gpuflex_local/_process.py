@@ -43,10 +43,11 @@ def describe_exit(returncode: int | None) -> str:
 
 class WorkerProcess:
     def __init__(self, worker_id: str, endpoint: str, bundle_hash: str, gpus: tuple[str, ...], *,
-                 concurrency: int, use_shm: bool) -> None:
+                 concurrency: int, use_shm: bool, prefetch: int = 0) -> None:
         self.info = WorkerInfo(id=worker_id, endpoint=endpoint, state=WorkerState.STARTING, started_at=time.time(),
                                gpus=gpus, bundle_hash=bundle_hash)
         self.concurrency = concurrency
+        self.prefetch = prefetch  # calls queued in the worker's pipe behind the running one (sync workers only)
         self.active: dict[str, Any] = {}  # job handle -> LocalJob
         self.idle_since: float | None = None
         self.channel: WorkerChannel | None = None
@@ -62,6 +63,13 @@ class WorkerProcess:
         if self.info.state not in (WorkerState.IDLE, WorkerState.BUSY) or self.draining:
             return 0
         return self.concurrency - len(self.active)
+
+    @property
+    def pipeline_room(self) -> int:
+        """Calls it can take now, counting the prefetch queue in its pipe."""
+        if self.info.state not in (WorkerState.IDLE, WorkerState.BUSY) or self.draining:
+            return 0
+        return self.concurrency + self.prefetch - len(self.active)
 
     async def start(self, command: list[str], env: Mapping[str, str], cwd: str, init: dict[str, Any],
                     on_frame: FrameHandler) -> None:
