@@ -14,7 +14,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"
-TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6"]
+TEST_DEPS = [
+    "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
+]
 BACKENDS = ["backends/local"]
 
 
@@ -37,7 +39,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def demo(session: nox.Session) -> None:
     """Run the quick-start demo on the local backend."""
-    _install(session, torch=True)
+    _install(session, "numpy>=1.26", torch=True)
     session.run("python", "examples/quickstart.py")
 
 
