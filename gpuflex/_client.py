@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from ._costs import BudgetGuard, CostMeter, job_cost
 from ._job import Job
 from ._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
 from ._registry import get_registry
-from .backend import Backend, BackendEvents, Call, JobUpdate, Payload
+from .backend import Backend, BackendEvents, Call, JobUpdate, Payload, TaskSpawner
 from .errors import (
     ConfigError,
     GpuflexError,
@@ -42,7 +43,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 
     from anyio.abc import TaskGroup
 
@@ -51,8 +52,26 @@ if TYPE_CHECKING:
 __all__ = ["Session", "get_session"]
 
 T = TypeVar("T")
+logger = logging.getLogger("gpuflex")
 _MAX_REMEMBERED_JOBS = 10_000
 _CANCEL_GRACE_SECONDS = 10.0
+
+
+class _GuardedTaskGroup:
+    """The session's task group as backends see it: a background task that raises is logged, and never
+    cancels the other backends' work (which a bare task group would do)."""
+
+    def __init__(self, inner: TaskGroup) -> None:
+        self._inner = inner
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
+        async def guarded() -> None:
+            try:
+                await func(*args)
+            except Exception:
+                logger.exception("gpuflex: a backend background task (%s) failed", name or func)
+
+        self._inner.start_soon(guarded, name=name or getattr(func, "__qualname__", None))
 
 
 class _HookEvents(BackendEvents):
@@ -80,7 +99,7 @@ class Session:
         self.loop = _new_loop()
         self._thread = threading.Thread(target=self._run_loop, name="gpuflex-loop", daemon=True)
         self._thread.start()
-        self.task_group: TaskGroup = self.submit(self._start_supervisor()).result()
+        self.task_group: TaskSpawner = self.submit(self._start_supervisor()).result()
         self.meter = CostMeter()
         self.budget = BudgetGuard(self.meter)
         self._backends: dict[tuple[str, str], Backend] = {}
@@ -93,12 +112,12 @@ class Session:
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
 
-    async def _start_supervisor(self) -> TaskGroup:
-        started: asyncio.Future[TaskGroup] = self.loop.create_future()
+    async def _start_supervisor(self) -> TaskSpawner:
+        started: asyncio.Future[TaskSpawner] = self.loop.create_future()
 
         async def supervise() -> None:
             async with anyio.create_task_group() as tg:
-                started.set_result(tg)
+                started.set_result(_GuardedTaskGroup(tg))
                 await anyio.sleep_forever()
 
         self._supervisor = self.loop.create_task(supervise())

@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import abc
 import struct
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 
 from ._models import JobStatus, Price, WorkerInfo
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
-
-    from anyio.abc import TaskGroup
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from ._models import Bundle, EndpointSpec, WorkerState
 
-__all__ = ["Backend", "BackendEvents", "Call", "JobUpdate", "NoConfig", "Payload"]
+__all__ = ["Backend", "BackendEvents", "Call", "JobUpdate", "NoConfig", "Payload", "TaskSpawner"]
 
 
 @attrs.frozen
@@ -101,6 +99,13 @@ class JobUpdate:
     billed_seconds: float | None = None
 
 
+class TaskSpawner(Protocol):
+    """What a backend may do with the core's task group: start background tasks that live until ``aclose``.
+    A task that raises is logged by the core and does not stop the others."""
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None: ...
+
+
 @attrs.frozen
 class NoConfig:
     """Configuration of a backend that takes no options."""
@@ -143,9 +148,9 @@ class Backend(abc.ABC):
     def __init__(self, config: Any = None, *, events: BackendEvents | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
         self.events = events or BackendEvents()
-        self.task_group: TaskGroup | None = None
+        self.task_group: TaskSpawner | None = None
 
-    def attach(self, task_group: TaskGroup) -> None:
+    def attach(self, task_group: TaskSpawner) -> None:
         """Called by the core once, before ``deploy``: a task group, alive until after ``aclose``, for this
         backend's background work (reading from workers, scaling timers)."""
         self.task_group = task_group
