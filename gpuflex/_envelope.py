@@ -7,6 +7,7 @@ caller's Python and gpuflex versions; a worker on another version refuses it wit
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import traceback
@@ -42,8 +43,34 @@ def _dumps(obj: object) -> Payload:
         buffers.append(buf)
         return False
 
-    data = cloudpickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=keep_large)
-    return Payload(data, tuple(buffers))
+    out = io.BytesIO()
+    _Pickler(out, protocol=_PROTOCOL, buffer_callback=keep_large).dump(obj)
+    return Payload(out.getvalue(), tuple(buffers))
+
+
+def _rebuild_tensor(raw: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
+    import torch
+
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, plus CPU torch tensors as raw numpy bytes so their storage travels out-of-band (zero-copy
+    through shared memory) instead of being copied into the pickle stream."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        torch = sys.modules.get("torch")
+        if (
+            torch is not None
+            and type(obj) is torch.Tensor
+            and obj.device.type == "cpu"
+            and not obj.requires_grad
+            and obj.layout == torch.strided
+            and obj.numel() * obj.element_size() >= OUT_OF_BAND_MIN_BYTES
+        ):
+            raw = obj.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            return _rebuild_tensor, (raw, obj.dtype, tuple(obj.shape))
+        return super().reducer_override(obj)
 
 
 def _loads(payload: Payload) -> Any:
