@@ -9,8 +9,10 @@
 from __future__ import annotations
 
 from ._conformance import CHECKS as CHECKS
+from ._conformance import BackendFactory as BackendFactory
+from ._conformance import Check as Check
 from ._conformance import CheckSkipped as CheckSkipped
 from ._conformance import backend_in_use as backend_in_use
 from ._conformance import run_check as run_check
 
-__all__ = ["CHECKS", "CheckSkipped", "backend_in_use", "run_check"]
+__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "run_check"]

@@ -25,7 +25,7 @@ from gpuflex.backend import Backend
 
 from . import _endpoints as ep
 
-__all__ = ["CHECKS", "CheckSkipped", "backend_in_use", "run_check"]
+__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "run_check"]
 
 BackendFactory = Callable[[], Backend]
 Check = Callable[[BackendFactory], None]
