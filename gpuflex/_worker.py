@@ -104,6 +104,25 @@ class WorkerRuntime:
                     await result
         return {"pid": os.getpid(), "python": PYTHON_VERSION, "gpuflex": __version__, "started": time.time()}
 
+    async def reload(self, spec: dict[str, Any]) -> None:
+        """Load a new bundle in this process: forget the old bundle's modules (third-party imports such as
+        torch stay loaded), import the target again and re-run ``setup()``. Answers ``ready`` or ``fatal``."""
+        old_root = os.path.realpath(self.spec["bundle_root"]) + os.sep  # noqa: ASYNC240 - no I/O to speak of
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None) or ""
+            if name == SCRIPT_MODULE or file.startswith(old_root):  # sys.path entries were resolved paths
+                del sys.modules[name]
+        sys.path[:] = [p for p in sys.path if not (p + os.sep).startswith(old_root)]
+        importlib.invalidate_caches()
+        self.spec, self.instance, self.target = spec, None, None
+        self._callables.clear()
+        try:
+            info = await self.start()
+        except BaseException as exc:
+            self.send(("fatal", encode_error(exc)))
+            return
+        self.send(("ready", info))
+
     def _resolve(self, method: str | None) -> Any:
         if method not in self._callables:
             if self.instance is not None:
@@ -220,6 +239,8 @@ class _StdinProtocol(asyncio.Protocol):
                     self.runtime.run_inline(job_id, payload)  # one sync call at a time: no task, no thread hop
                 else:
                     self.runtime.submit(job_id, payload)
+            elif frame[0] == "reload":
+                asyncio.get_running_loop().create_task(self.runtime.reload(frame[1]))
             elif frame[0] == "stop":
                 self.stopped.set()
 

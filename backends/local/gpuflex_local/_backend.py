@@ -182,9 +182,9 @@ class EndpointPool:
 
     # -- a worker's life ---------------------------------------------------------------------------------
 
-    async def _run_worker(self, worker: WorkerProcess) -> None:
-        command, env = self.backend.worker_command(self.spec, worker.info.gpus)
-        init = {
+    def init_spec(self) -> dict[str, Any]:
+        """What a worker needs to load this pool's endpoint from its bundle."""
+        return {
             "target": attrs.asdict(self.spec.target),
             "bundle_root": str(self.bundle.root),
             "import_paths": [self.spec.target.import_path],
@@ -193,21 +193,62 @@ class EndpointPool:
             "gpuflex": gpuflex_version,
             "report_started": False,  # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch
         }
+
+    async def _run_worker(self, worker: WorkerProcess) -> None:
+        worker.pool = self
+        command, env = self.backend.worker_command(self.spec, worker.info.gpus)
         try:
-            await worker.start(command, env, str(self.bundle.root), init, self._on_frame)
+            await worker.start(command, env, str(self.bundle.root), self.init_spec(), _route_frame)
         except StartFailed as exc:
-            self._worker_gone(worker, exc.reason, start_failure=exc)
+            worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
             return
         except Exception as exc:  # never let one worker's failure take the backend's task group down
             reason = f"could not start {command[0]}: {type(exc).__name__}: {exc}"
-            self._worker_gone(worker, reason, start_failure=StartFailed(reason))
+            worker.pool._worker_gone(worker, reason, start_failure=StartFailed(reason))
             return
         self.backend.events.worker_started(worker.info)
-        self.kick()
-        self._worker_gone(worker, await worker.wait_closed())
+        if worker.draining:  # a redeploy with new settings came while it started
+            await worker.stop()
+        worker.pool.kick()
+        how = await worker.wait_closed()
+        worker.pool._worker_gone(worker, how)  # the pool that holds it now (a reload may have moved it)
+
+    # -- hot reload in place --------------------------------------------------------------------------------
+
+    def adopt(self, worker: WorkerProcess, *, reload_in_place: bool) -> None:
+        """Take over a worker of the endpoint's previous deploy. With ``reload_in_place`` it loads the new
+        bundle in its running process once its current calls finish (heavy imports like torch stay loaded);
+        otherwise it drains and stops."""
+        self.workers[worker.id] = worker
+        worker.pool = self
+        if reload_in_place and worker.info.state in (WorkerState.IDLE, WorkerState.BUSY):
+            worker.reload_pending = True
+            self._maybe_reload(worker)
+        else:
+            worker.draining = True
+            if not worker.active:
+                tg = self.backend.task_group
+                assert tg is not None
+                tg.start_soon(worker.stop)
+
+    def _maybe_reload(self, worker: WorkerProcess) -> None:
+        if worker.reload_pending and not worker.active:
+            worker.reload_pending = False
+            worker.info.state = WorkerState.STARTING
+            worker.reload_started = time.monotonic()
+            worker.send(("reload", self.init_spec()))
 
     def _on_frame(self, worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
-        kind, handle = frame[0], frame[1]
+        kind = frame[0]
+        if kind == "ready":  # a reload in place finished: the worker now runs this pool's bundle
+            worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
+            worker.info.bundle_hash = self.bundle.hash
+            self.kick()
+            return
+        if kind == "fatal":  # the new code does not load: replace the process (a fresh start reports why)
+            worker.kill()
+            return
+        handle = frame[1]
         job = worker.active.get(handle)
         if job is None:
             return
@@ -236,6 +277,7 @@ class EndpointPool:
                 tg = self.backend.task_group
                 assert tg is not None
                 tg.start_soon(worker.stop)
+            self._maybe_reload(worker)
             self.kick()
 
     def _finish(self, job: LocalJob, worker: WorkerProcess, status: str, outcome: Payload | None) -> None:
@@ -297,6 +339,10 @@ class EndpointPool:
             if kind.value in ("function", "generator"):  # runs on in a thread; its result will be dropped
                 job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at,
                                    finished_at=time.time(), reason="cancelled while running"))
+
+
+def _route_frame(worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
+    worker.pool._on_frame(worker, frame)
 
 
 class LocalBackend(Backend):
@@ -361,12 +407,11 @@ class LocalBackend(Backend):
         pool = EndpointPool(self, endpoint, bundle)
         if old is not None:  # hot reload: running calls finish on the old code, queued ones move over
             pool.queue, old.queue = old.queue, []
-            for worker in old.workers.values():
-                worker.draining = True
-                pool.workers[worker.id] = worker
-                if not worker.active:
-                    assert self.task_group is not None
-                    self.task_group.start_soon(worker.stop)
+            # same process settings (env, GPUs, dependencies, concurrency): load the new code in place
+            in_place = self.config.reload_in_place and old.spec.config_hash() == endpoint.config_hash()
+            for worker in list(old.workers.values()):
+                pool.adopt(worker, reload_in_place=in_place and not worker.draining)
+            old.workers.clear()
         self.pools[endpoint.name] = pool
         pool.kick()
 

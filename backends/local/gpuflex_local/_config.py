@@ -23,6 +23,8 @@ class LocalConfig:
     :param shared_memory: move large buffers (numpy arrays, tensors) through /dev/shm instead of the pipe.
     :param python: the interpreter for workers (default: the caller's).
     :param cache_dir: where isolated environments live (default: ``$GPUFLEX_CACHE_DIR`` or ~/.cache/gpuflex).
+    :param reload_in_place: on a redeploy with new code but the same settings, workers load the new bundle in
+        their running process (heavy imports such as torch stay loaded) instead of being replaced.
     :param prefetch: calls sent ahead into a busy one-call-at-a-time worker's pipe, so it moves to the next call
         without a round trip (throughput); 0 sends a call only to an idle worker (fairest for long calls).
     """
@@ -34,3 +36,4 @@ class LocalConfig:
     python: str | None = None
     cache_dir: str | None = None
     prefetch: int = attrs.field(default=0, validator=_non_negative)
+    reload_in_place: bool = True

@@ -52,7 +52,10 @@ class WorkerProcess:
         self.idle_since: float | None = None
         self.channel: WorkerChannel | None = None
         self.use_shm = use_shm
-        self.draining = False  # finish current jobs, take no new ones (hot reload)
+        self.draining = False  # finish current jobs, take no new ones, then stop (a redeploy with new settings)
+        self.reload_pending = False  # load a new bundle in place once the current jobs finish (hot reload)
+        self.reload_started: float | None = None
+        self.pool: Any = None  # the EndpointPool that holds it now
 
     @property
     def id(self) -> str:
