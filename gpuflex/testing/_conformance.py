@@ -299,6 +299,41 @@ def check_cost_recorded(make_backend: BackendFactory) -> None:
         assert after.calls == calls_before + 1
 
 
+_RELOAD_SOURCE = """
+import gpuflex
+
+
+@gpuflex.endpoint(name="{name}")
+def probe() -> str:
+    return "{answer}"
+"""
+
+
+def check_hot_reload(make_backend: BackendFactory) -> None:
+    """Edit an endpoint's source between calls: the next call runs the new code, with no restart."""
+    import importlib
+    import sys
+    import uuid
+
+    project = _tmp()
+    module_name = f"gpuflex_reload_probe_{uuid.uuid4().hex[:8]}"
+    source = project / f"{module_name}.py"
+    endpoint_name = f"reload_{module_name[-8:]}"
+    source.write_text(_RELOAD_SOURCE.format(name=endpoint_name, answer="before"))
+    (project / "pyproject.toml").write_text("[project]\nname = 'probe'\n")
+    sys.path.insert(0, str(project))
+    try:
+        module = importlib.import_module(module_name)
+        with backend_in_use(make_backend):
+            assert module.probe() == "before"
+            source.write_text(_RELOAD_SOURCE.format(name=endpoint_name, answer="after"))
+            get_session().invalidate_bundles()
+            assert module.probe() == "after", "the call after an edit did not run the new code"
+    finally:
+        sys.path.remove(str(project))
+        sys.modules.pop(module_name, None)
+
+
 CHECKS: list[Check] = [
     check_function,
     check_async_function,
@@ -313,6 +348,7 @@ CHECKS: list[Check] = [
     check_retry_after_worker_killed,
     check_scaling_bounds,
     check_cost_recorded,
+    check_hot_reload,
 ]
 
 
