@@ -14,10 +14,9 @@ import attrs
 
 from gpuflex import Bundle, EndpointKind, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
 from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
-from gpuflex._envelope import PYTHON_VERSION
-from gpuflex._version import __version__ as gpuflex_version
 from gpuflex.backend import Backend, Call, JobUpdate, Payload
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
+from gpuflex.worker import worker_command, worker_init
 
 from ._config import LocalConfig
 from ._deps import worker_python
@@ -184,15 +183,8 @@ class EndpointPool:
 
     def init_spec(self) -> dict[str, Any]:
         """What a worker needs to load this pool's endpoint from its bundle."""
-        return {
-            "target": attrs.asdict(self.spec.target),
-            "bundle_root": str(self.bundle.root),
-            "import_paths": [self.spec.target.import_path],
-            "concurrency": self.spec.concurrency,
-            "python": PYTHON_VERSION,
-            "gpuflex": gpuflex_version,
-            "report_started": False,  # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch
-        }
+        # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch, no "started" frame needed
+        return worker_init(self.spec, self.bundle, report_started=False)
 
     async def _run_worker(self, worker: WorkerProcess) -> None:
         worker.pool = self
@@ -384,7 +376,7 @@ class LocalBackend(Backend):
         if self.config.shared_memory:
             env["GPUFLEX_WORKER_SHM"] = "1"
         python = worker_python(spec, self.config)
-        return [python, "-m", "gpuflex._worker_entry"], env
+        return worker_command(python), env
 
     async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
         if self._closed:

@@ -1,0 +1,60 @@
+"""Public pieces for backends that run gpuflex's worker runtime somewhere (a process, a pod, a container).
+
+A worker is ``worker_command()`` with frames on its stdin/stdout (see :mod:`gpuflex._wire` for the format):
+send ``("init", worker_init(spec, bundle))`` first, wait for ``("ready", info)`` (or ``("fatal", payload)``),
+then ``("call", job_id, method, payload)`` per call; it answers ``("started", job_id)`` (unless told not to),
+``("chunk", job_id, payload)`` per generator chunk and ``("done", job_id, status, payload)``. ``("cancel", job_id)``
+stops an async call, ``("reload", worker_init(...))`` loads a new bundle in place, ``("stop",)`` ends it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._envelope import PYTHON_VERSION
+from ._procs import FrameParser, WorkerChannel, start_worker_process
+from ._version import __version__
+from ._wire import WireCodec, read_frame, read_frame_sync, write_frame, write_frame_sync
+
+if TYPE_CHECKING:
+    from ._models import Bundle, EndpointSpec
+
+__all__ = [
+    "FrameParser",
+    "WireCodec",
+    "WorkerChannel",
+    "read_frame",
+    "read_frame_sync",
+    "start_worker_process",
+    "worker_command",
+    "worker_init",
+    "write_frame",
+    "write_frame_sync",
+]
+
+
+def worker_command(python: str | None = None) -> list[str]:
+    """The command that starts a worker (the caller's interpreter unless ``python`` names another)."""
+    return [python or sys.executable, "-m", "gpuflex._worker_entry"]
+
+
+def worker_init(spec: EndpointSpec, bundle: Bundle, *, report_started: bool = True,
+                bundle_root: str | None = None) -> dict[str, Any]:
+    """The ``init`` (and ``reload``) message for a worker of ``spec`` running ``bundle``.
+
+    :param report_started: send ``started`` when a call begins; a client that dispatches only to free slots
+        knows that already and can spare the frame.
+    :param bundle_root: where the bundle lies on the worker's machine (default: ``bundle.root``, this machine).
+    """
+    return {
+        "target": attrs.asdict(spec.target),
+        "bundle_root": bundle_root or str(bundle.root),
+        "import_paths": [spec.target.import_path],
+        "concurrency": spec.concurrency,
+        "python": PYTHON_VERSION,
+        "gpuflex": __version__,
+        "report_started": report_started,
+    }
