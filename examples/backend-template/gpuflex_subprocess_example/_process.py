@@ -1,6 +1,6 @@
 """One job and the one worker process that runs it.
 
-``run_job`` speaks gpuflex's frame protocol (``gpuflex._wire``) over the worker's stdin and stdout::
+``run_job`` speaks gpuflex's frame protocol (``gpuflex.worker``) over the worker's stdin and stdout::
 
     start `python -m gpuflex._worker_entry`
     send ("init", spec)           <- ("ready", info) | ("fatal", error)
@@ -20,17 +20,15 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
-import gpuflex
 from anyio.streams.buffered import BufferedByteReceiveStream
 from gpuflex import Bundle, EndpointSpec, JobStatus, WorkerInfo, WorkerState
-from gpuflex._wire import WireCodec, read_frame, write_frame
 from gpuflex.backend import BackendEvents, Call, JobUpdate, Payload
+from gpuflex.worker import WireCodec, read_frame, worker_command, worker_init, write_frame
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -101,7 +99,7 @@ class SubprocessJob:
 
 async def run_job(job: SubprocessJob, config: SubprocessConfig, events: BackendEvents) -> None:
     """Run the job in a fresh worker process; return once that process is gone and the job has ended."""
-    command = [config.python or sys.executable, "-m", "gpuflex._worker_entry"]
+    command = worker_command(config.python)
     env = {**os.environ, **job.call.endpoint.env}
     # stdin/stdout carry frames; stderr is inherited, so the user's prints and tracebacks show up here.
     # A new session makes the worker lead a process group, so a kill also takes its children.
@@ -182,16 +180,9 @@ async def _talk(job: SubprocessJob, process: Process, config: SubprocessConfig, 
 
 
 def _init_spec(endpoint: EndpointSpec, bundle: Bundle) -> dict[str, Any]:
-    """What the worker runtime (``gpuflex._worker.WorkerRuntime``) needs to load the endpoint."""
-    return {
-        "target": attrs.asdict(endpoint.target),  # module and qualname (or a pickled function)
-        "bundle_root": str(bundle.root),
-        "import_paths": [endpoint.target.import_path],
-        "concurrency": 1,  # one call per process
-        # the worker refuses to run for another Python (major.minor) or gpuflex version than the caller's
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "gpuflex": gpuflex.__version__,
-    }
+    """What the worker runtime needs to load the endpoint: its target (module and qualname, or a pickled
+    function), the bundle, and the caller's Python and gpuflex versions (a worker on others refuses to run)."""
+    return worker_init(endpoint, bundle)
 
 
 def kill(process: Process) -> None:
