@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import collections
 import contextlib
 import functools
 import itertools
@@ -19,6 +18,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -53,7 +53,6 @@ __all__ = ["Session", "get_session"]
 
 T = TypeVar("T")
 logger = logging.getLogger("gpuflex")
-_MAX_REMEMBERED_JOBS = 10_000
 _CANCEL_GRACE_SECONDS = 10.0
 
 
@@ -107,7 +106,9 @@ class Session:
         self._bundles: dict[Any, Bundle] = {}
         self._prices: dict[tuple[int, str], Price] = {}
         self._bundle_lock = threading.Lock()
-        self.jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        # jobs still referenced somewhere (by their caller, or while running); results are not kept alive here
+        self.jobs: weakref.WeakValueDictionary[str, Job] = weakref.WeakValueDictionary()
+        self.accepted = 0  # jobs accepted since the session started
         self._closed = False
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
@@ -220,8 +221,7 @@ class Session:
             job._canceller = functools.partial(self._request_cancel, job, backend)
             self.jobs[job.id] = job
             jobs.append(job)
-        while len(self.jobs) > _MAX_REMEMBERED_JOBS:
-            self.jobs.popitem(last=False)
+        self.accepted += len(jobs)
         key = choice.key()
         drives = [(job, payload) for job, payload in zip(jobs, payloads, strict=True)]
         self.loop.call_soon_threadsafe(self._start_drives, drives, backend, key, endpoint, method)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import time
 import uuid
@@ -24,12 +25,11 @@ from ._gpus import GpuAllocator, detect_gpus
 from ._process import StartFailed, WorkerProcess
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
 __all__ = ["LocalBackend"]
 
 T = TypeVar("T")
-_REMEMBERED_JOBS = 10_000
 
 
 class Mailbox(Generic[T]):
@@ -75,6 +75,7 @@ class LocalJob:
     update: JobUpdate | None = None
     cancel_status: JobStatus | None = None
     updates: Mailbox[JobUpdate] = attrs.field(factory=Mailbox)
+    forget: Callable[[], object] | None = None
     chunks: Mailbox[Payload] | None = None
 
     def push(self, update: JobUpdate) -> None:
@@ -84,6 +85,8 @@ class LocalJob:
             self.updates.close()
             if self.chunks is not None:
                 self.chunks.close()
+            if self.forget is not None:
+                self.forget()  # the core holds the mailboxes it reads; nothing here keeps the data alive
 
 
 class EndpointPool:
@@ -105,7 +108,7 @@ class EndpointPool:
         """Dispatch queued jobs to free workers; scale when jobs still wait or the pool is below its minimum."""
         self._dispatch()
         alive = sum(1 for w in self.workers.values() if not w.draining and w.info.state is not WorkerState.DEAD)
-        if self.queue or alive < self.policy.min_workers:
+        if (self.queue and alive < self.policy.max_workers) or alive < self.policy.min_workers:
             self.scale()
         elif self._timer_armed_for is None and any(w.idle_since is not None for w in self.workers.values()):
             self._arm_timer(time.monotonic() + self.policy.idle_timeout)
@@ -333,6 +336,11 @@ class EndpointPool:
                                    finished_at=time.time(), reason="cancelled while running"))
 
 
+async def _empty_updates() -> AsyncIterator[JobUpdate]:
+    return
+    yield  # an async generator that yields nothing
+
+
 def _route_frame(worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
     worker.pool._on_frame(worker, frame)
 
@@ -416,8 +424,7 @@ class LocalBackend(Backend):
         if call.endpoint.kind_of(call.method).streams:
             job.chunks = Mailbox()
         self.jobs[handle] = job
-        while len(self.jobs) > _REMEMBERED_JOBS and next(iter(self.jobs.values())).status.is_terminal:
-            self.jobs.pop(next(iter(self.jobs)))  # forget the oldest finished jobs
+        job.forget = functools.partial(self.jobs.pop, handle, None)
         pool.queue.append(job)
         pool.kick()
         return handle
@@ -433,7 +440,10 @@ class LocalBackend(Backend):
         return job.update or JobUpdate(status=job.status)
 
     def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
-        return self._job(handle).updates
+        job = self.jobs.get(handle)
+        if job is None:  # finished and delivered already: nothing more will happen to it
+            return _empty_updates()
+        return job.updates
 
     async def stream(self, handle: str) -> AsyncIterator[Payload]:
         job = self._job(handle)
