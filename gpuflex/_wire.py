@@ -38,10 +38,12 @@ SHM_MIN_BYTES = 1 << 20
 
 @attrs.frozen
 class ShmRef:
-    """A buffer placed in a shared-memory file; the receiver maps it and unlinks the name."""
+    """A buffer placed in a shared-memory file. The receiver maps it and unlinks the name, unless the sender
+    keeps ``owned`` files to unlink itself (a call that may be sent again if its first worker dies)."""
 
     path: str
     size: int
+    owned: bool = False
 
 
 @attrs.frozen
@@ -53,7 +55,7 @@ def shm_available() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
 
 
-def export_shm(buffer: Any) -> ShmRef:
+def export_shm(buffer: Any, *, owned: bool = False) -> ShmRef:
     view = memoryview(buffer).cast("B")
     path = os.path.join(SHM_DIR, f"gpuflex-{uuid.uuid4().hex}")
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
@@ -63,7 +65,7 @@ def export_shm(buffer: Any) -> ShmRef:
             written += os.write(fd, view[written:])
     finally:
         os.close(fd)
-    return ShmRef(path, view.nbytes)
+    return ShmRef(path, view.nbytes, owned)
 
 
 def import_shm(ref: ShmRef) -> memoryview:
@@ -73,8 +75,22 @@ def import_shm(ref: ShmRef) -> memoryview:
         mapped = mmap.mmap(fd, ref.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
-        os.unlink(ref.path)
+        if not ref.owned:
+            os.unlink(ref.path)
     return memoryview(mapped)
+
+
+def export_payload(payload: Payload) -> tuple[Payload, list[ShmRef]]:
+    """Move a payload's large buffers into shared memory now (off the event loop), owned by the sender."""
+    refs: list[ShmRef] = []
+    buffers: list[Any] = []
+    for buf in payload.buffers:
+        if memoryview(buf).nbytes >= SHM_MIN_BYTES:
+            refs.append(export_shm(buf, owned=True))
+            buffers.append(refs[-1])
+        else:
+            buffers.append(buf)
+    return Payload(payload.data, tuple(buffers)), refs
 
 
 def discard_shm(refs: Sequence[ShmRef]) -> None:
@@ -102,6 +118,9 @@ class WireCodec:
                 return value
             refs: list[Any] = []
             for buf in value.buffers:
+                if isinstance(buf, ShmRef):  # exported ahead of time by the sender
+                    refs.append(buf)
+                    continue
                 size = memoryview(buf).nbytes
                 if self.use_shm and size >= SHM_MIN_BYTES:
                     ref = export_shm(buf)

@@ -15,6 +15,7 @@ import attrs
 
 from gpuflex import Bundle, EndpointKind, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
 from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
+from gpuflex._wire import SHM_MIN_BYTES, ShmRef, discard_shm, export_payload
 from gpuflex.backend import Backend, Call, JobUpdate, Payload
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
 from gpuflex.worker import worker_command, worker_init
@@ -76,6 +77,8 @@ class LocalJob:
     cancel_status: JobStatus | None = None
     updates: Mailbox[JobUpdate] = attrs.field(factory=Mailbox)
     forget: Callable[[], object] | None = None
+    wire_payload: Payload | None = None  # the call's payload with large buffers already in shared memory
+    shm_refs: list[ShmRef] = attrs.field(factory=list)
     chunks: Mailbox[Payload] | None = None
 
     def push(self, update: JobUpdate) -> None:
@@ -85,6 +88,9 @@ class LocalJob:
             self.updates.close()
             if self.chunks is not None:
                 self.chunks.close()
+            if self.shm_refs:
+                discard_shm(self.shm_refs)
+                self.shm_refs = []
             if self.forget is not None:
                 self.forget()  # the core holds the mailboxes it reads; nothing here keeps the data alive
 
@@ -174,7 +180,7 @@ class EndpointPool:
             job.worker = worker
             worker.active[job.handle] = job
             worker.info.state, worker.idle_since = WorkerState.BUSY, None
-            worker.send(("call", job.handle, job.call.method, job.call.payload))
+            worker.send(("call", job.handle, job.call.method, job.wire_payload or job.call.payload))
             if starts_now:
                 self._started(job, worker)
 
@@ -421,6 +427,9 @@ class LocalBackend(Backend):
             raise BackendUnavailable(f"endpoint {call.endpoint.name!r} is not deployed on the local backend")
         handle = f"{call.job_id}-{call.attempt}"
         job = LocalJob(handle, call)
+        big = self.config.shared_memory and any(memoryview(b).nbytes >= SHM_MIN_BYTES for b in call.payload.buffers)
+        if big:  # copying hundreds of MB into /dev/shm is blocking work: keep it off the loop
+            job.wire_payload, job.shm_refs = await anyio.to_thread.run_sync(export_payload, call.payload)
         if call.endpoint.kind_of(call.method).streams:
             job.chunks = Mailbox()
         self.jobs[handle] = job
