@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import threading
 import typing
+import warnings
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import GpuflexWarning
 
 if TYPE_CHECKING:
     from ._models import Cost, EndpointSpec, Price
@@ -24,15 +26,38 @@ _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 
 
+#: entry-point name -> why its plugin failed to load (reported when someone asks for that backend)
+broken_plugins: dict[str, str] = {}
+#: top-level package of a plugin -> (distribution name, version), for ``gpuflex backends``
+plugin_distributions: dict[str, tuple[str, str]] = {}
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Load every ``gpuflex`` entry point. One that fails to import is reported with a warning and skipped, so
+    a broken third-party plugin cannot take the other backends down with it."""
+    broken_plugins.clear()
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != "gpuflex" or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                reason = f"{dist.metadata['name']} {dist.version}: {type(exc).__name__}: {exc}"
+                broken_plugins[ep.name] = reason
+                warnings.warn(f"gpuflex plugin {ep.name!r} failed to load and is skipped ({reason})",
+                              GpuflexWarning, stacklevel=3)
+                continue
+            pm.register(plugin, name=ep.name)
+            plugin_distributions[ep.module.split(".")[0]] = (dist.metadata["name"], dist.version)
+
+
 def _build() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("gpuflex")
     pm.add_hookspecs(hookspecs)
     for name in filter(None, os.environ.get("GPUFLEX_DISABLE_PLUGINS", "").split(",")):
         pm.set_blocked(name.strip())
-    try:
-        pm.load_setuptools_entrypoints("gpuflex")
-    except Exception as exc:
-        raise PluginError(f"a gpuflex plugin failed to load: {type(exc).__name__}: {exc}") from exc
+    _load_entry_points(pm)
     pm.check_pending()
     if os.environ.get("GPUFLEX_TRACE_PLUGINS"):
         pm.trace.root.setwriter(print)

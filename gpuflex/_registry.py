@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from importlib import metadata
 
-from ._plugins import call_register_backends
+from ._plugins import broken_plugins, call_register_backends, plugin_distributions
 from .backend import Backend
 from .errors import PluginError, UnknownBackendError
 
@@ -52,6 +52,8 @@ class BackendRegistry:
         self.collect()
         canonical = self._aliases.get(name, name)
         if canonical not in self._classes:
+            if name in broken_plugins:
+                raise PluginError(f"the plugin providing backend {name!r} failed to load: {broken_plugins[name]}")
             raise UnknownBackendError(name, list(self._classes))
         return self._classes[canonical]
 
@@ -65,8 +67,11 @@ class BackendRegistry:
         for name in self.names():
             cls = self._classes[name]
             top = cls.__module__.split(".")[0]
-            dists = metadata.packages_distributions().get(top, [])
-            version = metadata.version(dists[0]) if dists else "unknown"
+            if top in plugin_distributions:
+                version = plugin_distributions[top][1]
+            else:
+                dists = metadata.packages_distributions().get(top, [])
+                version = metadata.version(dists[0]) if dists else "unknown"
             rows.append({"name": name, "aliases": list(cls.aliases), "version": version,
                          "capabilities": dict(cls.capabilities)})
         return rows
