@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -20,13 +19,13 @@ import time
 import typing
 from pathlib import Path, PurePosixPath
 
-from pathspec import GitIgnoreSpec
-
 from ._models import Bundle, BundleFile
 from .errors import ConfigError, GpuflexError
 
 if typing.TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from pathspec import GitIgnoreSpec
 
 __all__ = ["build_bundle", "changed_files", "find_project_root", "load_manifest"]
 
@@ -65,22 +64,24 @@ def find_project_root(start: Path) -> Path:
 
 
 def _gpuflex_version() -> str:
-    try:
-        return importlib.metadata.version("gpuflex")
-    except Exception:  # not installed (a source checkout), or metadata unreadable
-        return "0.1.0"
+    from ._version import __version__
+
+    return __version__
 
 
 class _Ignores:
     """Each ``.gitignore`` seen (applying to its own subtree), then ``extra_ignores``, which win."""
 
     def __init__(self, extra: Sequence[str]) -> None:
+        from pathspec import GitIgnoreSpec  # imported on first bundle build, not by every worker at start-up
+
+        self._spec_cls = GitIgnoreSpec
         self.specs: dict[str, GitIgnoreSpec] = {}
         self.extra = GitIgnoreSpec.from_lines(list(extra))
 
     def add(self, rel_dir: str, gitignore: Path) -> None:
         try:
-            self.specs[rel_dir] = GitIgnoreSpec.from_lines(gitignore.read_text(errors="replace").splitlines())
+            self.specs[rel_dir] = self._spec_cls.from_lines(gitignore.read_text(errors="replace").splitlines())
         except OSError:
             pass
 
