@@ -247,7 +247,7 @@ class Session:
     ) -> None:
         try:
             spec = await self._bind(backend, key, endpoint)
-            refusal = self.budget.check() or _plugins.call_check_budget(spec, self.meter.total(), backend.name)
+            refusal = self.budget.check() or _plugins.call_check_budget(spec, self.meter.total, backend.name)
             if refusal:
                 raise QuotaExceeded(refusal)
             _plugins.call_hook("gpuflex_job_submitted", job=job)

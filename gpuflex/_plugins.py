@@ -15,6 +15,8 @@ from . import hookspecs
 from .errors import GpuflexWarning
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._models import Cost, EndpointSpec, Price
     from .backend import Backend
 
@@ -114,6 +116,10 @@ def call_price(spec: EndpointSpec, backend: str, default: Price) -> Price:
     return default if price is None else price
 
 
-def call_check_budget(spec: EndpointSpec, spent: Cost, backend: str) -> str | None:
-    reason: str | None = call_hook("gpuflex_check_budget", spec=spec, spent=spent, backend=backend)
+def call_check_budget(spec: EndpointSpec, spent: Callable[[], Cost], backend: str) -> str | None:
+    """``spent`` is computed only when a plugin implements the hook (it sums every endpoint's costs)."""
+    caller = get_plugin_manager().hook.gpuflex_check_budget
+    if not caller.get_hookimpls():
+        return None
+    reason: str | None = caller(spec=spec, spent=spent(), backend=backend)
     return reason
