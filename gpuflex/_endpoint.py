@@ -130,7 +130,12 @@ class _Callable:
             return self._local(*args, **kwargs)  # a nested call inside a worker runs in-process
         ep, method = self._ep, self._method
         if self._kind is EndpointKind.FUNCTION:
-            return ep._spawn(method, args, kwargs).result()
+            job = ep._spawn(method, args, kwargs)
+            try:
+                return job.result()
+            except KeyboardInterrupt:  # Ctrl-C stops the remote call too, not just the wait
+                job.cancel()
+                raise
         if self._kind is EndpointKind.ASYNC_FUNCTION:
             return ep._spawn(method, args, kwargs).aresult()
         if self._kind is EndpointKind.GENERATOR:
