@@ -26,7 +26,8 @@ def job_cost(price: Price, *, run_seconds: float, queue_seconds: float = 0.0) ->
         return Cost(usd=0.0, billed_seconds=run_seconds, rule=price.billing)
     if price.billing == "per-second":
         seconds = run_seconds + price.tail_seconds
-        billed = math.ceil(seconds / price.increment) * price.increment if price.increment else seconds
+        # the epsilon keeps float noise (1.1 / 0.1 = 11.000000000000002) from billing an extra increment
+        billed = math.ceil(seconds / price.increment - 1e-9) * price.increment if price.increment else seconds
         return Cost(usd=billed * price.usd_per_second, billed_seconds=billed, rule="per-second")
     return Cost(usd=run_seconds * price.usd_per_second, billed_seconds=run_seconds, rule=price.billing)
 

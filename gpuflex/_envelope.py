@@ -1,7 +1,9 @@
 """The call envelope: one wire format for arguments, results and remote exceptions on every backend.
 
-Arguments and results are pickled with cloudpickle, protocol 5; buffers of 64 KiB or more (numpy arrays, torch
-tensors, bytes-likes) travel out-of-band so a backend can move them without copying. Every call carries the
+Arguments and results are pickled with cloudpickle, protocol 5; buffers of 64 KiB or more travel out-of-band so a
+backend can move them without copying: numpy arrays, CPU torch tensors and anything else that pickles through
+``pickle.PickleBuffer``. ``bytes`` and ``bytearray`` stay in the pickle stream (CPython pickles them before any
+hook can step in); wrap large ones in ``numpy.frombuffer`` to send them out-of-band. Every call carries the
 caller's Python and gpuflex versions; a worker on another version refuses it with a message naming both.
 """
 
@@ -51,6 +53,8 @@ def _dumps(obj: object) -> Payload:
 def _rebuild_tensor(raw: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
     import torch
 
+    if not raw.flags.writeable:  # it came from an immutable buffer: a tensor must own writable memory
+        raw = raw.copy()
     return torch.from_numpy(raw).view(dtype).reshape(shape)
 
 

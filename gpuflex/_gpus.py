@@ -147,7 +147,8 @@ def parse_gpu(value: object) -> GPU | None:
         name, _, count = value.partition(":")
         if count and not count.isdigit():
             raise ConfigError(f"GPU count after ':' must be an integer, got {value!r}")
-        return GPU(name, int(count) if count else 1)
+        names = name.split("|")  # the form str(GPU) writes for several acceptable models
+        return GPU(names if len(names) > 1 else name, int(count) if count else 1)
     if isinstance(value, Mapping):
         if len(value) != 1:
             raise ConfigError(f"a GPU family dict names exactly one family, e.g. {{'Ada': 1}}; got {value!r}")

@@ -254,6 +254,10 @@ class Cost:
     rule: str = "free"
 
     def __add__(self, other: Cost) -> Cost:
+        if self == Cost():  # the empty start of a sum takes the other side's rule
+            return other
+        if other == Cost():
+            return self
         rule = self.rule if self.rule == other.rule else "mixed"
         return Cost(usd=self.usd + other.usd, billed_seconds=self.billed_seconds + other.billed_seconds, rule=rule)
 

@@ -52,7 +52,7 @@ class FrameParser:
                 break
             raws, offset = [], self._meta_end
             for size in sizes:
-                raws.append(bytes(self._buf[offset : offset + size]))
+                raws.append(self._buf[offset : offset + size])  # a bytearray copy: writable, like the other paths
                 offset += size
             del self._buf[:total]
             self._meta = None

@@ -192,5 +192,5 @@ async def write_frame(stream: ByteSendStream, parts: Sequence[Any]) -> None:
 async def read_frame(stream: BufferedByteReceiveStream) -> tuple[Any, ...]:
     (length,) = _LEN.unpack(await stream.receive_exactly(_LEN.size))
     packed, sizes = pickle.loads(await stream.receive_exactly(length))
-    raws = [await stream.receive_exactly(size) if size else b"" for size in sizes]
+    raws = [bytearray(await stream.receive_exactly(size)) if size else bytearray() for size in sizes]
     return WireCodec.decode(packed, raws)

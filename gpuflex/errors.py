@@ -8,6 +8,7 @@ The tree::
     │       └── PayloadTooLarge                 a payload over a backend's documented limit
     ├── PluginError
     │   └── UnknownBackendError(LookupError)    no installed backend has that name
+    ├── RemoteError                             a remote exception that could not be rebuilt locally
     ├── BackendError                            a backend could not do what was asked
     │   ├── BackendUnavailable                  unreachable, not started, capacity missing
     │   ├── AuthenticationError                 missing or rejected credentials
@@ -18,8 +19,6 @@ The tree::
         │   └── WorkerLost                      the worker process died or the connection dropped
         ├── JobCancelled                        cancelled by the caller
         └── JobTimeout(TimeoutError)            ran past the endpoint's timeout or the caller's
-
-    RemoteError                                 a remote exception that could not be rebuilt locally
 
 Exceptions raised by the user's own function are re-raised as their own type (with the remote traceback attached
 as ``__cause__``), never wrapped in one of these.

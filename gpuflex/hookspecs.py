@@ -41,8 +41,8 @@ def gpuflex_endpoint_spec(spec: EndpointSpec) -> EndpointSpec | None:
     """Validate or change an endpoint's spec before it is bound to a backend.
 
     Called once per endpoint and backend, before the first deploy. Raise :class:`gpuflex.errors.ConfigError` to
-    reject the spec; return a replacement (built with ``attrs.evolve``) to change it. Results are applied in
-    plugin order, each plugin seeing the previous plugin's result.
+    reject the spec; return a replacement (built with ``attrs.evolve``) to change it. Replacements are applied
+    in pluggy's call order (the plugin registered last runs first), each plugin seeing the previous result.
 
     :param spec: the endpoint as decorated.
     :returns: a replacement spec, or ``None`` to keep it.

@@ -1,0 +1,186 @@
+"""Every accepted spelling of a GPU request normalises to one ``gpuflex.GPU``; anything else is a ConfigError."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gpuflex import GPU, EndpointSpec
+from gpuflex._gpus import CATALOG, parse_gpu
+from gpuflex.errors import ConfigError
+
+ADA = ("RTX4000-ADA", "L4", "RTX4090", "L40", "L40S", "RTX6000-ADA")
+
+
+@pytest.mark.parametrize(
+    ("value", "choices", "count"),
+    [
+        # portable names, any case, surrounding blanks
+        ("H100", ("H100",), 1),
+        ("h100", ("H100",), 1),
+        ("  l40s ", ("L40S",), 1),
+        ("A100-80GB", ("A100-80GB",), 1),
+        ("rtx6000-ada", ("RTX6000-ADA",), 1),
+        # aliases and vendor ids
+        ("A100", ("A100-40GB",), 1),
+        ("a10g", ("A10",), 1),
+        ("4090", ("RTX4090",), 1),
+        ("RTX-A6000", ("A6000",), 1),
+        ("H100-80GB", ("H100",), 1),
+        ("NVIDIA H100 80GB HBM3", ("H100",), 1),
+        ("nvidia geforce rtx 4090", ("RTX4090",), 1),
+        # counts
+        ("H100:2", ("H100",), 2),
+        ("l4:8", ("L4",), 8),
+        ("any:4", (), 4),
+        # any GPU
+        ("any", (), 1),
+        ("ANY", (), 1),
+        # RunPod pools, in RunPod's and in dashed spelling
+        ("ADA_24", ("RTX4090",), 1),
+        ("ADA_80_PRO", ("H100",), 1),
+        ("ada-80-pro", ("H100",), 1),
+        ("AMPERE_80", ("A100-40GB", "A100-80GB"), 1),
+        ("ADA_48_PRO:2", ("L40", "L40S", "RTX6000-ADA"), 2),
+        ("HOPPER_141", ("H200",), 1),
+        # families, as names and as dicts
+        ("Hopper", ("H100", "H200"), 1),
+        ({"Ada": 1}, ADA, 1),
+        ({"hopper": 4}, ("H100", "H200"), 4),
+        # lists: ordered fallback, duplicates dropped, "any" anywhere accepts anything
+        (["H100", "A100-80GB"], ("H100", "A100-80GB"), 1),
+        (("l40s", "L40S", "A100"), ("L40S", "A100-40GB"), 1),
+        (["ADA_80_PRO", "H200"], ("H100", "H200"), 1),
+        (["H100", "any"], (), 1),
+        # GPU objects pass through
+        (GPU("L4", 2), ("L4",), 2),
+        (GPU(["B200", "H200"]), ("B200", "H200"), 1),
+    ],
+    ids=repr,
+)
+def test_accepted_spellings(value, choices, count):
+    gpu = parse_gpu(value)
+    assert gpu == GPU(list(choices) or "any", count)
+    assert gpu.choices == choices
+    assert gpu.count == count
+    assert gpu.is_any is (choices == ())
+    assert [m.name for m in gpu.models] == list(choices)
+
+
+@pytest.mark.parametrize("value", [None, False])
+def test_no_gpu(value):
+    assert parse_gpu(value) is None
+
+
+def test_gpu_objects_are_returned_unchanged():
+    gpu = GPU("H100", 2)
+    assert parse_gpu(gpu) is gpu
+
+
+def test_gpu_is_a_hashable_value():
+    assert GPU("h100", 2) == GPU("H100-80GB", 2)
+    assert len({GPU("H100"), GPU("h100"), GPU("ADA_80_PRO")}) == 1
+    assert GPU("H100") != GPU("H100", 2)
+    assert GPU() == GPU("any")
+
+
+def test_str():
+    assert str(GPU("H100")) == "H100"
+    assert str(GPU("H100", 2)) == "H100:2"
+    assert str(GPU("any")) == "any"
+    assert str(GPU(["H100", "A100-80GB"], 2)) == "H100|A100-80GB:2"
+
+
+def test_every_catalog_entry_is_reachable_by_all_its_keys():
+    for name, model in CATALOG.items():
+        assert model.name == name
+        for key in (name, *model.aliases, model.runpod_id, name.lower()):
+            assert parse_gpu(key) == GPU(name), key
+        assert name in parse_gpu(model.runpod_pool).choices
+        assert name in parse_gpu({model.family: 1}).choices
+
+
+@pytest.mark.parametrize(
+    ("value", "fragments"),
+    [
+        ("H1000", ["unknown GPU 'H1000'", "H100", "'any'", "ADA_24", "{'Ada': 1}"]),
+        ("", ["unknown GPU ''"]),
+        (["H100", "nope"], ["unknown GPU 'nope'"]),
+        ("H100:x", ["must be an integer", "'H100:x'"]),
+        ("H100:-1", ["must be an integer"]),
+        ("H100:1.5", ["must be an integer"]),
+        ("H100:0", ["positive integer", "0"]),
+        ({"Ada": 0}, ["positive integer"]),
+        ({"Ada": "2"}, ["positive integer", "'2'"]),
+        ({"Ada": True}, ["positive integer"]),
+        ({"Ada": 1, "Hopper": 1}, ["exactly one family"]),
+        ({}, ["exactly one family"]),
+        ({"Volta": 1}, ["unknown GPU 'Volta'"]),
+        ([], ["list of strings"]),
+        (42, ["gpu must be a name", "42"]),
+        (True, ["gpu must be a name"]),
+        (1.5, ["gpu must be a name"]),
+    ],
+    ids=repr,
+)
+def test_bad_input_is_a_config_error_with_a_helpful_message(value, fragments):
+    with pytest.raises(ConfigError) as info:
+        parse_gpu(value)
+    assert isinstance(info.value, ValueError)  # ConfigError is a ValueError for callers that catch those
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("count", [0, -1, True, 1.0, "2", None])
+def test_gpu_count_must_be_a_positive_integer(count):
+    with pytest.raises(ConfigError, match="GPU count must be a positive integer"):
+        GPU("H100", count)
+
+
+@pytest.mark.parametrize("name", [[], [1], [None, "H100"], b"H100"])
+def test_gpu_names_must_be_strings(name):
+    with pytest.raises(ConfigError):
+        GPU(name)
+
+
+def test_endpoint_spec_hash_depends_on_the_normalised_gpu():
+    from gpuflex._models import EndpointKind, FunctionRef, Resources
+
+    def spec(gpu):
+        return EndpointSpec(name="e", kind=EndpointKind.FUNCTION, target=FunctionRef(module="m", qualname="f"),
+                            resources=Resources(gpu=parse_gpu(gpu)))
+
+    assert spec("h100").config_hash() == spec("ADA_80_PRO").config_hash()
+    assert spec("H100").config_hash() != spec("H100:2").config_hash()
+
+
+# -- round trips -------------------------------------------------------------------------------------------------
+
+_KEYS = sorted({key for m in CATALOG.values() for key in (m.name, *m.aliases, m.runpod_id)})
+
+
+def _spellings(key: str) -> st.SearchStrategy[str]:
+    return st.sampled_from([key, key.lower(), key.upper(), f" {key} "])
+
+
+single_gpus = st.builds(
+    GPU, st.sampled_from(_KEYS + ["any"]).flatmap(_spellings), st.integers(min_value=1, max_value=16)
+)
+
+
+@given(single_gpus)
+def test_str_round_trips_for_one_model(gpu):
+    assert parse_gpu(str(gpu)) == gpu
+
+
+@given(st.sampled_from(sorted(CATALOG)), st.integers(min_value=1, max_value=16))
+def test_every_spelling_of_a_count_parses(name, count):
+    assert parse_gpu(f"{name}:{count}") == GPU(name, count) == parse_gpu(GPU(name.lower(), count))
+
+
+@given(st.lists(st.sampled_from(sorted(CATALOG)), min_size=2, max_size=4, unique=True),
+       st.integers(min_value=1, max_value=8))
+def test_str_round_trips_for_several_models(names, count):
+    gpu = GPU(names, count)
+    assert parse_gpu(str(gpu)) == gpu
