@@ -44,15 +44,18 @@ if str(HERE) not in sys.path:
 
 import _endpoints as ep  # noqa: E402
 import numpy as np  # noqa: E402
+from _reload import bench_reload, section_reload  # noqa: E402
 
 import gpuflex  # noqa: E402
 
 warnings.simplefilter("ignore", gpuflex.errors.GpuflexWarning)  # GPU endpoints on a CPU-only host
 
 FULL = {"roundtrip_n": 2000, "warmup": 200, "blocks": 4, "map_n": 10_000, "map_reps": 3, "array_mib": 256,
-        "array_reps": 5, "cold_reps": 5, "ray_cold_reps": 3, "matmul_n": 4096, "matmul_reps": 20, "gpu_reps": 5}
+        "array_reps": 5, "cold_reps": 5, "ray_cold_reps": 3, "matmul_n": 4096, "matmul_reps": 20, "gpu_reps": 5,
+        "reload_reps": 9}
 QUICK = {"roundtrip_n": 200, "warmup": 50, "blocks": 2, "map_n": 1000, "map_reps": 1, "array_mib": 32,
-         "array_reps": 3, "cold_reps": 3, "ray_cold_reps": 1, "matmul_n": 2048, "matmul_reps": 10, "gpu_reps": 3}
+         "array_reps": 3, "cold_reps": 3, "ray_cold_reps": 1, "matmul_n": 2048, "matmul_reps": 10, "gpu_reps": 3,
+         "reload_reps": 3}
 MIB = 2**20
 
 
@@ -550,6 +553,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_array(results["array"], ray_full, cfg),
         section_cold(results["cold"], results["ray_cold"], cfg),
         section_gpu(results["gpu"], cfg),
+        section_reload(results["reload"]),
     ]
     return "\n".join(parts)
 
@@ -605,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     results["array"] = guarded("3. array transfer", lambda: bench_array(cfg))
     results["cold"] = guarded("4. cold start", lambda: bench_cold(cfg))
     results["gpu"] = guarded("5. GPU", lambda: bench_gpu(cfg))
+    results["reload"] = guarded("6. hot reload", lambda: bench_reload(cfg["reload_reps"]))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)
