@@ -105,6 +105,7 @@ class EndpointPool:
         self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
                                   concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
         self._timer_armed_for: float | None = None
+        self.retired = False
         sync_one_at_a_time = spec.concurrency == 1 and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)
         self.prefetch = backend.config.prefetch if sync_one_at_a_time else 0
 
@@ -112,6 +113,8 @@ class EndpointPool:
 
     def kick(self) -> None:
         """Dispatch queued jobs to free workers; scale when jobs still wait or the pool is below its minimum."""
+        if self.retired:
+            return  # replaced by a redeploy or torn down: its workers belong to the new pool or are stopping
         self._dispatch()
         alive = sum(1 for w in self.workers.values() if not w.draining and w.info.state is not WorkerState.DEAD)
         if (self.queue and alive < self.policy.max_workers) or alive < self.policy.min_workers:
@@ -121,6 +124,8 @@ class EndpointPool:
 
     def scale(self) -> None:
         """Start or stop workers as the autoscaler decides, and arm a timer for the next idle expiry."""
+        if self.retired:
+            return
         current = [w for w in self.workers.values() if not w.draining]
         views = [WorkerView(id=w.id, state=w.info.state, active=len(w.active),
                             idle_since=w.idle_since if not w.active else None) for w in current]
@@ -197,8 +202,9 @@ class EndpointPool:
 
     async def _run_worker(self, worker: WorkerProcess) -> None:
         worker.pool = self
-        command, env = self.backend.worker_command(self.spec, worker.info.gpus)
+        command = ["python"]
         try:
+            command, env = self.backend.worker_command(self.spec, worker.info.gpus)
             await worker.start(command, env, str(self.bundle.root), self.init_spec(), _route_frame)
         except StartFailed as exc:
             worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
@@ -408,6 +414,10 @@ class LocalBackend(Backend):
         if endpoint.gpu is not None and self.gpus.gpus and endpoint.gpu.count > len(self.gpus.gpus):
             raise BackendUnavailable(f"endpoint {endpoint.name!r} needs {endpoint.gpu.count} GPUs per worker; "
                                      f"this machine has {len(self.gpus.gpus)}")
+        missing = [name for name in endpoint.secrets if name not in os.environ]
+        if missing:
+            raise ConfigError(f"endpoint {endpoint.name!r} needs the secret(s) {', '.join(missing)}, which are not "
+                              "set in this environment; export them before calling")
         await anyio.to_thread.run_sync(worker_python, endpoint, self.config)  # build an isolated env up front
         old = self.pools.get(endpoint.name)
         pool = EndpointPool(self, endpoint, bundle)
@@ -415,6 +425,7 @@ class LocalBackend(Backend):
             pool.queue, old.queue = old.queue, []
             # same process settings (env, GPUs, dependencies, concurrency): load the new code in place
             in_place = self.config.reload_in_place and old.spec.config_hash() == endpoint.config_hash()
+            old.retired = True
             for worker in list(old.workers.values()):
                 pool.adopt(worker, reload_in_place=in_place and not worker.draining)
             old.workers.clear()
@@ -488,6 +499,7 @@ class LocalBackend(Backend):
             pool = self.pools.pop(name, None)
             if pool is None:
                 continue
+            pool.retired = True
             for job in pool.queue:
                 job.push(JobUpdate(status=JobStatus.CANCELLED, reason="the endpoint was torn down"))
             pool.queue.clear()
