@@ -2,360 +2,29 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import os
-import time
-import uuid
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import attrs
 
-from gpuflex import Bundle, EndpointKind, EndpointSpec, JobStatus, Price, WorkerInfo, WorkerState
-from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
-from gpuflex._wire import SHM_MIN_BYTES, ShmRef, discard_shm, export_payload
+from gpuflex import Bundle, EndpointSpec, JobStatus, Price, WorkerInfo
+from gpuflex._wire import SHM_MIN_BYTES, export_payload
 from gpuflex.backend import Backend, Call, JobUpdate, Payload
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
-from gpuflex.worker import worker_command, worker_init
+from gpuflex.worker import worker_command
 
 from ._config import LocalConfig
 from ._deps import worker_python
 from ._gpus import GpuAllocator, detect_gpus
-from ._process import StartFailed, WorkerProcess
+from ._pool import EndpointPool, LocalJob, Mailbox, empty_updates
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Mapping
 
 __all__ = ["LocalBackend"]
-
-T = TypeVar("T")
-
-
-class Mailbox(Generic[T]):
-    """An unbounded single-consumer queue on the backend's loop: ``put`` never blocks, iteration ends at close."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque[T] = collections.deque()
-        self._closed = False
-        self._event: anyio.Event | None = None
-
-    def put(self, item: T) -> None:
-        self._items.append(item)
-        self._wake()
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    def __aiter__(self) -> Mailbox[T]:
-        return self
-
-    async def __anext__(self) -> T:  # a plain method, not an async generator: nothing left for the GC to close
-        while not self._items:
-            if self._closed:
-                raise StopAsyncIteration
-            self._event = anyio.Event()
-            await self._event.wait()
-        return self._items.popleft()
-
-
-@attrs.define(eq=False)
-class LocalJob:
-    handle: str
-    call: Call
-    status: JobStatus = JobStatus.QUEUED
-    worker: WorkerProcess | None = None
-    started_at: float | None = None
-    update: JobUpdate | None = None
-    cancel_status: JobStatus | None = None
-    updates: Mailbox[JobUpdate] = attrs.field(factory=Mailbox)
-    forget: Callable[[], object] | None = None
-    wire_payload: Payload | None = None  # the call's payload with large buffers already in shared memory
-    shm_refs: list[ShmRef] = attrs.field(factory=list)
-    chunks: Mailbox[Payload] | None = None
-
-    def push(self, update: JobUpdate) -> None:
-        self.status, self.update = update.status, update
-        self.updates.put(update)
-        if update.status.is_terminal:
-            self.updates.close()
-            if self.chunks is not None:
-                self.chunks.close()
-            if self.shm_refs:
-                discard_shm(self.shm_refs)
-                self.shm_refs = []
-            if self.forget is not None:
-                self.forget()  # the core holds the mailboxes it reads; nothing here keeps the data alive
-
-
-class EndpointPool:
-    """The queue and the workers of one endpoint (for its current bundle, plus draining ones from before)."""
-
-    def __init__(self, backend: LocalBackend, spec: EndpointSpec, bundle: Bundle) -> None:
-        self.backend, self.spec, self.bundle = backend, spec, bundle
-        self.queue: list[LocalJob] = []
-        self.workers: dict[str, WorkerProcess] = {}
-        self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
-                                  concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
-        self._timer_armed_for: float | None = None
-        self.retired = False
-        sync_one_at_a_time = spec.concurrency == 1 and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)
-        self.prefetch = backend.config.prefetch if sync_one_at_a_time else 0
-
-    # -- scaling -------------------------------------------------------------------------------------------
-
-    def kick(self) -> None:
-        """Dispatch queued jobs to free workers; scale when jobs still wait or the pool is below its minimum."""
-        if self.retired:
-            return  # replaced by a redeploy or torn down: its workers belong to the new pool or are stopping
-        self._dispatch()
-        alive = sum(1 for w in self.workers.values() if not w.draining and w.info.state is not WorkerState.DEAD)
-        if (self.queue and alive < self.policy.max_workers) or alive < self.policy.min_workers:
-            self.scale()
-        elif self._timer_armed_for is None and any(w.idle_since is not None for w in self.workers.values()):
-            self._arm_timer(time.monotonic() + self.policy.idle_timeout)
-
-    def scale(self) -> None:
-        """Start or stop workers as the autoscaler decides, and arm a timer for the next idle expiry."""
-        if self.retired:
-            return
-        current = [w for w in self.workers.values() if not w.draining]
-        views = [WorkerView(id=w.id, state=w.info.state, active=len(w.active),
-                            idle_since=w.idle_since if not w.active else None) for w in current]
-        now = time.monotonic()
-        decision = decide(self.policy, queued=len(self.queue), workers=views, now=now)
-        gpus_each = self.spec.gpu.count if self.spec.gpu and self.backend.gpus.gpus else 0
-        tg = self.backend.task_group
-        assert tg is not None, "the core attaches a task group before deploy"
-        for _ in range(decision.start):
-            worker_gpus: tuple[str, ...] = ()
-            worker_id = f"{self.spec.name}-{uuid.uuid4().hex[:8]}"
-            if gpus_each:
-                taken = self.backend.gpus.take(worker_id, gpus_each)
-                if taken is None:
-                    break  # every device is held: the queue waits for one to free up
-                worker_gpus = taken
-            worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, worker_gpus,
-                                   concurrency=self.spec.concurrency, use_shm=self.backend.config.shared_memory,
-                                   prefetch=self.prefetch)
-            self.workers[worker_id] = worker
-            tg.start_soon(self._run_worker, worker)
-        for worker_id in decision.stop:
-            tg.start_soon(self.workers[worker_id].stop)
-        wake = next_check(self.policy, views, now)
-        if wake is not None:
-            self._arm_timer(wake)
-
-    def _arm_timer(self, when: float) -> None:
-        if self._timer_armed_for is not None and self._timer_armed_for <= when:
-            return  # an earlier wake-up is pending; it re-arms for later expiries
-        self._timer_armed_for = when
-        tg = self.backend.task_group
-        assert tg is not None
-        tg.start_soon(self._wake_at, when)
-
-    async def _wake_at(self, when: float) -> None:
-        await anyio.sleep(max(0.0, when - time.monotonic()) + 0.01)
-        if self._timer_armed_for != when:
-            return  # superseded by an earlier timer
-        self._timer_armed_for = None
-        self._dispatch()
-        self.scale()
-
-    def _dispatch(self) -> None:
-        """Give queued jobs to workers: free slots first, then (sync workers) one call prefetched into a busy
-        worker's pipe, so it starts the next call without a round trip."""
-        while self.queue:
-            worker, best = None, (0, 0)
-            for candidate in self.workers.values():
-                room = (candidate.free_slots, candidate.pipeline_room)
-                if room > best:
-                    worker, best = candidate, room
-            if worker is None or best[1] <= 0:
-                return
-            starts_now = best[0] > 0
-            job = self.queue.pop(0)
-            job.worker = worker
-            worker.active[job.handle] = job
-            worker.info.state, worker.idle_since = WorkerState.BUSY, None
-            worker.send(("call", job.handle, job.call.method, job.wire_payload or job.call.payload))
-            if starts_now:
-                self._started(job, worker)
-
-    def _started(self, job: LocalJob, worker: WorkerProcess) -> None:
-        job.started_at = time.time()
-        job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
-
-    # -- a worker's life ---------------------------------------------------------------------------------
-
-    def init_spec(self) -> dict[str, Any]:
-        """What a worker needs to load this pool's endpoint from its bundle."""
-        # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch, no "started" frame needed
-        return worker_init(self.spec, self.bundle, report_started=False)
-
-    async def _run_worker(self, worker: WorkerProcess) -> None:
-        worker.pool = self
-        command = ["python"]
-        try:
-            command, env = self.backend.worker_command(self.spec, worker.info.gpus)
-            await worker.start(command, env, str(self.bundle.root), self.init_spec(), _route_frame)
-        except StartFailed as exc:
-            worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
-            return
-        except Exception as exc:  # never let one worker's failure take the backend's task group down
-            reason = f"could not start {command[0]}: {type(exc).__name__}: {exc}"
-            worker.pool._worker_gone(worker, reason, start_failure=StartFailed(reason))
-            return
-        self.backend.events.worker_started(worker.info)
-        if worker.draining:  # a redeploy with new settings came while it started
-            await worker.stop()
-        worker.pool.kick()
-        how = await worker.wait_closed()
-        worker.pool._worker_gone(worker, how)  # the pool that holds it now (a reload may have moved it)
-
-    # -- hot reload in place --------------------------------------------------------------------------------
-
-    def adopt(self, worker: WorkerProcess, *, reload_in_place: bool) -> None:
-        """Take over a worker of the endpoint's previous deploy. With ``reload_in_place`` it loads the new
-        bundle in its running process once its current calls finish (heavy imports like torch stay loaded);
-        otherwise it drains and stops."""
-        self.workers[worker.id] = worker
-        worker.pool = self
-        if reload_in_place and worker.info.state in (WorkerState.IDLE, WorkerState.BUSY):
-            worker.reload_pending = True
-            self._maybe_reload(worker)
-        else:
-            worker.draining = True
-            if not worker.active:
-                tg = self.backend.task_group
-                assert tg is not None
-                tg.start_soon(worker.stop)
-
-    def _maybe_reload(self, worker: WorkerProcess) -> None:
-        if worker.reload_pending and not worker.active:
-            worker.reload_pending = False
-            worker.info.state = WorkerState.STARTING
-            worker.reload_started = time.monotonic()
-            worker.send(("reload", self.init_spec()))
-
-    def _on_frame(self, worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
-        kind = frame[0]
-        if kind == "ready":  # a reload in place finished: the worker now runs this pool's bundle
-            worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
-            worker.info.bundle_hash = self.bundle.hash
-            self.kick()
-            return
-        if kind == "fatal":  # the new code does not load: replace the process (a fresh start reports why)
-            worker.kill()
-            return
-        handle = frame[1]
-        job = worker.active.get(handle)
-        if job is None:
-            return
-        if kind == "started":
-            job.started_at = time.time()
-            if job.cancel_status is None:
-                job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
-        elif kind == "chunk":
-            if job.chunks is not None and job.cancel_status is None:
-                job.chunks.put(frame[2])
-        elif kind == "done":
-            _, _, status, outcome = frame
-            del worker.active[handle]
-            if worker.channel is not None:
-                worker.channel.trim_exported()
-            worker.info.jobs_done += 1
-            if not worker.active:
-                worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
-            if not job.status.is_terminal:
-                self._finish(job, worker, status, outcome)
-            if worker.prefetch:  # a sync worker runs its pipe in order: the next call has started now
-                waiting = next((j for j in worker.active.values() if j.started_at is None), None)
-                if waiting is not None and not waiting.status.is_terminal:
-                    self._started(waiting, worker)
-            if worker.draining and not worker.active:
-                tg = self.backend.task_group
-                assert tg is not None
-                tg.start_soon(worker.stop)
-            self._maybe_reload(worker)
-            self.kick()
-
-    def _finish(self, job: LocalJob, worker: WorkerProcess, status: str, outcome: Payload | None) -> None:
-        now = time.time()
-        common: dict[str, Any] = {"worker": worker.id, "started_at": job.started_at, "finished_at": now}
-        if job.cancel_status is not None or status == "cancelled":
-            job.push(JobUpdate(status=job.cancel_status or JobStatus.CANCELLED, reason="cancelled while running",
-                               **common))
-        elif status == "ok":
-            job.push(JobUpdate(status=JobStatus.COMPLETED, outcome=outcome, **common))
-        else:
-            job.push(JobUpdate(status=JobStatus.FAILED, outcome=outcome, reason="the function raised", **common))
-
-    def _worker_gone(self, worker: WorkerProcess, how: str, start_failure: StartFailed | None = None) -> None:
-        self.workers.pop(worker.id, None)
-        self.backend.gpus.release(worker.id)
-        was_running = worker.info.state not in (WorkerState.STOPPING, WorkerState.STARTING)
-        worker.info.state = WorkerState.DEAD
-        now = time.time()
-        for job in list(worker.active.values()):
-            if job.status.is_terminal:
-                continue
-            if job.started_at is None:
-                job.worker = None
-                self.queue.insert(0, job)  # it never ran: give it to another worker
-                continue
-            reason = f"worker {worker.id} (pid {worker.info.pid}) died while running the job: {how}"
-            job.push(JobUpdate(status=JobStatus.FAILED, worker=worker.id, started_at=job.started_at,
-                               finished_at=now, reason=reason, retryable=True))
-        worker.active.clear()
-        if start_failure is not None:
-            for job in self.queue:  # fail what is waiting, or the autoscaler would start workers forever
-                job.push(JobUpdate(status=JobStatus.FAILED, outcome=start_failure.outcome, finished_at=now,
-                                   reason=f"worker {worker.id} could not start: {start_failure.reason}"))
-            self.queue.clear()
-        if was_running or start_failure is None:
-            self.backend.events.worker_stopped(worker.info, how)
-        self.kick()
-
-    def cancel(self, job: LocalJob, status: JobStatus) -> None:
-        if job.status.is_terminal:
-            return
-        if job in self.queue:
-            self.queue.remove(job)
-            job.push(JobUpdate(status=status, finished_at=time.time(), reason="cancelled while queued"))
-            return
-        job.cancel_status = status
-        worker = job.worker
-        if worker is None:
-            return
-        kind = self.spec.kind_of(job.call.method)
-        inline_sync = self.spec.concurrency == 1 and kind.value in ("function", "generator")
-        if inline_sync and job.started_at is not None:
-            worker.kill()  # a running sync call cannot be interrupted; its worker is replaced
-            job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at, finished_at=time.time(),
-                               reason="cancelled while running; its worker process was stopped"))
-        else:
-            worker.send(("cancel", job.handle))
-            if kind.value in ("function", "generator"):  # runs on in a thread; its result will be dropped
-                job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at,
-                                   finished_at=time.time(), reason="cancelled while running"))
-
-
-async def _empty_updates() -> AsyncIterator[JobUpdate]:
-    return
-    yield  # an async generator that yields nothing
-
-
-def _route_frame(worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
-    worker.pool._on_frame(worker, frame)
-
 
 class LocalBackend(Backend):
     """Worker processes on this machine. Each is pinned to its GPUs with CUDA_VISIBLE_DEVICES when CUDA exists;
@@ -462,7 +131,7 @@ class LocalBackend(Backend):
     def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
         job = self.jobs.get(handle)
         if job is None:  # finished and delivered already: nothing more will happen to it
-            return _empty_updates()
+            return empty_updates()
         return job.updates
 
     async def stream(self, handle: str) -> AsyncIterator[Payload]:
