@@ -13,7 +13,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -29,6 +28,8 @@ from ._bundle import build_bundle
 from ._config import BackendChoice, resolve_backend
 from ._costs import BudgetGuard, CostMeter, job_cost
 from ._job import Job
+from ._loop import GuardedTaskGroup, closing, new_loop
+from ._loop import updates as job_updates
 from ._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
 from ._registry import get_registry
 from .backend import Backend, BackendEvents, Call, JobUpdate, Payload, TaskSpawner
@@ -43,9 +44,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     import concurrent.futures
-    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
-
-    from anyio.abc import TaskGroup
+    from collections.abc import Coroutine
 
     from ._endpoint import Endpoint
 
@@ -54,23 +53,6 @@ __all__ = ["Session", "get_session"]
 T = TypeVar("T")
 logger = logging.getLogger("gpuflex")
 _CANCEL_GRACE_SECONDS = 10.0
-
-
-class _GuardedTaskGroup:
-    """The session's task group as backends see it: a background task that raises is logged, and never
-    cancels the other backends' work (which a bare task group would do)."""
-
-    def __init__(self, inner: TaskGroup) -> None:
-        self._inner = inner
-
-    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
-        async def guarded() -> None:
-            try:
-                await func(*args)
-            except Exception:
-                logger.exception("gpuflex: a backend background task (%s) failed", name or func)
-
-        self._inner.start_soon(guarded, name=name or getattr(func, "__qualname__", None))
 
 
 class _HookEvents(BackendEvents):
@@ -95,7 +77,7 @@ class Session:
     """Process-wide state: the loop thread, backend instances, deployed bundles, jobs and costs."""
 
     def __init__(self) -> None:
-        self.loop = _new_loop()
+        self.loop = new_loop()
         self._thread = threading.Thread(target=self._run_loop, name="gpuflex-loop", daemon=True)
         self._thread.start()
         self.task_group: TaskSpawner = self.submit(self._start_supervisor()).result()
@@ -118,7 +100,7 @@ class Session:
 
         async def supervise() -> None:
             async with anyio.create_task_group() as tg:
-                started.set_result(_GuardedTaskGroup(tg))
+                started.set_result(GuardedTaskGroup(tg))
                 await anyio.sleep_forever()
 
         self._supervisor = self.loop.create_task(supervise())
@@ -336,7 +318,7 @@ class Session:
     async def _watch(self, job: Job, backend: Backend, handle: str, spec: EndpointSpec) -> JobUpdate:
         scope = anyio.CancelScope() if spec.timeout is not None else contextlib.nullcontext()
         with scope:
-            async with _closing(_updates(backend, handle)) as updates:
+            async with closing(job_updates(backend, handle)) as updates:
                 async for update in updates:
                     if update.status is JobStatus.RUNNING and job.status is not JobStatus.RUNNING:
                         job.status = JobStatus.RUNNING
@@ -352,7 +334,7 @@ class Session:
         with anyio.CancelScope(shield=True):
             await backend.cancel(handle)
             with anyio.move_on_after(_CANCEL_GRACE_SECONDS):
-                async with _closing(_updates(backend, handle)) as updates:
+                async with closing(job_updates(backend, handle)) as updates:
                     async for update in updates:
                         if update.status.is_terminal:
                             final = update
@@ -382,37 +364,6 @@ class Session:
             warnings.warn(f"gpuflex: backends did not close cleanly: {exc}", GpuflexWarning, stacklevel=1)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
-
-
-def _updates(backend: Backend, handle: str) -> AsyncIterator[JobUpdate]:
-    """Push-based updates where the backend offers them, else polling ``status`` with backoff."""
-    if type(backend).updates is not Backend.updates:
-        return backend.updates(handle)
-    return _poll(backend, handle)
-
-
-async def _poll(backend: Backend, handle: str) -> AsyncIterator[JobUpdate]:
-    delay, last = 0.005, None
-    while True:
-        update = await backend.status(handle)
-        if update.status is not last:
-            last = update.status
-            yield update
-        if update.status.is_terminal:
-            return
-        await anyio.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-
-
-@contextlib.asynccontextmanager
-async def _closing(iterator: AsyncIterator[JobUpdate]) -> AsyncGenerator[AsyncIterator[JobUpdate], None]:
-    """Close an async generator we stop reading early (plain iterators need nothing)."""
-    try:
-        yield iterator
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _check_capabilities(backend: Backend, spec: EndpointSpec) -> None:
@@ -457,13 +408,3 @@ def total_cost() -> Cost:
     return get_session().meter.total()
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed (a dependency on Linux and macOS), else the standard loop."""
-    if os.environ.get("GPUFLEX_NO_UVLOOP") is None:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
