@@ -38,6 +38,12 @@ def costs() -> dict[str, EndpointCosts]:
     return _get_session().meter.summary()
 
 
+def reload() -> None:
+    """Pick up saved code changes: the next call of each endpoint rebuilds its bundle and, if anything changed,
+    redeploys (the local backend loads the new code into its running workers between calls)."""
+    _get_session().invalidate_bundles()
+
+
 def total_cost() -> Cost:
     """What every job this process ran has cost so far."""
     return _get_session().meter.total()
@@ -67,6 +73,7 @@ __all__ = sorted(
         "errors",
         "hookimpl",
         "list_backends",
+        "reload",
         "shutdown",
         "total_cost",
         "use",

@@ -68,7 +68,8 @@ class _HookEvents(BackendEvents):
 
 @attrs.define
 class _Binding:
-    spec: EndpointSpec
+    spec: EndpointSpec  # after the gpuflex_endpoint_spec hooks
+    source: EndpointSpec  # as decorated: a re-imported module (hot reload) brings a new one
     bundle_hash: str | None = None
     lock: anyio.Lock = attrs.field(factory=anyio.Lock)
 
@@ -164,12 +165,30 @@ class Session:
         with self._bundle_lock:
             self._bundles.clear()
 
+    def _rebind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any],
+                old: _Binding | None) -> _Binding:
+        """First call of an endpoint on a backend, or its decorator ran again (a re-imported module)."""
+        if old is not None:
+            before, after = old.source.target, endpoint.spec.target
+            if (before.module, before.qualname, before.path) != (after.module, after.qualname, after.path):
+                raise ConfigError(
+                    f"two endpoints are named {endpoint.name!r}: {before.label} and {after.label}; "
+                    "give one of them another name (@gpuflex.endpoint(name=...))"
+                )
+            if old.source == endpoint.spec:
+                old.source = endpoint.spec
+                return old
+        spec = _plugins.call_endpoint_spec(endpoint.spec)
+        _check_capabilities(backend, spec)
+        binding = _Binding(spec, endpoint.spec)  # a new spec: deploy again on the next call
+        self._bindings[(key, endpoint.name)] = binding
+        self._prices.pop((id(backend), endpoint.name), None)
+        return binding
+
     async def _bind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any]) -> EndpointSpec:
         binding = self._bindings.get((key, endpoint.name))
-        if binding is None:
-            spec = _plugins.call_endpoint_spec(endpoint.spec)
-            _check_capabilities(backend, spec)
-            binding = self._bindings.setdefault((key, endpoint.name), _Binding(spec))
+        if binding is None or binding.source is not endpoint.spec:
+            binding = self._rebind(backend, key, endpoint, binding)
         bundle = self._bundles.get(endpoint.project_root)
         if bundle is None:  # first call, or the code changed: hashing files is blocking work
             bundle = await anyio.to_thread.run_sync(self.bundle_for, endpoint)

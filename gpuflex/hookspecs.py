@@ -55,8 +55,9 @@ def gpuflex_endpoint_spec(spec: EndpointSpec) -> EndpointSpec | None:
 def gpuflex_select_backend(spec: EndpointSpec) -> str | None:
     """Choose the backend for an endpoint that names none itself.
 
-    Called when an endpoint is first called, after ``endpoint(backend=...)`` and ``gpuflex.use`` (which win) and
-    before ``GPUFLEX_BACKEND``, the project config and the default. Stops at first non-None result.
+    Called in the caller's thread on every call of an endpoint that names no backend and runs outside
+    ``gpuflex.use`` (those win), before the project file and ``GPUFLEX_BACKEND`` are consulted: keep it cheap.
+    Stops at first non-None result.
 
     :param spec: the endpoint being bound.
     :returns: a backend name, or ``None`` to leave the choice to the usual order.
@@ -69,7 +70,8 @@ def gpuflex_select_backend(spec: EndpointSpec) -> str | None:
 def gpuflex_bundle_ignore(root: str) -> list[str] | None:
     """Add gitignore-style patterns of files to leave out of a bundle.
 
-    Called every time a bundle is built (first call, and every hot reload).
+    Called every time a bundle is built: on the first call, and after each ``gpuflex.reload()`` (which
+    ``gpuflex serve`` triggers when a file is saved).
 
     :param root: the project directory being bundled.
     :returns: patterns, or ``None``.
@@ -95,7 +97,8 @@ def gpuflex_deployed(spec: EndpointSpec, bundle: Bundle, backend: str) -> None:
 def gpuflex_price(spec: EndpointSpec, backend: str, default: Price) -> Price | None:
     """Override what an endpoint's workers cost (a negotiated rate, a private cluster's internal price).
 
-    Called when a job finishes and when ``gpuflex plan`` estimates. Stops at first non-None result.
+    Called once per backend instance and endpoint (before its first job; again after its spec changes) and by
+    ``gpuflex plan``; the answer is kept. Stops at first non-None result.
 
     :param default: the backend's own price.
     :returns: a :class:`~gpuflex.Price`, or ``None`` to keep ``default``.

@@ -327,7 +327,7 @@ def check_hot_reload(make_backend: BackendFactory) -> None:
         with backend_in_use(make_backend):
             assert module.probe() == "before"
             source.write_text(_RELOAD_SOURCE.format(name=endpoint_name, answer="after"))
-            get_session().invalidate_bundles()
+            gpuflex.reload()
             assert module.probe() == "after", "the call after an edit did not run the new code"
     finally:
         sys.path.remove(str(project))
