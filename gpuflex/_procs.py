@@ -114,12 +114,17 @@ class WorkerChannel(asyncio.SubprocessProtocol):
 
     def send(self, message: tuple[Any, ...]) -> None:
         """Queue a frame for the worker (never blocks). Silently dropped once the worker is gone."""
+        self.send_many([message])
+
+    def send_many(self, messages: list[tuple[Any, ...]]) -> None:
+        """Queue several frames with one write (one wake-up of the worker)."""
         if self.transport is None or self.transport.is_closing():
             return
         stdin = typing.cast("asyncio.WriteTransport | None", self.transport.get_pipe_transport(0))
         if stdin is None or stdin.is_closing():
             return
-        stdin.writelines(self.codec.encode(message))
+        parts = [part for message in messages for part in self.codec.encode(message)]
+        stdin.writelines(parts)
 
     def trim_exported(self, keep: int = 64) -> None:
         """Unlink shared-memory files the worker has long since mapped (it unlinks each as it maps it)."""

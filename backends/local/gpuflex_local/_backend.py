@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import warnings
@@ -91,7 +92,7 @@ class LocalBackend(Backend):
         old = self.pools.get(endpoint.name)
         pool = EndpointPool(self, endpoint, bundle)
         if old is not None:  # hot reload: running calls finish on the old code, queued ones move over
-            pool.queue, old.queue = old.queue, []
+            pool.queue, old.queue = old.queue, collections.deque()
             # same process settings (env, GPUs, dependencies, concurrency): load the new code in place
             in_place = self.config.reload_in_place and old.spec.config_hash() == endpoint.config_hash()
             old.retired = True

@@ -95,7 +95,7 @@ class EndpointPool:
 
     def __init__(self, backend: LocalBackend, spec: EndpointSpec, bundle: Bundle) -> None:
         self.backend, self.spec, self.bundle = backend, spec, bundle
-        self.queue: list[LocalJob] = []
+        self.queue: collections.deque[LocalJob] = collections.deque()
         self.workers: dict[str, WorkerProcess] = {}
         self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
                                   concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
@@ -167,6 +167,7 @@ class EndpointPool:
     def _dispatch(self) -> None:
         """Give queued jobs to workers: free slots first, then (sync workers) one call prefetched into a busy
         worker's pipe, so it starts the next call without a round trip."""
+        outgoing: dict[WorkerProcess, list[tuple[Any, ...]]] = {}
         while self.queue:
             worker, best = None, (0, 0)
             for candidate in self.workers.values():
@@ -174,15 +175,21 @@ class EndpointPool:
                 if room > best:
                     worker, best = candidate, room
             if worker is None or best[1] <= 0:
-                return
+                break
+            if best[0] == 0 and best[1] < worker.prefetch_batch and len(self.queue) >= worker.prefetch_batch:
+                break  # top up a busy worker's pipe in batches: one write carries several calls
             starts_now = best[0] > 0
-            job = self.queue.pop(0)
+            job = self.queue.popleft()
             job.worker = worker
             worker.active[job.handle] = job
             worker.info.state, worker.idle_since = WorkerState.BUSY, None
-            worker.send(("call", job.handle, job.call.method, job.wire_payload or job.call.payload))
+            outgoing.setdefault(worker, []).append(
+                ("call", job.handle, job.call.method, job.wire_payload or job.call.payload)
+            )
             if starts_now:
                 self._started(job, worker)
+        for worker, messages in outgoing.items():
+            worker.send_many(messages)
 
     def _started(self, job: LocalJob, worker: WorkerProcess) -> None:
         job.started_at = time.time()
@@ -304,7 +311,7 @@ class EndpointPool:
                 continue
             if job.started_at is None:
                 job.worker = None
-                self.queue.insert(0, job)  # it never ran: give it to another worker
+                self.queue.appendleft(job)  # it never ran: give it to another worker
                 continue
             reason = f"worker {worker.id} (pid {worker.info.pid}) died while running the job: {how}"
             job.push(JobUpdate(status=JobStatus.FAILED, worker=worker.id, started_at=job.started_at,

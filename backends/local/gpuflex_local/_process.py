@@ -96,6 +96,15 @@ class WorkerProcess:
         assert self.channel is not None
         self.channel.send(message)
 
+    def send_many(self, messages: list[tuple[Any, ...]]) -> None:
+        assert self.channel is not None
+        self.channel.send_many(messages)
+
+    @property
+    def prefetch_batch(self) -> int:
+        """Calls to top a busy worker's pipe up with at once (half its prefetch depth, at least one)."""
+        return max(1, self.prefetch // 2)
+
     async def wait_closed(self) -> str:
         """Wait for the process to go away; return how it ended."""
         assert self.channel is not None
