@@ -1,0 +1,77 @@
+"""``gpuflex deploy`` and ``gpuflex teardown``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+from rich.table import Table
+
+from ._cli_report import make_backend
+from ._client import get_session, shutdown
+from ._config import resolve_backend, use
+from ._plugins import call_endpoint_spec, call_hook
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ._apps import LoadedApp
+    from .backend import Backend
+
+__all__ = ["deploy_app", "teardown_backend"]
+
+# Backends whose deployments end with the process that made them.
+_PROCESS_BOUND = frozenset({"local"})
+
+
+def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None:
+    session = get_session()
+    instances: dict[tuple[str, str], Backend] = {}
+    table = Table(title="deployed")
+    for column in ("endpoint", "backend", "bundle", "files", "workers now"):
+        table.add_column(column)
+    try:
+        for ep in loaded.endpoints.values():
+            with use(backend) if backend else contextlib.nullcontext():
+                choice = resolve_backend(ep.name, ep.spec.backend, ep.spec)
+            key = choice.key()
+            if key not in instances:
+                instances[key] = make_backend(choice.name, dict(choice.options))
+                session.install_backend(instances[key])
+            instance = instances[key]
+            spec = call_endpoint_spec(ep.spec)
+            with console.status(f"bundling and deploying {escape(ep.name)} on {instance.name}..."):
+                bundle = session.bundle_for(ep)
+                session.run(instance.deploy(spec, bundle))
+                call_hook("gpuflex_deployed", spec=spec, bundle=bundle, backend=instance.name)
+                workers = [w for w in session.run(instance.workers()) if w.endpoint == spec.name]
+            states = ", ".join(f"{w.id} ({w.state.value.lower()})" for w in workers) or "none (scale from zero)"
+            table.add_row(spec.name, instance.name, bundle.hash[:12], str(len(bundle.files)), states)
+        console.print(table)
+        if any(b.name in _PROCESS_BOUND for b in instances.values()):
+            console.print("[yellow]The local backend's deployments live only while the process that made them "
+                          "runs:[/yellow] they stop as `gpuflex deploy` exits. To keep endpoints up and call them, "
+                          "run `gpuflex serve APP.py` (or call them from your program).")
+    finally:
+        shutdown()
+
+
+def teardown_backend(backend: str | None, endpoints: list[str] | None, console: Console) -> None:
+    with use(backend) if backend else contextlib.nullcontext():
+        choice = resolve_backend("", None)
+    instance = make_backend(choice.name, dict(choice.options))
+    session = get_session()
+    session.install_backend(instance)
+    try:
+        names: list[str | None] = list(endpoints) if endpoints else [None]
+        for name in names:
+            with console.status(f"tearing down {escape(name or 'every endpoint')} on {instance.name}..."):
+                session.run(instance.teardown(name))
+        what = ", ".join(endpoints) if endpoints else "every endpoint"
+        console.print(f"tore down {escape(what)} on {instance.name}.")
+        if instance.name in _PROCESS_BOUND:
+            console.print("[dim]The local backend keeps nothing between processes: its workers stop with the "
+                          "process that started them, so there was nothing left to remove.[/dim]")
+    finally:
+        shutdown()

@@ -1,0 +1,300 @@
+"""The ``gpuflex`` command: serve, run, plan, deploy, teardown, backends, jobs, costs.
+
+Heavy imports (FastAPI, uvicorn, the app itself) happen inside the commands that need them, so ``gpuflex
+--help`` and ``gpuflex backends`` start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ._version import __version__
+from .errors import GpuflexError
+
+if TYPE_CHECKING:
+    from ._apps import LoadedApp
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="gpuflex", help="Run decorated Python functions on any GPU target, with a hot-reloading dev server.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+AppFile = Annotated[Path, typer.Argument(help="The Python file that defines the endpoints.", exists=True,
+                                         dir_okay=False, resolve_path=True)]
+BackendOpt = Annotated[str | None, typer.Option("--backend", "-b", help="Backend to run endpoints on "
+                                                "(default: config file, GPUFLEX_BACKEND, then local).")]
+MaxCostOpt = Annotated[float | None, typer.Option("--max-cost", min=0, help="Refuse new jobs once this process "
+                                                  "has spent this many USD.")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def _check_backend(name: str | None) -> None:
+    if name is None:
+        return
+    from ._registry import get_registry
+
+    try:
+        get_registry().get(name)
+    except GpuflexError as exc:
+        _fail(str(exc), 2)
+
+
+def _use(backend: str | None) -> contextlib.AbstractContextManager[Any]:
+    """``gpuflex.use(backend)`` for this thread, and GPUFLEX_BACKEND for threads the app starts."""
+    if backend is None:
+        return contextlib.nullcontext()
+    from ._config import use
+
+    os.environ["GPUFLEX_BACKEND"] = backend
+    return use(backend)
+
+
+def _load(path: Path) -> LoadedApp:
+    from ._apps import load_app
+
+    try:
+        return load_app(path)
+    except GpuflexError as exc:
+        _fail(str(exc))
+    except Exception:
+        err.print(f"[bold red]error:[/bold red] importing {escape(str(path))} failed:")
+        err.print(traceback.format_exc().rstrip(), markup=False)
+        raise typer.Exit(1) from None
+
+
+def _budget(max_cost: float | None) -> None:
+    if max_cost is not None:
+        from ._client import get_session
+
+        get_session().budget.limit = max_cost
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        out.print(f"gpuflex {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def serve(
+    app_file: AppFile,
+    backend: BackendOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_reload: Annotated[bool, typer.Option("--no-reload", help="Do not watch the project for changes.")] = False,
+    token: Annotated[str | None, typer.Option(envvar="GPUFLEX_TOKEN", help="Require 'Authorization: Bearer "
+                                              "TOKEN' on every route but /health.")] = None,
+    max_cost: MaxCostOpt = None,
+) -> None:
+    """Serve every endpoint in APP_FILE over HTTP/JSON, reloading the code on save."""
+    from ._server import check_bind
+
+    try:
+        check_bind(host, token)
+    except GpuflexError as exc:
+        _fail(str(exc), 2)
+    _check_backend(backend)
+    from ._ledger import install_ledger
+
+    install_ledger()
+    _budget(max_cost)
+    if backend:
+        os.environ["GPUFLEX_BACKEND"] = backend
+    import uvicorn
+
+    from ._server import create_app
+
+    try:
+        asgi = create_app(app_file, token=token, backend=backend, reload=not no_reload, console=err)
+    except GpuflexError as exc:
+        _fail(str(exc))
+    except Exception:
+        err.print(f"[bold red]error:[/bold red] importing {escape(str(app_file))} failed:")
+        err.print(traceback.format_exc().rstrip(), markup=False)
+        raise typer.Exit(1) from None
+    state = asgi.state.gpuflex
+    from ._config import resolve_backend
+
+    where = backend or f"{resolve_backend('', None).name} (default)"
+    err.print(f"[bold]gpuflex[/bold] serving {escape(app_file.name)} on backend {where}:")
+    for route in state.routes:
+        err.print(f"  POST {route.path}  [dim]({route.kind.value}; jobs: POST {route.path}/jobs)[/dim]")
+    err.print(f"  docs: http://{host}:{port}/docs" + ("" if no_reload else "  [dim](hot reload on)[/dim]"))
+    from ._client import shutdown
+
+    try:
+        uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="info", lifespan="on",
+                                      timeout_graceful_shutdown=5)).run()
+    finally:
+        shutdown()
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def run(
+    app_file: AppFile,
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the script (after --).")] = None,
+    backend: BackendOpt = None,
+    max_cost: MaxCostOpt = None,
+) -> None:
+    """Run APP_FILE as a script (its __main__ block runs) with its endpoints on the chosen backend.
+
+    Example: gpuflex run pipeline.py --backend local -- --prompt "cats"
+    """
+    _check_backend(backend)
+    from ._client import shutdown
+    from ._ledger import install_ledger
+
+    ledger = install_ledger()
+    _budget(max_cost)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [str(app_file), *(args or [])]
+    sys.path.insert(0, str(app_file.parent))
+    code: int | str | None = 0
+    try:
+        with _use(backend):
+            runpy.run_path(str(app_file), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    except GpuflexError as exc:
+        err.print(f"[bold red]error:[/bold red] {type(exc).__name__}: {escape(str(exc))}")
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>"):
+            tb = tb.tb_next  # show the script's frames, as `python script.py` would
+        err.print("".join(traceback.format_exception(type(exc), exc, tb)).rstrip(), markup=False)
+        code = 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        shutdown()
+        ledger.flush()
+    if isinstance(code, str):
+        err.print(code, markup=False)
+        code = 1
+    raise typer.Exit(code or 0)
+
+
+@app.command()
+def backends() -> None:
+    """List installed backends: versions, and capabilities (with the reason for any that is missing)."""
+    from ._cli_report import backends_table
+
+    out.print(backends_table())
+
+
+@app.command()
+def plan(
+    app_file: AppFile,
+    backend: BackendOpt = None,
+    seconds_per_call: Annotated[float, typer.Option("--seconds-per-call", "-s", min=0,
+                                                    help="Assumed run time of one call, for the estimate.")] = 1.0,
+) -> None:
+    """Show what deploying APP_FILE would create and cost, without creating anything."""
+    _check_backend(backend)
+    from ._cli_report import plan as make_plan
+    from ._cli_report import plan_table
+
+    loaded = _load(app_file)
+    if not loaded.endpoints:
+        _fail(f"no gpuflex endpoints in {app_file}")
+    try:
+        rows = make_plan(loaded, backend, seconds_per_call)
+    except GpuflexError as exc:
+        _fail(str(exc))
+    for row in rows:
+        out.print(plan_table(row, seconds_per_call))
+    out.print(f"[dim]Nothing was created. Estimates use each backend's price and billing rule at "
+              f"{seconds_per_call:g} s per call; idle cost counts only min_workers.[/dim]")
+
+
+@app.command()
+def deploy(app_file: AppFile, backend: BackendOpt = None) -> None:
+    """Deploy every endpoint of APP_FILE's current code to a backend and show what was created."""
+    _check_backend(backend)
+    from ._cli_deploy import deploy_app
+
+    loaded = _load(app_file)
+    if not loaded.endpoints:
+        _fail(f"no gpuflex endpoints in {app_file}")
+    try:
+        deploy_app(loaded, backend, out)
+    except GpuflexError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def teardown(
+    app_file: Annotated[Path | None, typer.Argument(help="Only this app's endpoints (default: all).",
+                                                    exists=True, dir_okay=False, resolve_path=True)] = None,
+    backend: BackendOpt = None,
+) -> None:
+    """Remove what `gpuflex deploy` created on a backend."""
+    _check_backend(backend)
+    from ._cli_deploy import teardown_backend
+
+    names = list(_load(app_file).endpoints) if app_file else None
+    try:
+        teardown_backend(backend, names, out)
+    except GpuflexError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def jobs(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent jobs to show.")] = 20,
+    endpoint: Annotated[str | None, typer.Option(help="Only this endpoint's jobs.")] = None,
+) -> None:
+    """Recent jobs recorded by `gpuflex serve` and `gpuflex run` (in $GPUFLEX_HOME/jobs.jsonl)."""
+    from ._cli_report import jobs_table
+    from ._ledger import ledger_path, read_ledger
+
+    records = [r for r in read_ledger() if endpoint is None or r.get("endpoint") == endpoint]
+    if not records:
+        out.print(f"No jobs recorded yet in {escape(str(ledger_path()))}; jobs run through `gpuflex serve` or "
+                  "`gpuflex run` are recorded there.")
+        return
+    out.print(jobs_table(records[-limit:]))
+
+
+@app.command()
+def costs() -> None:
+    """Calls, GPU-seconds and dollars per endpoint, for every job in the ledger."""
+    from ._cli_report import costs_table
+    from ._ledger import ledger_path, read_ledger
+
+    records = read_ledger()
+    if not records:
+        out.print(f"No jobs recorded yet in {escape(str(ledger_path()))}; jobs run through `gpuflex serve` or "
+                  "`gpuflex run` are recorded there.")
+        return
+    out.print(costs_table(records))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""The dev server (``gpuflex serve``), run for real: uvicorn in a subprocess on 127.0.0.1, talked to with httpx."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "tests" / "apps" / "serve_app.py"
+START_TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, app: Path, log: Path, *args: str, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._log_file = log.open("w")
+        command = [sys.executable, "-m", "gpuflex.cli", "serve", str(app), "--port", str(self.port), *args]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env.pop("GPUFLEX_TOKEN", None)
+        self.proc = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=cwd)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"server did not start:\n{self.output()}")
+            time.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_file.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    srv = Server(APP, tmp / "server.log", "--no-reload", env={"GPUFLEX_HOME": str(tmp / "home")})
+    yield srv
+    srv.stop()
+
+
+def _wait_job(client: httpx.Client, job_id: str, *, until=lambda job: job["status"] not in ("QUEUED", "RUNNING")):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if until(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never got there: {job}")
+
+
+def _events(response: httpx.Response) -> list[tuple[str, object]]:
+    events, name = [], "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+            name = "message"
+    return events
+
+
+def test_health(server):
+    body = server.client.get("/health").json()
+    assert body["status"] == "ok"
+    assert {"greet", "count", "Counter"} <= set(body["endpoints"])
+
+
+def test_typed_json_call(server):
+    response = server.client.post("/greet", json={"name": "ada", "times": 2})
+    assert response.status_code == 200
+    assert response.json() == "hello ada hello ada"
+    assert server.client.post("/greet", json={"name": "bob"}).json() == "hello bob"  # the default applies
+
+
+def test_async_function_and_class_endpoints(server):
+    assert server.client.post("/add", json={"a": 1, "b": 2.5}).json() == {"sum": 3.5}
+    assert server.client.post("/Counter", json={"x": 1}).json() == 101  # __call__, after setup()
+    assert server.client.post("/Counter/scaled", json={"x": 3, "factor": 5}).json() == 15
+
+
+def test_bytes_travel_as_base64(server):
+    data = b"hello\x00\xff"
+    response = server.client.post("/reverse_bytes", json={"data": base64.b64encode(data).decode()})
+    assert response.status_code == 200
+    assert base64.b64decode(response.json()) == data[::-1]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "ada", "times": "many"}, "times"),
+        ({"times": 2}, "name"),
+        ({"name": "ada", "colour": "red"}, "colour"),
+        ({"name": ["not", "a", "string"]}, "name"),
+    ],
+)
+def test_wrong_types_get_422_naming_the_field(server, body, field):
+    response = server.client.post("/greet", json=body)
+    assert response.status_code == 422
+    payload = response.json()
+    assert field in payload["message"]
+    assert any(field in map(str, error["loc"]) for error in payload["detail"])
+
+
+def test_bad_base64_gets_422(server):
+    response = server.client.post("/reverse_bytes", json={"data": "not base64!"})
+    assert response.status_code == 422
+    assert "data" in response.json()["message"]
+
+
+@pytest.mark.parametrize("raw", [b'{"name": ', b"[1, 2]", b'"ada"', b"\xff\xfe", b"null"])
+def test_malformed_bodies_get_4xx_never_5xx(server, raw):
+    response = server.client.post("/greet", content=raw, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+
+
+def test_form_encoded_json_is_read_as_json(server):
+    response = server.client.post("/greet", content=b'{"name": "curl"}',
+                                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.json() == "hello curl"
+
+
+def test_exception_in_endpoint_code_is_502(server):
+    response = server.client.post("/fail", json={"message": "boom"})
+    assert response.status_code == 502
+    assert response.json() == {"error": "ValueError", "message": "boom"}
+
+
+def test_generator_call_returns_all_chunks(server):
+    assert server.client.post("/count", json={"n": 3}).json() == [0, 1, 2]
+
+
+def test_generator_call_streams_when_asked(server):
+    with server.client.stream("POST", "/count", json={"n": 2}, headers={"accept": "text/event-stream"}) as response:
+        assert _events(response) == [("message", 0), ("message", 1), ("end", {"status": "COMPLETED"})]
+
+
+def test_jobs_api(server):
+    response = server.client.post("/greet/jobs", json={"name": "job"})
+    assert response.status_code == 202
+    job = _wait_job(server.client, response.json()["id"])
+    assert job["status"] == "COMPLETED"
+    assert job["result"] == "hello job"
+    assert job["endpoint"] == "greet" and job["backend"] == "local" and job["attempts"] == 1
+    assert job["run_time"] is not None and job["queue_time"] is not None
+    assert set(job["cost"]) == {"usd", "billed_seconds", "rule"}
+
+
+def test_failed_job_reports_the_error(server):
+    job_id = server.client.post("/fail/jobs", json={"message": "nope"}).json()["id"]
+    job = _wait_job(server.client, job_id)
+    assert job["status"] == "FAILED"
+    assert job["error"] == {"error": "ValueError", "message": "nope"}
+
+
+def test_server_sent_events_stream_a_generator_job(server):
+    job_id = server.client.post("/count/jobs", json={"n": 4, "delay": 0.05}).json()["id"]
+    with server.client.stream("GET", f"/jobs/{job_id}/stream") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = _events(response)
+    assert events == [("message", 0), ("message", 1), ("message", 2), ("message", 3),
+                      ("end", {"status": "COMPLETED"})]
+    again = server.client.get(f"/jobs/{job_id}/stream")
+    assert again.status_code == 409  # chunks are delivered once
+
+
+def test_stream_of_a_plain_job_is_409(server):
+    job_id = server.client.post("/greet/jobs", json={"name": "x"}).json()["id"]
+    assert server.client.get(f"/jobs/{job_id}/stream").status_code == 409
+
+
+def test_cancel(server):
+    job_id = server.client.post("/nap/jobs", json={"seconds": 60}).json()["id"]
+    _wait_job(server.client, job_id, until=lambda job: job["status"] == "RUNNING")
+    response = server.client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 200
+    job = _wait_job(server.client, job_id)
+    assert job["status"] == "CANCELLED"
+    assert job["error"]["error"] == "JobCancelled"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/jobs/nope"), ("GET", "/jobs/nope/stream"),
+                                              ("POST", "/jobs/nope/cancel")])
+def test_unknown_job_is_404(server, method, path):
+    response = server.client.request(method, path)
+    assert response.status_code == 404
+    assert response.json()["error"] == "NotFound"
+
+
+def test_openapi_lists_every_route(server):
+    spec = server.client.get("/openapi.json").json()
+    paths = set(spec["paths"])
+    for name in ("greet", "reverse_bytes", "add", "count", "nap", "fail", "Counter", "Counter/scaled"):
+        assert f"/{name}" in paths and f"/{name}/jobs" in paths
+    assert {"/health", "/jobs/{job_id}", "/jobs/{job_id}/stream", "/jobs/{job_id}/cancel"} <= paths
+    schemas = spec["components"]["schemas"]
+    assert schemas["GreetInput"]["required"] == ["name"]
+    assert schemas["ReverseBytesInput"]["properties"]["data"]["contentEncoding"] == "base64"
+    assert server.client.get("/docs").status_code == 200
+
+
+def test_refuses_a_public_interface_without_a_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GPUFLEX_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gpuflex.cli", "serve", str(APP), "--host", "0.0.0.0", "--port", str(_free_port())],
+        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert "token" in result.stderr
+
+
+def test_token_required_on_every_route_but_health(tmp_path):
+    srv = Server(APP, tmp_path / "server.log", "--no-reload", "--token", "s3cret",
+                 env={"GPUFLEX_HOME": str(tmp_path / "home")})
+    try:
+        client = srv.client
+        assert client.get("/health").status_code == 200
+        assert client.post("/greet", json={"name": "x"}).status_code == 401
+        assert client.get("/openapi.json").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post("/greet", json={"name": "x"}, headers=wrong).status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        response = client.post("/greet", json={"name": "x"}, headers=good)
+        assert response.status_code == 200 and response.json() == "hello x"
+        assert client.get("/openapi.json", headers=good).status_code == 200
+    finally:
+        srv.stop()
+
+
+VERSION_APP = '''
+import time
+
+import gpuflex
+
+
+@gpuflex.endpoint
+def version(delay: float = 0.0) -> str:
+    time.sleep(delay)
+    return {value!r}
+'''
+
+EXTRA = '''
+
+@gpuflex.endpoint
+def extra(x: int) -> int:
+    return x + 1
+'''
+
+
+def _poll(fn, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _save(path: Path, text: str) -> None:
+    """Save as editors do: write a sibling file, then rename it over the original."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_hot_reload(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    app = project / "app.py"
+    app.write_text(VERSION_APP.format(value="v1"))
+    srv = Server(app, tmp_path / "server.log", env={"GPUFLEX_HOME": str(tmp_path / "home")})
+    try:
+        client = srv.client
+        assert client.post("/version").json() == "v1"
+        _poll(lambda: "watching" in srv.output(), "the watcher to start")
+        running = client.post("/version/jobs", json={"delay": 1.0}).json()["id"]
+        _wait_job(client, running, until=lambda job: job["status"] == "RUNNING")
+
+        _save(app, VERSION_APP.format(value="v2") + EXTRA)  # new code, and a new endpoint
+        _poll(lambda: client.post("/version").json() == "v2", "the new code to answer")
+        assert _wait_job(client, running)["result"] == "v1"  # the call already running finished on the old code
+        assert client.post("/extra", json={"x": 1}).json() == 2
+        assert "/extra" in client.get("/openapi.json").json()["paths"]
+        assert "reloaded in" in srv.output() and "app.py" in srv.output()
+
+        _save(app, VERSION_APP.format(value="v3") + "\ndef broken(:\n")
+        _poll(lambda: "SyntaxError" in srv.output(), "the syntax error to be reported")
+        assert "reload failed" in srv.output()
+        assert client.post("/version").json() == "v2"  # the old code keeps serving
+
+        _save(app, "import gpuflex\n")  # no endpoints at all: most likely a save caught half-way
+        _poll(lambda: "no endpoints left" in srv.output(), "the empty app to be refused")
+        assert client.post("/version").json() == "v2"
+
+        _save(app, VERSION_APP.format(value="v4"))
+        _poll(lambda: client.post("/version").json() == "v4", "recovery after the fix")
+    finally:
+        srv.stop()
+
+
+def test_max_cost_refuses_calls_past_the_budget(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[tool.gpuflex.backends.local]\nhourly_rate = 36000.0\n")
+    (project / "app.py").write_text(VERSION_APP.format(value="paid"))
+    srv = Server(project / "app.py", tmp_path / "server.log", "--no-reload", "--max-cost", "0.0001",
+                 env={"GPUFLEX_HOME": str(tmp_path / "home")}, cwd=project)
+    try:
+        first = srv.client.post("/version")
+        assert first.json() == "paid", (first.text, srv.output())  # under budget; costs $10 a second
+        response = srv.client.post("/version")
+        assert response.status_code == 402, (response.text, srv.output())
+        assert response.json()["error"] == "QuotaExceeded"
+    finally:
+        srv.stop()
