@@ -45,6 +45,7 @@ if str(HERE) not in sys.path:
 import _endpoints as ep  # noqa: E402
 import numpy as np  # noqa: E402
 from _reload import bench_reload, section_reload  # noqa: E402
+from _serve import bench_serve, section_serve  # noqa: E402
 
 import gpuflex  # noqa: E402
 
@@ -52,10 +53,10 @@ warnings.simplefilter("ignore", gpuflex.errors.GpuflexWarning)  # GPU endpoints 
 
 FULL = {"roundtrip_n": 2000, "warmup": 200, "blocks": 4, "map_n": 10_000, "map_reps": 3, "array_mib": 256,
         "array_reps": 5, "cold_reps": 5, "ray_cold_reps": 3, "matmul_n": 4096, "matmul_reps": 20, "gpu_reps": 5,
-        "reload_reps": 9}
+        "reload_reps": 9, "serve_calls": 1000}
 QUICK = {"roundtrip_n": 200, "warmup": 50, "blocks": 2, "map_n": 1000, "map_reps": 1, "array_mib": 32,
          "array_reps": 3, "cold_reps": 3, "ray_cold_reps": 1, "matmul_n": 2048, "matmul_reps": 10, "gpu_reps": 3,
-         "reload_reps": 3}
+         "reload_reps": 3, "serve_calls": 100}
 MIB = 2**20
 
 
@@ -554,6 +555,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_cold(results["cold"], results["ray_cold"], cfg),
         section_gpu(results["gpu"], cfg),
         section_reload(results["reload"]),
+        section_serve(results["serve"]),
     ]
     return "\n".join(parts)
 
@@ -610,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cold"] = guarded("4. cold start", lambda: bench_cold(cfg))
     results["gpu"] = guarded("5. GPU", lambda: bench_gpu(cfg))
     results["reload"] = guarded("6. hot reload", lambda: bench_reload(cfg["reload_reps"]))
+    results["serve"] = guarded("7. dev server", lambda: bench_serve(cfg["serve_calls"], cfg["reload_reps"]))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)
