@@ -30,7 +30,8 @@ def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def tests(session: nox.Session) -> None:
     """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
-    _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", torch=True)
+    _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
+             torch=True)
     session.run("ruff", "check", ".")
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local",
                 "examples/backend-template/gpuflex_subprocess_example")

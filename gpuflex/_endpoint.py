@@ -27,6 +27,7 @@ if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
     from ._job import Job
+from ._progress import track
 
 __all__ = ["Endpoint", "endpoint"]
 
@@ -152,9 +153,14 @@ class _Callable:
 
     def map(self, *iterables: Iterable[Any], order: bool = True) -> Iterator[Any]:
         """Call once per item (several iterables are zipped, like ``map``), with bounded concurrency.
-        ``order=False`` yields results as they complete."""
+        ``order=False`` yields results as they complete. On a terminal, a progress bar shows results received."""
         if self._kind.streams:
             raise ConfigError("map() is for endpoints that return a value; iterate a generator endpoint instead")
+        sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
+        total = min(sizes) if len(sizes) == len(iterables) and sizes else None
+        return track(self._map(iterables, order), total=total, description=f"{self._ep.name}.map")
+
+    def _map(self, iterables: tuple[Iterable[Any], ...], order: bool) -> Iterator[Any]:
         window = self._ep._map_window()
         pending: collections.deque[Job] = collections.deque()
         items = zip(*iterables, strict=False)

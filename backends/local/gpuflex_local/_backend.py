@@ -12,6 +12,7 @@ import anyio
 import attrs
 
 from gpuflex import Bundle, EndpointSpec, JobStatus, Price, WorkerInfo
+from gpuflex._progress import status
 from gpuflex._wire import SHM_MIN_BYTES, export_payload
 from gpuflex.backend import Backend, Call, JobUpdate, Payload
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
@@ -68,6 +69,12 @@ class LocalBackend(Backend):
         python = worker_python(spec, self.config)
         return worker_command(python), env
 
+    def _prepare_python(self, endpoint: EndpointSpec) -> str:
+        if not self.config.isolate:
+            return worker_python(endpoint, self.config)
+        with status(f"gpuflex: preparing the environment for {endpoint.name} ({len(endpoint.dependencies)} deps)"):
+            return worker_python(endpoint, self.config)
+
     async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
         if self._closed:
             raise BackendUnavailable("the local backend is closed")
@@ -88,7 +95,7 @@ class LocalBackend(Backend):
         if missing:
             raise ConfigError(f"endpoint {endpoint.name!r} needs the secret(s) {', '.join(missing)}, which are not "
                               "set in this environment; export them before calling")
-        await anyio.to_thread.run_sync(worker_python, endpoint, self.config)  # build an isolated env up front
+        await anyio.to_thread.run_sync(self._prepare_python, endpoint)  # build an isolated env up front
         old = self.pools.get(endpoint.name)
         pool = EndpointPool(self, endpoint, bundle)
         if old is not None:  # hot reload: running calls finish on the old code, queued ones move over
