@@ -269,8 +269,12 @@ class RemoteInstance:
 
         return call
 
-    def __getattr__(self, name: str) -> _Callable:
+    def __getattr__(self, name: str) -> Any:
         methods = self._ep.spec.methods
+        if name in ("spawn", "map", "aio", "local") and name not in methods and "__call__" in methods:
+            # instance.map(...) / instance.spawn(...) go to __call__, unless the class has a method of that name
+            call = _Callable(self._ep, None, methods["__call__"], self._local("__call__"))
+            return getattr(call, name)
         if name not in methods or name == "__call__":
             raise AttributeError(f"endpoint {self._ep.name!r} has no remote method {name!r}; it has {sorted(methods)}")
         return _Callable(self._ep, name, methods[name], self._local(name))

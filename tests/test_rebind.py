@@ -54,3 +54,14 @@ def test_two_endpoints_with_one_name_are_refused(project):
         two.second()
     assert "rebind_one:first" in str(info.value) and "rebind_two:second" in str(info.value)
     assert one.first() == "one", "the first endpoint must keep working"
+
+
+def test_class_instance_maps_and_spawns_its_call(project):
+    (project / "rebind_cls.py").write_text(
+        "import gpuflex\n\n\n@gpuflex.endpoint(name='rebind_cls')\nclass Add:\n"
+        "    def __call__(self, x: int) -> int:\n        return x + 1\n"
+    )
+    module = importlib.import_module("rebind_cls")
+    adder = module.Add()
+    assert list(adder.map([1, 2, 3])) == [2, 3, 4]
+    assert adder.spawn(5).result(timeout=60) == 6

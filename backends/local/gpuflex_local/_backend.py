@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import functools
+import inspect
 import os
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,6 +29,21 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
 __all__ = ["LocalBackend"]
+
+def _warn_at(spec: EndpointSpec, message: str) -> None:
+    """Warn pointing at the endpoint's definition in the user's code (deploys run on the gpuflex loop thread,
+    so a stack level would point inside gpuflex)."""
+    filename, lineno = "<gpuflex>", 0
+    try:
+        obj: Any = sys.modules[spec.target.module]
+        for part in spec.target.qualname.split("."):
+            obj = getattr(obj, part)
+        raw = getattr(obj, "__gpuflex_raw__", obj)
+        filename, lineno = inspect.getsourcefile(raw) or filename, inspect.getsourcelines(raw)[1]
+    except (KeyError, AttributeError, OSError, TypeError):
+        pass
+    warnings.warn_explicit(message, GpuflexWarning, filename, lineno, module=spec.target.module)
+
 
 class LocalBackend(Backend):
     """Worker processes on this machine. Each is pinned to its GPUs with CUDA_VISIBLE_DEVICES when CUDA exists;
@@ -86,8 +103,7 @@ class LocalBackend(Backend):
                 )
             if endpoint.name not in self._warned_cpu:
                 self._warned_cpu.add(endpoint.name)
-                warnings.warn(f"no CUDA device here: endpoint {endpoint.name!r} (gpu={endpoint.gpu}) runs on CPU",
-                              GpuflexWarning, stacklevel=2)
+                _warn_at(endpoint, f"no CUDA device here: endpoint {endpoint.name!r} (gpu={endpoint.gpu}) runs on CPU")
         if endpoint.gpu is not None and self.gpus.gpus and endpoint.gpu.count > len(self.gpus.gpus):
             raise BackendUnavailable(f"endpoint {endpoint.name!r} needs {endpoint.gpu.count} GPUs per worker; "
                                      f"this machine has {len(self.gpus.gpus)}")
