@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_report import make_backend
+from ._cli_report import endpoint_backends, make_backend
 from ._client import get_session, shutdown
 from ._config import resolve_backend, use
 from ._plugins import call_endpoint_spec, call_hook
@@ -27,19 +27,16 @@ _PROCESS_BOUND = frozenset({"local"})
 
 def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None:
     session = get_session()
-    instances: dict[tuple[str, str], Backend] = {}
+    instances: list[Backend] = []
     table = Table(title="deployed")
     for column in ("endpoint", "backend", "bundle", "files", "workers now"):
         table.add_column(column)
     try:
-        for ep in loaded.endpoints.values():
-            with use(backend) if backend else contextlib.nullcontext():
-                choice = resolve_backend(ep.name, ep.spec.backend, ep.spec)
-            key = choice.key()
-            if key not in instances:
-                instances[key] = make_backend(choice.name, dict(choice.options))
-                session.install_backend(instances[key])
-            instance = instances[key]
+        def install(instance: Backend) -> None:
+            session.install_backend(instance)
+            instances.append(instance)
+
+        for ep, instance in endpoint_backends(loaded, backend, install):
             spec = call_endpoint_spec(ep.spec)
             with console.status(f"bundling and deploying {escape(ep.name)} on {instance.name}..."):
                 bundle = session.bundle_for(ep)
@@ -49,7 +46,7 @@ def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None
             states = ", ".join(f"{w.id} ({w.state.value.lower()})" for w in workers) or "none (scale from zero)"
             table.add_row(spec.name, instance.name, bundle.hash[:12], str(len(bundle.files)), states)
         console.print(table)
-        if any(b.name in _PROCESS_BOUND for b in instances.values()):
+        if any(b.name in _PROCESS_BOUND for b in instances):
             console.print("[yellow]The local backend's deployments live only while the process that made them "
                           "runs:[/yellow] they stop as `gpuflex deploy` exits. To keep endpoints up and call them, "
                           "run `gpuflex serve APP.py` (or call them from your program).")

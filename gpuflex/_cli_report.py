@@ -17,7 +17,10 @@ from ._plugins import call_endpoint_spec, call_price
 from ._registry import get_registry
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from ._apps import LoadedApp
+    from ._endpoint import Endpoint
     from ._models import EndpointSpec, Price
     from .backend import Backend
 
@@ -50,17 +53,27 @@ def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
     return cls(cls.config_cls(**(options or {})))
 
 
-def plan(loaded: LoadedApp, backend: str | None, seconds_per_call: float) -> list[PlanRow]:
-    """What deploying every endpoint of ``loaded`` would create and cost; nothing is created."""
+def endpoint_backends(
+    loaded: LoadedApp, backend: str | None, on_new: Callable[[Backend], object] | None = None
+) -> Iterator[tuple[Endpoint[Any, Any], Backend]]:
+    """Each endpoint of ``loaded`` with the backend it would run on (one instance per backend and options);
+    ``on_new`` sees each instance as it is made."""
     instances: dict[tuple[str, str], Backend] = {}
-    rows = []
     for ep in loaded.endpoints.values():
         with use(backend) if backend else contextlib.nullcontext():
             choice = resolve_backend(ep.name, ep.spec.backend, ep.spec)
         key = choice.key()
         if key not in instances:
             instances[key] = make_backend(choice.name, dict(choice.options))
-        instance = instances[key]
+            if on_new is not None:
+                on_new(instances[key])
+        yield ep, instances[key]
+
+
+def plan(loaded: LoadedApp, backend: str | None, seconds_per_call: float) -> list[PlanRow]:
+    """What deploying every endpoint of ``loaded`` would create and cost; nothing is created."""
+    rows = []
+    for ep, instance in endpoint_backends(loaded, backend):
         spec = call_endpoint_spec(ep.spec)
         price = call_price(spec, instance.name, instance.price(spec))
         idle_rate = price.idle_usd_per_hour if price.idle_usd_per_hour is not None else price.usd_per_hour

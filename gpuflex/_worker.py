@@ -156,13 +156,19 @@ class WorkerRuntime:
             task.cancel()
             self.cancelled.discard(job_id)
 
-    async def run(self, job_id: str, payload: Payload) -> None:
+    def _begin(self, job_id: str) -> bool:
+        """Start a call, unless it was cancelled before it started (then answer that, and return False)."""
         if job_id in self.cancelled:
             self.cancelled.discard(job_id)
             self.send(("done", job_id, "cancelled", None))
-            return
+            return False
         if self.report_started:
             self.send(("started", job_id))
+        return True
+
+    async def run(self, job_id: str, payload: Payload) -> None:
+        if not self._begin(job_id):
+            return
         outcome: Payload | None
         try:
             method, args, kwargs = decode_call(payload)
@@ -176,12 +182,8 @@ class WorkerRuntime:
 
     def run_inline(self, job_id: str, payload: Payload) -> None:
         """``run`` for a sync callable, on the loop itself: no task, no thread."""
-        if job_id in self.cancelled:
-            self.cancelled.discard(job_id)
-            self.send(("done", job_id, "cancelled", None))
+        if not self._begin(job_id):
             return
-        if self.report_started:
-            self.send(("started", job_id))
         outcome: Payload
         try:
             method, args, kwargs = decode_call(payload)
