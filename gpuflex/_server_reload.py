@@ -74,7 +74,8 @@ class Reloader:
 
     async def watch(self, stop: anyio.Event) -> None:
         self.console.print(f"[dim]watching {escape(str(self.root))} for changes[/dim]")
-        async for changes in awatch(self.root, watch_filter=WatchFilter(), stop_event=stop):
+        # step=10: hand a save over 10 ms after the last write (watchfiles waits 50 ms by default)
+        async for changes in awatch(self.root, watch_filter=WatchFilter(), stop_event=stop, step=10):
             await self.reload(sorted({Path(path) for _, path in changes}))
 
     def _names(self, changed: Sequence[Path]) -> str:
