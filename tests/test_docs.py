@@ -203,3 +203,43 @@ def test_mkdocs_builds_strict(tmp_path):
     )
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "site" / "reference" / "hooks" / "index.html").is_file()
+
+
+# -- the command line and the dev server ---------------------------------------------------------------------------
+
+
+def _cli_sections() -> dict[str, str]:
+    text = (DOCS / "reference" / "cli.md").read_text()
+    sections: dict[str, str] = {}
+    for block in text.split("\n## ")[1:]:
+        title, _, body = block.partition("\n")
+        sections[title.strip()] = body
+    return sections
+
+
+def test_every_cli_command_and_option_is_documented():
+    import typer.main
+
+    from gpuflex.cli import app
+
+    group = typer.main.get_command(app)
+    assert hasattr(group, "commands"), type(group)
+    sections = _cli_sections()
+    for name, command in group.commands.items():
+        title = f"gpuflex {name}"
+        assert title in sections, f"docs/reference/cli.md has no '## {title}' section"
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("--") and opt != "--help":
+                    assert opt in sections[title], f"{title}: option {opt} is not documented"
+
+
+def test_every_fixed_server_route_is_documented():
+    from gpuflex._server import create_app
+
+    app = create_app(ROOT / "tests" / "apps" / "serve_app.py")
+    page = (DOCS / "how-to" / "dev-server.md").read_text()
+    fixed = {r.path for r in app.routes if not r.path.startswith(("/Counter", "/add", "/count", "/fail", "/greet",
+                                                                   "/nap", "/reverse_bytes", "/docs/oauth2"))}
+    for path in sorted(fixed - {"/redoc"}):
+        assert f"`{path}`" in page or f"{path}`" in page or path in page, f"route {path} is not in dev-server.md"
