@@ -1,4 +1,4 @@
-"""The queue and the workers of one endpoint on the local backend, and the per-job mailboxes."""
+"""The queue and the workers of one endpoint of a ``WorkerPoolBackend``, and the per-job mailboxes."""
 
 from __future__ import annotations
 
@@ -10,20 +10,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import attrs
 
-from gpuflex import Bundle, EndpointKind, EndpointSpec, JobStatus, WorkerState
-from gpuflex._autoscaler import ScalePolicy, WorkerView, decide, next_check
-from gpuflex._wire import ShmRef, discard_shm
-from gpuflex.backend import Call, JobUpdate, Payload
-from gpuflex.worker import worker_init
-
+from ._autoscaler import ScalePolicy, WorkerView, decide, next_check
+from ._models import Bundle, EndpointKind, EndpointSpec, JobStatus, WorkerState
 from ._process import StartFailed, WorkerProcess
+from ._wire import ShmRef, discard_shm
+from .backend import Call, JobUpdate, Payload
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from ._backend import LocalBackend
+    from .workerpool import WorkerPoolBackend
 
-__all__ = ["EndpointPool", "LocalJob", "Mailbox", "empty_updates"]
+__all__ = ["EndpointPool", "PoolJob", "Mailbox", "empty_updates"]
 
 T = TypeVar("T")
 
@@ -62,7 +60,7 @@ class Mailbox(Generic[T]):
 
 
 @attrs.define(eq=False)
-class LocalJob:
+class PoolJob:
     handle: str
     call: Call
     status: JobStatus = JobStatus.QUEUED
@@ -93,16 +91,16 @@ class LocalJob:
 class EndpointPool:
     """The queue and the workers of one endpoint (for its current bundle, plus draining ones from before)."""
 
-    def __init__(self, backend: LocalBackend, spec: EndpointSpec, bundle: Bundle) -> None:
+    def __init__(self, backend: WorkerPoolBackend, spec: EndpointSpec, bundle: Bundle) -> None:
         self.backend, self.spec, self.bundle = backend, spec, bundle
-        self.queue: collections.deque[LocalJob] = collections.deque()
+        self.queue: collections.deque[PoolJob] = collections.deque()
         self.workers: dict[str, WorkerProcess] = {}
         self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
                                   concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
         self._timer_armed_for: float | None = None
         self.retired = False
         sync_one_at_a_time = spec.concurrency == 1 and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)
-        self.prefetch = backend.config.prefetch if sync_one_at_a_time else 0
+        self.prefetch = backend.prefetch if sync_one_at_a_time else 0
 
     # -- scaling -------------------------------------------------------------------------------------------
 
@@ -126,20 +124,16 @@ class EndpointPool:
                             idle_since=w.idle_since if not w.active else None) for w in current]
         now = time.monotonic()
         decision = decide(self.policy, queued=len(self.queue), workers=views, now=now)
-        gpus_each = self.spec.gpu.count if self.spec.gpu and self.backend.gpus.gpus else 0
         tg = self.backend.task_group
         assert tg is not None, "the core attaches a task group before deploy"
         for _ in range(decision.start):
-            worker_gpus: tuple[str, ...] = ()
             worker_id = f"{self.spec.name}-{uuid.uuid4().hex[:8]}"
-            if gpus_each:
-                taken = self.backend.gpus.take(worker_id, gpus_each)
-                if taken is None:
-                    break  # every device is held: the queue waits for one to free up
-                worker_gpus = taken
-            worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, worker_gpus,
-                                   concurrency=self.spec.concurrency, use_shm=self.backend.config.shared_memory,
-                                   prefetch=self.prefetch)
+            placement = self.backend.place_worker(self.spec, worker_id)
+            if placement is None:
+                break  # every device (or host slot) is held: the queue waits for one to free up
+            worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, placement.gpus,
+                                   concurrency=self.spec.concurrency, use_shm=self.backend.shared_memory,
+                                   prefetch=self.prefetch, host=placement.host)
             self.workers[worker_id] = worker
             tg.start_soon(self._run_worker, worker)
         for worker_id in decision.stop:
@@ -191,7 +185,7 @@ class EndpointPool:
         for worker, messages in outgoing.items():
             worker.send_many(messages)
 
-    def _started(self, job: LocalJob, worker: WorkerProcess) -> None:
+    def _started(self, job: PoolJob, worker: WorkerProcess) -> None:
         job.started_at = time.time()
         job.push(JobUpdate(status=JobStatus.RUNNING, worker=worker.id, started_at=job.started_at))
 
@@ -200,14 +194,14 @@ class EndpointPool:
     def init_spec(self) -> dict[str, Any]:
         """What a worker needs to load this pool's endpoint from its bundle."""
         # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch, no "started" frame needed
-        return worker_init(self.spec, self.bundle, report_started=False)
+        return self.backend.worker_init(self.spec, self.bundle)
 
     async def _run_worker(self, worker: WorkerProcess) -> None:
         worker.pool = self
         command = ["python"]
         try:
-            command, env = self.backend.worker_command(self.spec, worker.info.gpus)
-            await worker.start(command, env, str(self.bundle.root), self.init_spec(), route_frame)
+            command, env = await self.backend.worker_command(self.spec, worker)
+            await worker.start(command, env, self.backend.worker_cwd(self.bundle), self.init_spec(), route_frame)
         except StartFailed as exc:
             worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
             return
@@ -289,7 +283,7 @@ class EndpointPool:
             self._maybe_reload(worker)
             self.kick()
 
-    def _finish(self, job: LocalJob, worker: WorkerProcess, status: str, outcome: Payload | None) -> None:
+    def _finish(self, job: PoolJob, worker: WorkerProcess, status: str, outcome: Payload | None) -> None:
         now = time.time()
         common: dict[str, Any] = {"worker": worker.id, "started_at": job.started_at, "finished_at": now}
         if job.cancel_status is not None or status == "cancelled":
@@ -302,7 +296,7 @@ class EndpointPool:
 
     def _worker_gone(self, worker: WorkerProcess, how: str, start_failure: StartFailed | None = None) -> None:
         self.workers.pop(worker.id, None)
-        self.backend.gpus.release(worker.id)
+        self.backend.release_worker(worker.id)
         was_running = worker.info.state not in (WorkerState.STOPPING, WorkerState.STARTING)
         worker.info.state = WorkerState.DEAD
         now = time.time()
@@ -326,7 +320,7 @@ class EndpointPool:
             self.backend.events.worker_stopped(worker.info, how)
         self.kick()
 
-    def cancel(self, job: LocalJob, status: JobStatus) -> None:
+    def cancel(self, job: PoolJob, status: JobStatus) -> None:
         if job.status.is_terminal:
             return
         if job in self.queue:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gpuflex import WorkerInfo, WorkerState
-from gpuflex._procs import WorkerChannel, start_worker_process
+from ._models import WorkerInfo, WorkerState
+from ._procs import WorkerChannel, start_worker_process
 
 if TYPE_CHECKING:
-    from gpuflex.backend import Payload
+    from .backend import Payload
 
 __all__ = ["StartFailed", "WorkerProcess"]
 
@@ -43,12 +43,12 @@ def describe_exit(returncode: int | None) -> str:
 
 class WorkerProcess:
     def __init__(self, worker_id: str, endpoint: str, bundle_hash: str, gpus: tuple[str, ...], *,
-                 concurrency: int, use_shm: bool, prefetch: int = 0) -> None:
+                 concurrency: int, use_shm: bool, prefetch: int = 0, host: str = "localhost") -> None:
         self.info = WorkerInfo(id=worker_id, endpoint=endpoint, state=WorkerState.STARTING, started_at=time.time(),
-                               gpus=gpus, bundle_hash=bundle_hash)
+                               gpus=gpus, bundle_hash=bundle_hash, host=host)
         self.concurrency = concurrency
         self.prefetch = prefetch  # calls queued in the worker's pipe behind the running one (sync workers only)
-        self.active: dict[str, Any] = {}  # job handle -> LocalJob
+        self.active: dict[str, Any] = {}  # job handle -> PoolJob
         self.idle_since: float | None = None
         self.channel: WorkerChannel | None = None
         self.use_shm = use_shm
@@ -89,6 +89,8 @@ class WorkerProcess:
                               "(its stderr above says why)")
         if frame[0] == "fatal":
             raise StartFailed("the endpoint failed to load in the worker", frame[1])
+        if isinstance(frame[1], dict) and isinstance(frame[1].get("pid"), int):
+            self.info.pid = frame[1]["pid"]  # the worker's own pid (on its machine, which may not be this one)
         self.info.state = WorkerState.IDLE
         self.idle_since = time.monotonic()
 
