@@ -254,9 +254,11 @@ class Session:
             _plugins.call_hook("gpuflex_job_submitted", job=job)
             update = await self._attempts(job, backend, spec, method, payload)
         except BaseException as exc:
-            error = exc if isinstance(exc, GpuflexError) else JobFailed(
-                f"gpuflex could not run job {job.id}: {type(exc).__name__}: {exc}", job_id=job.id
-            )
+            if isinstance(exc, GpuflexError):
+                error: BaseException = exc
+            else:
+                error = JobFailed(f"gpuflex could not run job {job.id}: {type(exc).__name__}: {exc}", job_id=job.id)
+                error.__cause__ = exc  # the library's own bug or a backend's: keep its traceback
             job.status, job.reason, job.finished_at = JobStatus.FAILED, str(error), time.time()
             if job.chunks is not None:
                 job.chunks.close()

@@ -191,17 +191,18 @@ class EndpointPool:
 
     # -- a worker's life ---------------------------------------------------------------------------------
 
-    def init_spec(self) -> dict[str, Any]:
+    def init_spec(self, worker: WorkerProcess) -> dict[str, Any]:
         """What a worker needs to load this pool's endpoint from its bundle."""
         # a job runs as soon as it reaches a free slot: RUNNING is pushed at dispatch, no "started" frame needed
-        return self.backend.worker_init(self.spec, self.bundle)
+        return self.backend.worker_init(self.spec, self.bundle, worker)
 
     async def _run_worker(self, worker: WorkerProcess) -> None:
         worker.pool = self
         command = ["python"]
         try:
             command, env = await self.backend.worker_command(self.spec, worker)
-            await worker.start(command, env, self.backend.worker_cwd(self.bundle), self.init_spec(), route_frame)
+            await worker.start(command, env, self.backend.worker_cwd(self.bundle), self.init_spec(worker),
+                               route_frame)
         except StartFailed as exc:
             worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
             return
@@ -239,7 +240,7 @@ class EndpointPool:
             worker.reload_pending = False
             worker.info.state = WorkerState.STARTING
             worker.reload_started = time.monotonic()
-            worker.send(("reload", self.init_spec()))
+            worker.send(("reload", self.init_spec(worker)))
 
     def _on_frame(self, worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
         kind = frame[0]

@@ -11,10 +11,12 @@ prints go to stderr. Backends that talk to workers another way reuse :class:`Wor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,9 +36,10 @@ if TYPE_CHECKING:
 
     from .backend import Payload
 
-__all__ = ["IN_WORKER_ENV", "WorkerRuntime", "main"]
+__all__ = ["IN_WORKER_ENV", "OWN_GROUP_ENV", "WorkerRuntime", "main"]
 
 IN_WORKER_ENV = "GPUFLEX_IN_WORKER"
+OWN_GROUP_ENV = "GPUFLEX_WORKER_OWN_GROUP"  # set: lead a process group, die with the parent
 SCRIPT_MODULE = "__gpuflex_main__"
 
 
@@ -94,6 +97,7 @@ class WorkerRuntime:
     async def start(self) -> dict[str, Any]:
         """Load the target and run a class's ``setup()``; return what the worker reports as ready."""
         self.check_versions()
+        os.environ.update(self.spec.get("environ") or {})  # sent in the init frame: never on a command line
         self.target = load_target(self.spec)
         if inspect.isclass(self.target):
             self.instance = self.target()
@@ -289,7 +293,28 @@ def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
         uvloop.run(serve())
 
 
+def _lead_own_process_group() -> None:
+    """Lead a process group and take all of it down (the user's subprocesses too) once the parent is gone.
+
+    Over SSH a dropped connection orphans the worker, and signals cannot be sent to it through the session (not
+    for root logins), so it watches for itself; the client's explicit kill is ``kill -- -<pid>``.
+    """
+    with contextlib.suppress(OSError):
+        os.setsid()  # fails only when it leads a session already, which is as good
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.25)
+            if os.getppid() != parent:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="gpuflex-parent-watch", daemon=True).start()
+
+
 def main() -> None:
+    if os.environ.get(OWN_GROUP_ENV):
+        _lead_own_process_group()
     os.environ[IN_WORKER_ENV] = "1"
     proto_out = os.fdopen(os.dup(1), "wb")
     proto_in = os.fdopen(os.dup(0), "rb")

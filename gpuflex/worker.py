@@ -42,12 +42,14 @@ def worker_command(python: str | None = None) -> list[str]:
 
 
 def worker_init(spec: EndpointSpec, bundle: Bundle, *, report_started: bool = True,
-                bundle_root: str | None = None) -> dict[str, Any]:
+                bundle_root: str | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
     """The ``init`` (and ``reload``) message for a worker of ``spec`` running ``bundle``.
 
     :param report_started: send ``started`` when a call begins; a client that dispatches only to free slots
         knows that already and can spare the frame.
     :param bundle_root: where the bundle lies on the worker's machine (default: ``bundle.root``, this machine).
+    :param environ: variables the worker sets before it imports the endpoint (secrets travel here, in the
+        frame, rather than on a command line another user of the machine could read).
     """
     return {
         "target": attrs.asdict(spec.target),
@@ -57,4 +59,5 @@ def worker_init(spec: EndpointSpec, bundle: Bundle, *, report_started: bool = Tr
         "python": PYTHON_VERSION,
         "gpuflex": __version__,
         "report_started": report_started,
+        "environ": dict(environ or {}),
     }

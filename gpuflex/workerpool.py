@@ -81,8 +81,8 @@ class WorkerPoolBackend(Backend, abc.ABC):
         """The directory the command starts in, on this machine."""
         return str(bundle.root)
 
-    def worker_init(self, spec: EndpointSpec, bundle: Bundle) -> dict[str, Any]:
-        """The ``init``/``reload`` message: where the worker finds the bundle. A job runs as soon as it reaches a
+    def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:
+        """The ``init``/``reload`` message for ``worker``: where it finds the bundle. A job runs as soon as it reaches a
         free slot, so RUNNING is reported at dispatch and the worker need not send ``started``."""
         return worker_init(spec, bundle, report_started=False)
 

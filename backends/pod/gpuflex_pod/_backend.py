@@ -1,0 +1,271 @@
+"""``PodBackend``: endpoints run in gpuflex worker processes on machines reachable over SSH.
+
+Nothing is installed on a host beforehand: the first deploy probes it (Python, GPUs, CPUs), pushes gpuflex's own
+runtime and the bundle as content-addressed files, and makes an environment per dependency set when one is
+needed. A worker is ``ssh host "cd ... && exec python -m gpuflex._worker_entry"`` on the host's shared
+connection, speaking frames over the SSH channel: no open ports. It leads its own process group and takes it down
+when its SSH session ends, so a dropped connection leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import tempfile
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import anyio
+import attrs
+
+from gpuflex import Bundle, EndpointSpec, Price
+from gpuflex._envelope import PYTHON_VERSION
+from gpuflex._worker import OWN_GROUP_ENV
+from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
+from gpuflex.worker import worker_init
+from gpuflex.workerpool import Placement, WorkerPoolBackend, WorkerProcess
+
+from ._config import PodConfig
+from ._prices import host_hourly_rate, portable_gpu_name
+from ._remote import RemoteHost, TreeFile, runtime_tree
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+T = TypeVar("T")
+
+__all__ = ["HostUsage", "PodBackend"]
+
+
+@attrs.frozen
+class HostUsage:
+    """One host's bill so far: connected time at its hourly rate."""
+
+    host: str
+    uptime_seconds: float
+    usd_per_hour: float
+    usd: float
+    reconnects: int
+
+
+class PodBackend(WorkerPoolBackend):
+    """Worker processes on SSH hosts (RunPod/Lambda/Vast pods, your own boxes), scaled by the core autoscaler."""
+
+    name: ClassVar[str] = "pod"
+    aliases: ClassVar[tuple[str, ...]] = ("ssh",)
+    config_cls: ClassVar[type[Any]] = PodConfig
+    capabilities: ClassVar[Mapping[str, str | None]] = {
+        "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
+    }
+    config: PodConfig
+
+    def __init__(self, config: PodConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        if not self.config.hosts:
+            raise ConfigError("the pod backend needs at least one host: gpuflex.use('pod', hosts=['user@host:port']) "
+                              "or [tool.gpuflex.backends.pod] hosts = [...]")
+        self.reload_in_place = self.config.reload_in_place
+        self._control_dir = tempfile.mkdtemp(prefix="gpf-ssh-")  # short: socket paths have a length limit
+        self.hosts = [RemoteHost(spec, self.config, self._control_dir) for spec in self.config.hosts]
+        self._placed: dict[str, RemoteHost] = {}
+        self._bundle_paths: dict[tuple[str, str], str] = {}  # (host, bundle hash) -> path there
+        self._runtime_paths: dict[str, str] = {}  # host -> runtime path there
+        self._pythons: dict[tuple[str, str], str] = {}  # (host, endpoint) -> interpreter there
+        self._warned_cpu: set[str] = set()
+
+    # -- deploy: probe, push, environments -------------------------------------------------------------------
+
+    async def _reachable_hosts(self) -> list[RemoteHost]:
+        """Probe every host; keep the reachable ones. All unreachable: raise the first host's error."""
+        errors: dict[str, Exception] = {}
+
+        async def probe(host: RemoteHost) -> None:
+            try:
+                await host.probe()
+            except BackendUnavailable as exc:
+                errors[host.label] = exc
+
+        await _each(self.hosts, probe)
+        live = [h for h in self.hosts if h.label not in errors]
+        if not live:
+            raise next(iter(errors.values()))
+        for label, exc in errors.items():
+            warnings.warn(f"pod host {label} is left out: {exc}", GpuflexWarning, stacklevel=2)
+        return live
+
+    def _eligible(self, host: RemoteHost, spec: EndpointSpec) -> bool:
+        if spec.gpu is None or spec.gpu.is_any or not host.facts or not host.facts["gpus"]:
+            return True
+        names = {portable_gpu_name(g["name"]) for g in host.facts["gpus"]}
+        return bool(names & set(spec.gpu.choices)) or names == {None}
+
+    async def prepare(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        live = await self._reachable_hosts()
+        for host in live:
+            host.check_python(PYTHON_VERSION)
+        any_gpu = any(h.gpu_holders for h in live)
+        if endpoint.gpu is not None and not any_gpu:
+            if self.config.strict_gpu:
+                raise BackendUnavailable(f"endpoint {endpoint.name!r} asks for GPU {endpoint.gpu} but no pod host has "
+                                         "one (strict_gpu=True)")
+            if endpoint.name not in self._warned_cpu:
+                self._warned_cpu.add(endpoint.name)
+                warnings.warn(f"no pod host has a GPU: endpoint {endpoint.name!r} (gpu={endpoint.gpu}) runs on CPU",
+                              GpuflexWarning, stacklevel=2)
+        if endpoint.gpu is not None and any_gpu:
+            fits = [h for h in live if self._eligible(h, endpoint) and len(h.gpu_holders) >= endpoint.gpu.count]
+            if not fits:
+                raise BackendUnavailable(
+                    f"endpoint {endpoint.name!r} needs {endpoint.gpu} per worker; no pod host has that: "
+                    + "; ".join(f"{h.label}: {len(h.gpu_holders)} x "
+                                f"{', '.join(sorted({g['name'] for g in h.facts['gpus']})) if h.facts else '?'}"
+                                for h in live))
+        missing = [name for name in endpoint.secrets if name not in os.environ]
+        if missing:
+            raise ConfigError(f"endpoint {endpoint.name!r} needs the secret(s) {', '.join(missing)}, which are not "
+                              "set in this environment; export them before calling")
+        await _each(live, lambda host: self._prepare_host(host, endpoint, bundle))
+
+    async def _prepare_host(self, host: RemoteHost, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        tree, files = runtime_tree()
+        self._runtime_paths[host.label] = (await host.push(tree, files)).tree
+        self._bundle_paths[(host.label, bundle.hash)] = (await self.push_bundle(host, bundle)).tree
+        self._pythons[(host.label, endpoint.name)] = await host.environment(endpoint.dependencies)
+
+    async def push_bundle(self, host: RemoteHost, bundle: Bundle) -> Any:
+        files = tuple(TreeFile(f.path, f.sha256, bundle.root / f.path) for f in bundle.files)
+        return await host.push(f"bundles/{bundle.hash}", files)
+
+    # -- workers ---------------------------------------------------------------------------------------------
+
+    def place_worker(self, spec: EndpointSpec, worker_id: str) -> Placement | None:
+        now = time.monotonic()
+        candidates = [h for h in self.hosts if h.facts is not None and h.down_until <= now and
+                      self._eligible(h, spec) and (h.label, spec.name) in self._pythons]
+        candidates.sort(key=lambda h: len(h.workers))  # spread: the least busy host first
+        for host in candidates:
+            if spec.gpu is not None and host.gpu_holders:
+                gpus = host.take_gpus(worker_id, spec.gpu.count)
+                if gpus is None:
+                    continue
+            elif len(host.workers) >= host.cpu_slots:
+                continue
+            else:
+                gpus = ()
+            host.workers.add(worker_id)
+            self._placed[worker_id] = host
+            return Placement(gpus=gpus, host=host.label)
+        return None
+
+    def release_worker(self, worker_id: str) -> None:
+        host = self._placed.pop(worker_id, None)
+        if host is not None:
+            host.release(worker_id)
+
+    def _host_of(self, worker_id: str) -> RemoteHost:
+        return self._placed[worker_id]
+
+    def worker_cwd(self, bundle: Bundle) -> str:
+        return os.getcwd()  # the local end is only the ssh client
+
+    async def worker_command(self, spec: EndpointSpec, worker: WorkerProcess) -> tuple[list[str], dict[str, str]]:
+        host = self._host_of(worker.id)
+        try:
+            await host.ssh.ensure()  # reconnects with backoff after a dropped connection
+        except BackendUnavailable:
+            host.down_until = time.monotonic() + 5.0
+            raise
+        python = self._pythons[(host.label, spec.name)]
+        runtime = self._runtime_paths[host.label]
+        assignments = {"PYTHONPATH": runtime, OWN_GROUP_ENV: "1", "PYTHONUNBUFFERED": "1"}
+        if host.gpu_holders:
+            assignments["CUDA_VISIBLE_DEVICES"] = ",".join(worker.info.gpus)
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items())
+        cwd = self._bundle_paths[(host.label, worker.info.bundle_hash)]
+        line = f"cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} -m gpuflex._worker_entry"
+        return host.ssh.command(line), dict(os.environ)
+
+    def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:
+        host = self._host_of(worker.id)
+        environ = dict(spec.env)
+        environ.update({name: os.environ[name] for name in spec.secrets if name in os.environ})
+        return worker_init(spec, bundle, report_started=False, environ=environ,
+                           bundle_root=self._bundle_paths[(host.label, bundle.hash)])
+
+    def live_capabilities(self) -> Mapping[str, str | None]:
+        caps = dict(self.capabilities)
+        if self.hosts and all(h.facts is not None and not h.gpu_holders for h in self.hosts):
+            caps["gpu"] = "no pod host has a GPU (nvidia-smi found none); GPU endpoints run on CPU"
+        return caps
+
+    # -- faults, prices, shutdown ----------------------------------------------------------------------------
+
+    def kill_worker_of(self, handle: str) -> int | None:
+        """Kill the remote worker running a job (its process group, on its host): returns its pid there."""
+        worker = self.worker_of(handle)
+        if worker is None or worker.info.pid is None:
+            return None
+        host = self._host_of(worker.id)
+        pid = worker.info.pid
+        asyncio.get_running_loop().create_task(host.kill_group(pid))  # noqa: RUF006 - fire and forget
+        return pid
+
+    def price(self, endpoint: EndpointSpec) -> Price:
+        rates = []
+        for host in self.hosts:
+            rate = host_hourly_rate(host)
+            if rate is None:
+                continue
+            share = 1.0
+            gpus = len(host.gpu_holders)
+            if endpoint.gpu is not None and gpus:
+                share = min(1.0, endpoint.gpu.count / gpus)
+            elif gpus == 0:
+                share = 1.0 / max(1, host.cpu_slots)
+            rates.append(rate * share)
+        if not rates:
+            return Price(source="pod hosts with no hourly_rate and no known GPU price")
+        return Price(usd_per_hour=max(rates), billing="uptime",
+                     source="pod host hourly rate x this worker's share of the host (highest across hosts)")
+
+    def usage(self) -> list[HostUsage]:
+        """What each host has cost so far: the time this backend held a connection to it, at its hourly rate."""
+        out = []
+        for host in self.hosts:
+            rate = host_hourly_rate(host) or 0.0
+            seconds = host.ssh.uptime()
+            out.append(HostUsage(host.label, seconds, rate, seconds * rate / 3600, host.ssh.reconnects))
+        return out
+
+    async def teardown(self, endpoint: str | None = None) -> None:
+        await super().teardown(endpoint)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        with anyio.CancelScope(shield=True):
+            for host in self.hosts:
+                await host.ssh.close()
+        try:
+            os.rmdir(self._control_dir)
+        except OSError:
+            pass
+
+
+
+async def _each(items: Iterable[T], action: Callable[[T], Awaitable[object]]) -> None:
+    """Run ``action`` on every item at once; re-raise the first failure itself (not an exception group)."""
+    failures: list[BaseException] = []
+
+    async def one(item: T) -> None:
+        try:
+            await action(item)
+        except Exception as exc:  # noqa: BLE001 - collected, re-raised below
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for item in items:
+            tg.start_soon(one, item)
+    if failures:
+        raise failures[0]
