@@ -56,6 +56,7 @@ class WorkerProcess:
         self.reload_pending = False  # load a new bundle in place once the current jobs finish (hot reload)
         self.reload_started: float | None = None
         self.pool: Any = None  # the EndpointPool that holds it now
+        self.on_kill: Callable[[], None] | None = None  # set by backends whose worker runs elsewhere (kill it there)
 
     @property
     def id(self) -> str:
@@ -125,5 +126,7 @@ class WorkerProcess:
         self.kill()
 
     def kill(self) -> None:
+        if self.on_kill is not None and self.channel is not None and self.channel.returncode is None:
+            self.on_kill()
         if self.channel is not None:
             self.channel.kill()

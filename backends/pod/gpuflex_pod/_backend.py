@@ -9,7 +9,8 @@ when its SSH session ends, so a dropped connection leaves nothing running.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import functools
 import os
 import shlex
 import tempfile
@@ -184,6 +185,7 @@ class PodBackend(WorkerPoolBackend):
             assignments["CUDA_VISIBLE_DEVICES"] = ",".join(worker.info.gpus)
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items())
         cwd = self._bundle_paths[(host.label, worker.info.bundle_hash)]
+        worker.on_kill = functools.partial(self._kill_remote, worker)
         line = f"cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} -m gpuflex._worker_entry"
         return host.ssh.command(line), dict(os.environ)
 
@@ -202,14 +204,23 @@ class PodBackend(WorkerPoolBackend):
 
     # -- faults, prices, shutdown ----------------------------------------------------------------------------
 
+    def _kill_remote(self, worker: WorkerProcess) -> None:
+        """SIGKILL a worker's process group on its host (closing its SSH channel alone would not stop a call
+        that is running: signals do not pass through SSH for root logins)."""
+        host = self._placed.get(worker.id)
+        if host is None or worker.info.pid is None or self.task_group is None:
+            return
+        self.task_group.start_soon(_quietly, host.kill_group(worker.info.pid))
+
     def kill_worker_of(self, handle: str) -> int | None:
-        """Kill the remote worker running a job (its process group, on its host): returns its pid there."""
+        """Kill the remote worker running a job, on its host (tests and fault drills): returns its pid there."""
         worker = self.worker_of(handle)
         if worker is None or worker.info.pid is None:
             return None
-        host = self._host_of(worker.id)
         pid = worker.info.pid
-        asyncio.get_running_loop().create_task(host.kill_group(pid))  # noqa: RUF006 - fire and forget
+        host = self._host_of(worker.id)
+        assert self.task_group is not None
+        self.task_group.start_soon(_quietly, host.kill_group(pid))  # the channel then closes: "died"
         return pid
 
     def price(self, endpoint: EndpointSpec) -> Price:
@@ -269,3 +280,9 @@ async def _each(items: Iterable[T], action: Callable[[T], Awaitable[object]]) ->
             tg.start_soon(one, item)
     if failures:
         raise failures[0]
+
+
+async def _quietly(work: Awaitable[object]) -> None:
+    """Best effort (killing a worker whose host is gone already): the outcome shows up as the channel closing."""
+    with contextlib.suppress(Exception):
+        await work

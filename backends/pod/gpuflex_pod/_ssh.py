@@ -7,16 +7,18 @@ dies (the network dropped, sshd went away) every channel on it closes; the next 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 
 from gpuflex.errors import AuthenticationError, BackendUnavailable, ConfigError
 
@@ -24,6 +26,20 @@ if TYPE_CHECKING:
     from ._config import HostSpec, PodConfig
 
 __all__ = ["SshConnection", "ssh_error"]
+
+_PR_SET_PDEATHSIG = 1
+_prctl: Any
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the forked child: get SIGTERM when this process dies, so a killed client leaves no master connection
+    (and, through it, no remote worker) behind."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def ssh_error(host: str, stderr: str, config: PodConfig) -> Exception:
@@ -60,7 +76,7 @@ class SshConnection:
     def __init__(self, host: HostSpec, config: PodConfig, control_dir: str) -> None:
         self.host, self.config = host, config
         self.control_path = os.path.join(control_dir, f"{abs(hash(host.label)) % 10**8}.sock")
-        self._master: anyio.abc.Process | None = None
+        self._master: asyncio.subprocess.Process | None = None
         self._lock = anyio.Lock()
         self.connected_at: float | None = None
         self.uptime_before = 0.0  # seconds connected in earlier connections
@@ -142,15 +158,14 @@ class SshConnection:
             os.unlink(self.control_path)  # a stale socket from a master that died
         argv = [self.ssh, "-M", "-N", "-S", self.control_path, "-o", "ControlPersist=no", *self.options(),
                 self.host.destination]
-        master = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, start_new_session=True)
+        master = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - one libc call, no Python
+        )
         deadline = time.monotonic() + self.config.connect_timeout + 5
         while time.monotonic() < deadline:
             if master.returncode is not None:
-                stderr = b""
-                if master.stderr is not None:
-                    with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-                        stderr = await master.stderr.receive(65536)
+                stderr = await master.stderr.read() if master.stderr is not None else b""
                 raise ssh_error(self.host.label, stderr.decode(errors="replace"), self.config)
             if os.path.exists(self.control_path):  # noqa: ASYNC240 - a stat of a local socket
                 check = await anyio.run_process([self.ssh, "-S", self.control_path, "-O", "check",
@@ -188,5 +203,3 @@ class SshConnection:
             if master.returncode is None:
                 master.kill()
                 await master.wait()
-        if master is not None:
-            await master.aclose()

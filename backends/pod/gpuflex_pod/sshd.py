@@ -130,9 +130,9 @@ class LoopbackSshd:
     def start(self) -> LoopbackSshd:
         assert self.sshd is not None
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
-        self.process = subprocess.Popen([self.sshd, "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=open(self.dir / "sshd.log", "ab"))  # noqa: SIM115
+        with open(self.dir / "sshd.log", "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([self.sshd, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
