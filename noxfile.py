@@ -17,7 +17,7 @@ TORCH = "torch==2.13.0"
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
 ]
-BACKENDS = ["backends/local"]
+BACKENDS = ["backends/local", "backends/pod"]
 
 
 def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
@@ -33,7 +33,7 @@ def tests(session: nox.Session) -> None:
     _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
              torch=True)
     session.run("ruff", "check", ".")
-    session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local",
+    session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
                 "examples/backend-template/gpuflex_subprocess_example")
     session.run("pytest", *session.posargs)
 

@@ -298,6 +298,7 @@ class EndpointPool:
     def _worker_gone(self, worker: WorkerProcess, how: str, start_failure: StartFailed | None = None) -> None:
         self.workers.pop(worker.id, None)
         self.backend.release_worker(worker.id)
+        self.backend.worker_released(self)
         was_running = worker.info.state not in (WorkerState.STOPPING, WorkerState.STARTING)
         worker.info.state = WorkerState.DEAD
         now = time.time()

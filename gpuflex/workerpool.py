@@ -73,6 +73,13 @@ class WorkerPoolBackend(Backend, abc.ABC):
     def release_worker(self, worker_id: str) -> None:  # noqa: B027 - optional
         """Give back what :meth:`place_worker` reserved for ``worker_id``."""
 
+    def worker_released(self, pool: EndpointPool) -> None:
+        """A worker's reservation was given back: endpoints waiting for room (GPUs held by another endpoint's
+        workers) may start one now."""
+        for other in list(self.pools.values()):
+            if other is not pool and other.queue:
+                other.kick()
+
     @abc.abstractmethod
     async def worker_command(self, spec: EndpointSpec, worker: WorkerProcess) -> tuple[list[str], dict[str, str]]:
         """The command line and environment that start ``worker`` (its placement is in ``worker.info``)."""

@@ -1,0 +1,42 @@
+"""Endpoints of the pod backend's own tests (imported by reference from the bundle on the hosts)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gpuflex
+
+
+@gpuflex.endpoint(name="pod_where", max_workers=2)
+def where(seconds: float = 0.0) -> dict:
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "cwd": os.getcwd(), "secret": os.environ.get("POD_TEST_SECRET"),
+            "env": os.environ.get("POD_TEST_ENV"), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+@gpuflex.endpoint(name="pod_slow_retry", retries=1)
+def slow_retry(seconds: float, marker: str) -> dict:
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return {"pid": os.getpid()}
+
+
+@gpuflex.endpoint(name="pod_slow")
+def slow(seconds: float, marker: str) -> int:
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="pod_spread", max_workers=2, idle_timeout=1)
+def spread(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="pod_secret", secrets=("POD_TEST_SECRET",), env={"POD_TEST_ENV": "from-env"})
+def secret() -> dict:
+    return {"secret": os.environ.get("POD_TEST_SECRET"), "env": os.environ.get("POD_TEST_ENV")}
