@@ -40,3 +40,12 @@ def spread(seconds: float) -> int:
 @gpuflex.endpoint(name="pod_secret", secrets=("POD_TEST_SECRET",), env={"POD_TEST_ENV": "from-env"})
 def secret() -> dict:
     return {"secret": os.environ.get("POD_TEST_SECRET"), "env": os.environ.get("POD_TEST_ENV")}
+
+
+@gpuflex.endpoint(name="pod_with_dependency", dependencies=("six==1.16.0",))
+def with_dependency() -> dict:
+    import sys
+
+    import six
+
+    return {"six": six.__version__, "python": sys.executable}

@@ -253,3 +253,22 @@ def test_unreachable_host_says_so(remote_dir):
         assert "tried 2 times" in str(caught.value)
     finally:
         down.cleanup()
+
+
+@pytest.mark.slow
+def test_dependencies_get_an_environment_on_the_host_built_once(sshd, remote_dir):
+    """The host has no uv: gpuflex installs it under remote_dir, makes a venv for the dependency set, reuses it."""
+    forwarded = {k: v for k, v in os.environ.items()
+                 if k in ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "PIP_FIND_LINKS", "PIP_INDEX_URL",
+                          "UV_INDEX_URL", "HTTPS_PROXY", "HTTP_PROXY")}
+    config = pod_config([sshd], remote_dir, host_env=forwarded)
+    with backend_in_use(lambda: PodBackend(config)):
+        out = app.with_dependency()
+    assert out["six"] == "1.16.0"
+    assert out["python"].startswith(str(remote_dir / "envs")), out
+    ready = Path(out["python"]).parents[1] / ".ready"
+    built = ready.stat().st_mtime_ns
+    gpuflex.shutdown()
+    with backend_in_use(lambda: PodBackend(config)):
+        assert app.with_dependency()["python"] == out["python"]
+    assert ready.stat().st_mtime_ns == built, "the second session rebuilt an environment that was there"
