@@ -44,6 +44,7 @@ if str(HERE) not in sys.path:
 
 import _endpoints as ep  # noqa: E402
 import numpy as np  # noqa: E402
+from _pod_bench import bench_pod, section_pod  # noqa: E402
 from _reload import bench_reload, section_reload  # noqa: E402
 from _serve import bench_serve, section_serve  # noqa: E402
 
@@ -556,6 +557,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_gpu(results["gpu"], cfg),
         section_reload(results["reload"]),
         section_serve(results["serve"]),
+        section_pod(results["pod"]),
     ]
     return "\n".join(parts)
 
@@ -613,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     results["gpu"] = guarded("5. GPU", lambda: bench_gpu(cfg))
     results["reload"] = guarded("6. hot reload", lambda: bench_reload(cfg["reload_reps"]))
     results["serve"] = guarded("7. dev server", lambda: bench_serve(cfg["serve_calls"], cfg["reload_reps"]))
+    results["pod"] = guarded("8. pod backend over sshd", lambda: bench_pod(cfg))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)

@@ -70,6 +70,7 @@ class RemoteHost:
         self._push_locks: dict[str, anyio.Lock] = {}
         self._env_lock = anyio.Lock()
         self.pushed: set[str] = set()  # trees known to exist on the host
+        self.known_objects: set[str] = set()  # file contents known to be in the host's object store
         self.envs: dict[str, str] = {}  # environment key -> python path on the host
         self.gpu_holders: dict[str, str | None] = {}  # GPU index -> worker id
         self.workers: set[str] = set()  # worker ids placed here
@@ -130,15 +131,27 @@ class RemoteHost:
             if tree in self.pushed:
                 return PushResult(path, 0, 0, time.perf_counter() - begun)
             manifest = json.dumps({"tree": tree, "files": [{"path": f.path, "sha256": f.sha256} for f in files]})
-            answer = json.loads(await self.ssh.run(self.agent("missing", self.root), input=manifest.encode() + b"\n"))
+            if self.known_objects:  # talked before: send what it lacked or never had, in one round trip
+                answer = {"tree_exists": False, "missing": [f.sha256 for f in files
+                                                            if f.sha256 not in self.known_objects]}
+            else:
+                answer = json.loads(await self.ssh.run(self.agent("missing", self.root),
+                                                       input=manifest.encode() + b"\n"))
             sent = sent_bytes = 0
             if not answer["tree_exists"]:
                 wanted = set(answer["missing"])
-                archive = await anyio.to_thread.run_sync(_tar_objects, files, wanted)
-                sent, sent_bytes = len(wanted), len(archive)
-                await self.ssh.run(self.agent("put", self.root), input=manifest.encode() + b"\n" + archive,
-                                   timeout=600)
+                for _ in range(2):  # again with what the host says it lacks (its store was cleared)
+                    archive = await anyio.to_thread.run_sync(_tar_objects, files, wanted)
+                    sent, sent_bytes = sent + len(wanted), sent_bytes + len(archive)
+                    put = json.loads(await self.ssh.run(self.agent("put", self.root),
+                                                        input=manifest.encode() + b"\n" + archive, timeout=600))
+                    wanted = set(put["missing"])
+                    if not wanted:
+                        break
+                else:
+                    raise BackendUnavailable(f"pod host {self.label}: could not store the files of {tree}")
             self.pushed.add(tree)
+            self.known_objects.update(f.sha256 for f in files)
             return PushResult(path, sent, sent_bytes, time.perf_counter() - begun)
 
     # -- environments ---------------------------------------------------------------------------------------------

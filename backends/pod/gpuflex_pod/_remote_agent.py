@@ -106,6 +106,10 @@ def put(root: str) -> None:
             os.replace(tmp, os.path.join(objects, name))
             received += 1
     tree = os.path.join(root, manifest["tree"])
+    lost = sorted({f["sha256"] for f in manifest["files"]} - set(os.listdir(objects)))
+    if lost and not os.path.isdir(tree):  # the client thought the host had these: it must send them
+        _answer({"received": received, "tree": tree, "missing": lost})
+        return
     if not os.path.isdir(tree):
         os.makedirs(os.path.dirname(tree), exist_ok=True)
         staging = tempfile.mkdtemp(dir=os.path.dirname(tree), prefix=".staging-")
@@ -117,7 +121,7 @@ def put(root: str) -> None:
             os.rename(staging, tree)
         except OSError:  # another client put the same tree first: same content, keep theirs
             shutil.rmtree(staging, ignore_errors=True)
-    _answer({"received": received, "tree": tree})
+    _answer({"received": received, "tree": tree, "missing": []})
 
 
 def kill(pid: str) -> None:

@@ -3,7 +3,9 @@ the faults (sshd killed mid-job, the connection cut, a worker killed, bad keys, 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -86,8 +88,6 @@ def test_incremental_push_sends_only_changed_files(sshd, remote_dir, tmp_path):
     for i in range(20):
         path = tmp_path / f"m{i}.py"
         path.write_text(f"X = {i}\n" * 100)
-    import hashlib
-
     def tree():
         out = []
         for path in sorted(tmp_path.glob("*.py")):
@@ -272,3 +272,22 @@ def test_dependencies_get_an_environment_on_the_host_built_once(sshd, remote_dir
     with backend_in_use(lambda: PodBackend(config)):
         assert app.with_dependency()["python"] == out["python"]
     assert ready.stat().st_mtime_ns == built, "the second session rebuilt an environment that was there"
+
+
+def test_push_recovers_when_the_host_lost_its_files(sshd, remote_dir, tmp_path):
+    for i in range(5):
+        (tmp_path / f"m{i}.py").write_text(f"X = {i}\n")
+
+    def tree():
+        return tuple(TreeFile(p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p)
+                     for p in sorted(tmp_path.glob("*.py")))
+
+    with backend_in_use(lambda: PodBackend(pod_config([sshd], remote_dir))) as backend:
+        session, host = get_session(), backend.hosts[0]
+        session.run(host.probe())
+        session.run(host.push("bundles/one", tree()))
+        shutil.rmtree(remote_dir / "objects")  # someone cleaned the host's cache behind our back
+        (tmp_path / "m0.py").write_text("X = 'new'\n")
+        second = session.run(host.push("bundles/two", tree()))
+        assert second.sent_files == 1 + 4, "the changed file, then the four unchanged ones the host had lost"
+        assert sorted(p.name for p in Path(second.tree).iterdir()) == [f"m{i}.py" for i in range(5)]
