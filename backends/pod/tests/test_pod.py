@@ -7,7 +7,9 @@ import hashlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -291,3 +293,31 @@ def test_push_recovers_when_the_host_lost_its_files(sshd, remote_dir, tmp_path):
         second = session.run(host.push("bundles/two", tree()))
         assert second.sent_files == 1 + 4, "the changed file, then the four unchanged ones the host had lost"
         assert sorted(p.name for p in Path(second.tree).iterdir()) == [f"m{i}.py" for i in range(5)]
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_client_interrupted_or_killed_mid_job_leaves_no_remote_processes(sshd, remote_dir, tmp_path, how):
+    marker = tmp_path / "attempts"
+    script = tmp_path / "client.py"
+    config = pod_config([sshd], remote_dir)
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import gpuflex
+        import _pod_app as app
+        hosts = [{{"host": {sshd.host!r}, "identity_file": {sshd.identity_file!r}}}]
+        with gpuflex.use("pod", hosts=hosts, known_hosts={config.known_hosts!r}, remote_dir={str(remote_dir)!r},
+                         python={sys.executable!r}):
+            app.slow(60.0, {str(marker)!r})
+    """))
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: len(marker_pids(marker)) == 1, "the job to start on the host")
+        worker = marker_pids(marker)[0]
+        client.send_signal(how)
+        client.wait(timeout=30)
+    finally:
+        client.kill()
+        client.communicate()
+    wait_until(lambda: not pid_alive(worker), "the remote worker to be gone", 15)
+    wait_until(lambda: not remote_workers(remote_dir), "no worker left on the host", 15)
