@@ -229,17 +229,18 @@ class PodBackend(WorkerPoolBackend):
             rate = host_hourly_rate(host)
             if rate is None:
                 continue
-            share = 1.0
             gpus = len(host.gpu_holders)
             if endpoint.gpu is not None and gpus:
                 share = min(1.0, endpoint.gpu.count / gpus)
-            elif gpus == 0:
+            else:
                 share = 1.0 / max(1, host.cpu_slots)
             rates.append(rate * share)
         if not rates:
             return Price(source="pod hosts with no hourly_rate and no known GPU price")
+        hosts = sum(host_hourly_rate(h) or 0.0 for h in self.hosts)
         return Price(usd_per_hour=max(rates), billing="uptime",
-                     source="pod host hourly rate x this worker's share of the host (highest across hosts)")
+                     source=f"pod host hourly rate x this worker's share of the host (highest across hosts); the "
+                            f"hosts bill ${hosts:.2f}/hour while they are up, used or not")
 
     def usage(self) -> list[HostUsage]:
         """What each host has cost so far: the time this backend held a connection to it, at its hourly rate."""

@@ -72,7 +72,8 @@ class RemoteHost:
         self.pushed: set[str] = set()  # trees known to exist on the host
         self.known_objects: set[str] = set()  # file contents known to be in the host's object store
         self.envs: dict[str, str] = {}  # environment key -> python path on the host
-        self.gpu_holders: dict[str, str | None] = {}  # GPU index -> worker id
+        # GPU index -> worker id; declared GPUs are known before the first connection (for `gpuflex plan`)
+        self.gpu_holders: dict[str, str | None] = {str(i): None for i in range(spec.gpus or 0)}
         self.workers: set[str] = set()  # worker ids placed here
         self.down_until = 0.0  # after a failed connection, placement avoids the host until then
 

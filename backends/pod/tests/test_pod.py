@@ -321,3 +321,18 @@ def test_client_interrupted_or_killed_mid_job_leaves_no_remote_processes(sshd, r
         client.communicate()
     wait_until(lambda: not pid_alive(worker), "the remote worker to be gone", 15)
     wait_until(lambda: not remote_workers(remote_dir), "no worker left on the host", 15)
+
+
+def test_an_unreachable_host_is_left_out_and_the_others_serve(sshd, remote_dir):
+    down = LoopbackSshd()  # never started
+    try:
+        config = pod_config([sshd], remote_dir, reconnect_attempts=1, connect_timeout=2)
+        config = PodConfig(hosts=[*config.hosts, {"host": down.host, "identity_file": down.identity_file}],
+                           known_hosts=config.known_hosts, remote_dir=config.remote_dir, python=config.python,
+                           reconnect_attempts=1, connect_timeout=2)
+        with backend_in_use(lambda: PodBackend(config)) as backend:
+            with pytest.warns(errors.GpuflexWarning, match=f"{down.port}.*left out"):
+                assert app.where()["pid"] > 0
+            assert {w.host for w in get_session().run(backend.workers())} == {sshd.host}
+    finally:
+        down.cleanup()
