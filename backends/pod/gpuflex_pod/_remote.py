@@ -132,6 +132,7 @@ class RemoteHost:
             if tree in self.pushed:
                 return PushResult(path, 0, 0, time.perf_counter() - begun)
             manifest = json.dumps({"tree": tree, "files": [{"path": f.path, "sha256": f.sha256} for f in files]})
+            answer: dict[str, Any]
             if self.known_objects:  # talked before: send what it lacked or never had, in one round trip
                 answer = {"tree_exists": False, "missing": [f.sha256 for f in files
                                                             if f.sha256 not in self.known_objects]}
