@@ -251,9 +251,6 @@ class PodBackend(WorkerPoolBackend):
             out.append(HostUsage(host.label, seconds, rate, seconds * rate / 3600, host.ssh.reconnects))
         return out
 
-    async def teardown(self, endpoint: str | None = None) -> None:
-        await super().teardown(endpoint)
-
     async def aclose(self) -> None:
         await super().aclose()
         with anyio.CancelScope(shield=True):

@@ -263,11 +263,15 @@ def test_dependencies_get_an_environment_on_the_host_built_once(sshd, remote_dir
     forwarded = {k: v for k, v in os.environ.items()
                  if k in ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "PIP_FIND_LINKS", "PIP_INDEX_URL",
                           "UV_INDEX_URL", "HTTPS_PROXY", "HTTP_PROXY")}
+    forwarded["PATH"] = "/usr/bin:/bin"  # a bare host: no uv on its PATH
     config = pod_config([sshd], remote_dir, host_env=forwarded)
-    with backend_in_use(lambda: PodBackend(config)):
+    with backend_in_use(lambda: PodBackend(config)) as backend:
+        assert not backend.hosts[0].facts or not backend.hosts[0].facts["uv"]
         out = app.with_dependency()
+        assert backend.hosts[0].facts["uv"] == "", "the probe must not have found uv"
     assert out["six"] == "1.16.0"
     assert out["python"].startswith(str(remote_dir / "envs")), out
+    assert (remote_dir / "tools" / "uv" / "bin" / "uv").is_file(), "uv was installed under remote_dir"
     ready = Path(out["python"]).parents[1] / ".ready"
     built = ready.stat().st_mtime_ns
     gpuflex.shutdown()
