@@ -63,10 +63,7 @@ class PodBackend(WorkerPoolBackend):
     config: PodConfig
 
     def __init__(self, config: PodConfig | None = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        if not self.config.hosts:
-            raise ConfigError("the pod backend needs at least one host: gpuflex.use('pod', hosts=['user@host:port']) "
-                              "or [tool.gpuflex.backends.pod] hosts = [...]")
+        super().__init__(config, **kwargs)  # cheap, no I/O: hosts are checked and reached at the first deploy
         self.reload_in_place = self.config.reload_in_place
         self._control_dir = tempfile.mkdtemp(prefix="gpf-ssh-")  # short: socket paths have a length limit
         self.hosts = [RemoteHost(spec, self.config, self._control_dir) for spec in self.config.hosts]
@@ -103,6 +100,9 @@ class PodBackend(WorkerPoolBackend):
         return bool(names & set(spec.gpu.choices)) or names == {None}
 
     async def prepare(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        if not self.hosts:
+            raise ConfigError("the pod backend needs at least one host: gpuflex.use('pod', hosts=['user@host:port']) "
+                              "or [tool.gpuflex.backends.pod] hosts = [...]")
         live = await self._reachable_hosts()
         for host in live:
             host.check_python(PYTHON_VERSION)

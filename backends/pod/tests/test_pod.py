@@ -57,9 +57,10 @@ def test_host_strings_parse():
         parse_host({"host": "a@b", "colour": "red"})
 
 
-def test_no_hosts_is_a_clear_error():
-    with pytest.raises(errors.ConfigError, match="at least one host"):
-        PodBackend(PodConfig())
+def test_no_hosts_is_a_clear_error_at_the_first_call():
+    with backend_in_use(PodBackend):  # constructing it is cheap and never fails: `gpuflex backends` lists it
+        with pytest.raises(errors.ConfigError, match="at least one host"):
+            app.where()
 
 
 def test_remote_python_of_another_minor_version_is_refused_naming_both(tmp_path):
