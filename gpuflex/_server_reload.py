@@ -41,7 +41,12 @@ _GPUFLEX_DIR = str(Path(__file__).resolve().parent)
 
 
 class WatchFilter(DefaultFilter):
-    """watchfiles' defaults (.git, __pycache__, .venv, editor files...) plus more caches and environments."""
+    """Python sources and the project file, outside watchfiles' default ignores (.git, __pycache__, .venv, editor
+    files...) and more caches and environments. Other files (a log the server's own output is redirected to, data
+    the app writes) never trigger a reload: reacting to them could loop forever."""
+
+    suffixes = (".py", ".pyi")
+    names = ("pyproject.toml", "gpuflex.toml")
 
     ignore_dirs = (*DefaultFilter.ignore_dirs, ".nox", ".tox", "venv", "env", ".ruff_cache", "build", "dist",
                    "site-packages")
@@ -51,7 +56,8 @@ class WatchFilter(DefaultFilter):
         self._home = str(gpuflex_home().resolve())
 
     def __call__(self, change: Any, path: str) -> bool:
-        return not path.startswith(self._home) and super().__call__(change, path)
+        wanted = path.endswith(self.suffixes) or Path(path).name in self.names
+        return wanted and not path.startswith(self._home) and super().__call__(change, path)
 
 
 def _reimport(app_path: Path, changed: Sequence[Path]) -> tuple[LoadedApp, list[Route]]:

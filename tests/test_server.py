@@ -353,3 +353,19 @@ def test_max_cost_refuses_calls_past_the_budget(tmp_path):
         assert response.json()["error"] == "QuotaExceeded"
     finally:
         srv.stop()
+
+
+def test_the_watcher_reacts_to_sources_and_project_files_only(tmp_path):
+    from watchfiles import Change
+
+    from gpuflex._server_reload import WatchFilter
+
+    keep = WatchFilter()
+    assert keep(Change.modified, str(tmp_path / "app.py"))
+    assert keep(Change.added, str(tmp_path / "pkg" / "models.py"))
+    assert keep(Change.modified, str(tmp_path / "gpuflex.toml"))
+    assert keep(Change.modified, str(tmp_path / "pyproject.toml"))
+    # the server's own output redirected into the project, data the app writes: reacting would loop forever
+    for name in ("serve.out", "server.log", "results.json", "out/index.html", "image.png"):
+        assert not keep(Change.modified, str(tmp_path / name)), name
+    assert not keep(Change.modified, str(tmp_path / ".venv" / "lib" / "site.py"))
