@@ -28,7 +28,7 @@ from ._bundle import build_bundle
 from ._config import BackendChoice, resolve_backend
 from ._costs import BudgetGuard, CostMeter, job_cost
 from ._job import Job
-from ._loop import GuardedTaskGroup, closing, new_loop
+from ._loop import LOOP_THREAD_NAME, GuardedTaskGroup, closing, new_loop
 from ._loop import updates as job_updates
 from ._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
 from ._registry import get_registry
@@ -79,7 +79,7 @@ class Session:
 
     def __init__(self) -> None:
         self.loop = new_loop()
-        self._thread = threading.Thread(target=self._run_loop, name="gpuflex-loop", daemon=True)
+        self._thread = threading.Thread(target=self._run_loop, name=LOOP_THREAD_NAME, daemon=True)
         self._thread.start()
         self.task_group: TaskSpawner = self.submit(self._start_supervisor()).result()
         self.meter = CostMeter()

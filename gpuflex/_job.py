@@ -11,6 +11,7 @@ import typing
 from typing import Any
 
 from ._envelope import decode_outcome
+from ._loop import LOOP_THREAD_NAME
 from ._models import Cost, JobStatus
 from .errors import JobCancelled, JobFailed, JobTimeout, WorkerLost
 
@@ -132,6 +133,11 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its value or raise its error. ``timeout`` bounds only this wait
         (raising :class:`TimeoutError`); the job itself keeps running."""
+        if threading.current_thread().name == LOOP_THREAD_NAME and not self._future.done():
+            raise RuntimeError(  # waiting here would block the very loop that finishes the job: a deadlock
+                f"job {self.id} of {self.endpoint!r}: a blocking call on gpuflex's own event loop thread (from a hook "
+                "or a backend); use `await job.aresult()` or `await endpoint.aio(...)` there"
+            )
         try:
             update = self._future.result(timeout)
         except concurrent.futures.TimeoutError:

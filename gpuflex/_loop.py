@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
     from .backend import JobUpdate
 
-__all__ = ["GuardedTaskGroup", "closing", "new_loop", "updates"]
+__all__ = ["LOOP_THREAD_NAME", "GuardedTaskGroup", "closing", "new_loop", "updates"]
+
+LOOP_THREAD_NAME = "gpuflex-loop"  # the thread every backend and hook runs on
 
 logger = logging.getLogger("gpuflex")
 
