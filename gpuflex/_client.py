@@ -92,6 +92,7 @@ class Session:
         # jobs still referenced somewhere (by their caller, or while running); results are not kept alive here
         self.jobs: weakref.WeakValueDictionary[str, Job] = weakref.WeakValueDictionary()
         self.accepted = 0  # jobs accepted since the session started
+        self._count_lock = threading.Lock()
         self._closed = False
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
@@ -222,7 +223,8 @@ class Session:
             job._canceller = functools.partial(self._request_cancel, job, backend)
             self.jobs[job.id] = job
             jobs.append(job)
-        self.accepted += len(jobs)
+        with self._count_lock:  # callers on several threads
+            self.accepted += len(jobs)
         key = choice.key()
         drives = [(job, payload) for job, payload in zip(jobs, payloads, strict=True)]
         self.loop.call_soon_threadsafe(self._start_drives, drives, backend, key, endpoint, method)
