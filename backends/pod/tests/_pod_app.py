@@ -49,3 +49,14 @@ def with_dependency() -> dict:
     import six
 
     return {"six": six.__version__, "python": sys.executable}
+
+
+@gpuflex.endpoint(name="pod_gpu", gpu="H100", max_workers=3, idle_timeout=5)
+def on_gpu(seconds: float) -> str:
+    time.sleep(seconds)
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+@gpuflex.endpoint(name="pod_wrong_gpu", gpu="A100-80GB")
+def on_wrong_gpu() -> str:
+    return "never"

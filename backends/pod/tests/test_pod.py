@@ -341,3 +341,30 @@ def test_an_unreachable_host_is_left_out_and_the_others_serve(sshd, remote_dir):
             assert {w.host for w in get_session().run(backend.workers())} == {sshd.host}
     finally:
         down.cleanup()
+
+
+@pytest.fixture
+def two_h100_host(tmp_path):
+    """A host whose nvidia-smi reports two H100s (a stand-in for hardware these machines lack: the script prints
+    what nvidia-smi's CSV query prints on such a host)."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, NVIDIA H100 80GB HBM3, 81559'\necho '1, NVIDIA H100 80GB HBM3, 81559'\n")
+    smi.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_gpus_are_discovered_pinned_one_per_worker_and_priced(sshd, remote_dir, two_h100_host):
+    config = pod_config([sshd], remote_dir, host_env=two_h100_host)
+    with backend_in_use(lambda: PodBackend(config)) as backend:
+        jobs = [app.on_gpu.spawn(1.0) for _ in range(3)]
+        devices = [job.result(timeout=WAIT) for job in jobs]
+        assert sorted(set(devices)) == ["0", "1"], f"two GPUs, one per worker: {devices}"
+        workers = get_session().run(backend.workers())
+        assert len(workers) <= 2, "a third worker started with no GPU free"
+        price = backend.price(app.on_gpu.spec)
+        assert price.usd_per_hour == pytest.approx(2.69), "one of two H100s at the known per-GPU price"
+        assert "5.38" in price.source
+        with pytest.raises(errors.BackendUnavailable, match="H100"):
+            app.on_wrong_gpu()
