@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
 import uuid
@@ -24,15 +25,22 @@ if TYPE_CHECKING:
 __all__ = ["EndpointPool", "PoolJob", "Mailbox", "empty_updates"]
 
 T = TypeVar("T")
+AUTO_PREFETCH = 16  # calls sent ahead into a busy worker's pipe while calls are short
+AUTO_PREFETCH_BELOW = 0.002  # seconds: the average call time under which prefetching pays
 
 
 class Mailbox(Generic[T]):
-    """An unbounded single-consumer queue on the backend's loop: ``put`` never blocks, iteration ends at close."""
+    """An unbounded single-consumer queue on the backend's loop: ``put`` never blocks, iteration ends at close.
+
+    It waits on a bare asyncio future rather than an ``anyio.Event``: one is made per job and per update, and
+    anyio's event looks up the running async library each time (a tenth of the loop's time in ``.map``). The
+    gpuflex loop is always asyncio (or uvloop).
+    """
 
     def __init__(self) -> None:
         self._items: collections.deque[T] = collections.deque()
         self._closed = False
-        self._event: anyio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     def put(self, item: T) -> None:
         self._items.append(item)
@@ -43,9 +51,9 @@ class Mailbox(Generic[T]):
         self._wake()
 
     def _wake(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def __aiter__(self) -> Mailbox[T]:
         return self
@@ -54,8 +62,8 @@ class Mailbox(Generic[T]):
         while not self._items:
             if self._closed:
                 raise StopAsyncIteration
-            self._event = anyio.Event()
-            await self._event.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
         return self._items.popleft()
 
 
@@ -100,7 +108,10 @@ class EndpointPool:
         self._timer_armed_for: float | None = None
         self.retired = False
         sync_one_at_a_time = spec.concurrency == 1 and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)
-        self.prefetch = backend.prefetch if sync_one_at_a_time else 0
+        # None: adapt (prefetch only while calls are short, see _adapt_prefetch); a number: fixed
+        self.auto_prefetch = sync_one_at_a_time and backend.prefetch is None
+        self.prefetch = (backend.prefetch or 0) if sync_one_at_a_time else 0
+        self.mean_call_seconds: float | None = None
 
     # -- scaling -------------------------------------------------------------------------------------------
 
@@ -273,16 +284,30 @@ class EndpointPool:
                 worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
             if not job.status.is_terminal:
                 self._finish(job, worker, status, outcome)
-            if worker.prefetch:  # a sync worker runs its pipe in order: the next call has started now
-                waiting = next((j for j in worker.active.values() if j.started_at is None), None)
-                if waiting is not None and not waiting.status.is_terminal:
-                    self._started(waiting, worker)
+            if self.auto_prefetch and job.started_at is not None:
+                self._adapt_prefetch(time.time() - job.started_at)
+            # a sync worker runs the calls in its pipe in order: the next one has started now
+            waiting = next((j for j in worker.active.values() if j.started_at is None), None)
+            if waiting is not None and not waiting.status.is_terminal:
+                self._started(waiting, worker)
             if worker.draining and not worker.active:
                 tg = self.backend.task_group
                 assert tg is not None
                 tg.start_soon(worker.stop)
             self._maybe_reload(worker)
             self.kick()
+
+    def _adapt_prefetch(self, seconds: float) -> None:
+        """Short calls (a moving average under ``AUTO_PREFETCH_BELOW`` seconds) get up to ``AUTO_PREFETCH`` more
+        sent ahead into each busy worker's pipe, so a worker goes from one to the next without a round trip; a
+        call waits behind another for at most a few milliseconds then. Longer calls go only to idle workers."""
+        mean = seconds if self.mean_call_seconds is None else 0.8 * self.mean_call_seconds + 0.2 * seconds
+        self.mean_call_seconds = mean
+        depth = AUTO_PREFETCH if mean < AUTO_PREFETCH_BELOW else 0
+        if depth != self.prefetch:
+            self.prefetch = depth
+            for worker in self.workers.values():
+                worker.prefetch = depth
 
     def _finish(self, job: PoolJob, worker: WorkerProcess, status: str, outcome: Payload | None) -> None:
         now = time.time()

@@ -63,15 +63,21 @@ class WorkerProcess:
         return self.info.id
 
     @property
+    def accepts_calls(self) -> bool:
+        """Ready, and neither draining nor waiting to load new code (a call sent now would run the old code)."""
+        return self.info.state in (WorkerState.IDLE, WorkerState.BUSY) and not self.draining \
+            and not self.reload_pending
+
+    @property
     def free_slots(self) -> int:
-        if self.info.state not in (WorkerState.IDLE, WorkerState.BUSY) or self.draining:
+        if not self.accepts_calls:
             return 0
         return self.concurrency - len(self.active)
 
     @property
     def pipeline_room(self) -> int:
         """Calls it can take now, counting the prefetch queue in its pipe."""
-        if self.info.state not in (WorkerState.IDLE, WorkerState.BUSY) or self.draining:
+        if not self.accepts_calls:
             return 0
         return self.concurrency + self.prefetch - len(self.active)
 

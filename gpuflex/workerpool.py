@@ -52,8 +52,8 @@ class WorkerPoolBackend(Backend, abc.ABC):
 
     #: move large buffers through /dev/shm (only when the worker shares this machine's memory)
     shared_memory: bool = False
-    #: calls sent ahead into a busy one-call-at-a-time worker's pipe
-    prefetch: int = 0
+    #: calls sent ahead into a busy one-call-at-a-time worker's pipe; None adapts (only while calls are short)
+    prefetch: int | None = None
     #: a redeploy with unchanged process settings loads new code in the running workers
     reload_in_place: bool = True
 
