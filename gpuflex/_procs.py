@@ -24,6 +24,7 @@ if typing.TYPE_CHECKING:
 __all__ = ["FrameParser", "WorkerChannel", "start_worker_process"]
 
 _LEN = struct.Struct("<Q")
+_JOIN_BELOW = 256 * 1024  # frames up to this size are joined into one write
 
 
 class FrameParser:
@@ -124,7 +125,10 @@ class WorkerChannel(asyncio.SubprocessProtocol):
         if stdin is None or stdin.is_closing():
             return
         parts = [part for message in messages for part in self.codec.encode(message)]
-        stdin.writelines(parts)
+        if sum(len(memoryview(part).cast("B")) for part in parts) <= _JOIN_BELOW:
+            stdin.write(b"".join(parts))  # one write system call, not one per part (uvloop writes each at once)
+        else:
+            stdin.writelines(parts)  # large buffers: no copy
 
     def trim_exported(self, keep: int = 64) -> None:
         """Unlink shared-memory files the worker has long since mapped (it unlinks each as it maps it)."""
