@@ -14,10 +14,11 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"
+MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
 ]
-BACKENDS = ["backends/local", "backends/pod"]
+BACKENDS = ["backends/local", "backends/pod", "backends/modal"]
 
 
 def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
@@ -31,9 +32,10 @@ def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
 def tests(session: nox.Session) -> None:
     """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
     _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
-             torch=True)
+             MODAL, torch=True)
     session.run("ruff", "check", ".")
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
+                "backends/modal/gpuflex_modal",
                 "examples/backend-template/gpuflex_subprocess_example")
     session.run("pytest", *session.posargs)
 

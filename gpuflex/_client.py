@@ -306,6 +306,7 @@ class Session:
             retry = (
                 update.status is JobStatus.FAILED
                 and attempt <= spec.retries
+                and not backend.retries_in_target
                 and not job._cancel_requested
                 and (job.chunks is None or job.chunks.delivered == 0)
             )

@@ -137,6 +137,8 @@ class Backend(abc.ABC):
       ``{"gpu": "no CUDA device on this machine"}``). The conformance suite skips checks the backend declares
       unsupported, and the core warns when an endpoint needs one.
     * ``max_payload_bytes``: the largest call payload the target accepts, or ``None``.
+    * ``retries_in_target``: the target retries failed calls itself, from the endpoint's ``retries`` (Modal's
+      ``Retries``); the core then does not retry them again.
     """
 
     name: ClassVar[str]
@@ -144,6 +146,7 @@ class Backend(abc.ABC):
     config_cls: ClassVar[type[Any]] = NoConfig
     capabilities: ClassVar[Mapping[str, str | None]] = {}
     max_payload_bytes: ClassVar[int | None] = None
+    retries_in_target: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, *, events: BackendEvents | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
