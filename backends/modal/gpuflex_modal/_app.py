@@ -49,7 +49,7 @@ def endpoint_class(plan: ModalPlan, init: dict[str, Any]) -> type:
             await self.runner.start()
 
         @modal.method()
-        async def call(self, payload: bytes) -> tuple[str, bytes]:
+        async def call(self, payload: bytes) -> tuple[str, bytes, str]:
             return await self.runner.call(payload)
 
         @modal.method()

@@ -64,6 +64,7 @@ class _ModalJob:
     updates: Mailbox[JobUpdate] = attrs.field(factory=Mailbox)
     chunks: Mailbox[Payload] | None = None
     status: JobStatus = JobStatus.QUEUED
+    cancel_requested: bool = False
 
 
 class ModalBackend(Backend):
@@ -72,8 +73,9 @@ class ModalBackend(Backend):
     name: ClassVar[str] = "modal"
     config_cls: ClassVar[type[Any]] = ModalConfig
     capabilities: ClassVar[Mapping[str, str | None]] = {
-        "gpu": None, "streaming": None, "classes": None, "cancel": None, "scaling": None,
+        "gpu": None, "streaming": None, "classes": None, "cancel": None,
         "kill_worker": "Modal gives no handle on one container's process",
+        "scaling": "Modal scales containers itself (min/max_containers, scaledown_window); gpuflex cannot list them",
     }
     max_payload_bytes: ClassVar[int | None] = 2 * 2**30  # Modal's limit on a function input
     retries_in_target: ClassVar[bool] = True  # the spec's retries become Modal's Retries
@@ -198,9 +200,9 @@ class ModalBackend(Backend):
         assert self.task_group is not None
         self.task_group.start_soon(self._retire_if_idle, job.generation)
 
-    def _terminal(self, status: str, outcome: bytes, started: float) -> JobUpdate:
+    def _terminal(self, status: str, outcome: bytes, started: float, worker: str | None = None) -> JobUpdate:
         common: dict[str, Any] = {"started_at": started, "finished_at": time.time(),
-                                  "outcome": Payload.from_bytes(outcome)}
+                                  "outcome": Payload.from_bytes(outcome), "worker": worker}
         if status == "ok":
             return JobUpdate(status=JobStatus.COMPLETED, **common)
         return JobUpdate(status=JobStatus.FAILED, reason="the function raised", **common)
@@ -208,10 +210,10 @@ class ModalBackend(Backend):
     async def _await_call(self, handle: str, job: _ModalJob) -> None:
         started = time.time()
         try:
-            status, outcome = await job.function_call.get.aio()
-            update = self._terminal(status, outcome, started)
+            status, outcome, worker = await job.function_call.get.aio()
+            update = self._terminal(status, outcome, started, worker)
         except Exception as exc:  # Modal's own failures: a timeout, a crashed container, a cancel
-            update = _failure(exc, started)
+            update = _failure(exc, started, cancelled=job.cancel_requested)
         self._finish(handle, job, update)
 
     async def _run_stream(self, handle: str, job: _ModalJob, instance: Any, payload: bytes) -> None:
@@ -225,7 +227,7 @@ class ModalBackend(Backend):
                 else:
                     update = self._terminal(kind, data, started)
         except Exception as exc:
-            update = _failure(exc, started)
+            update = _failure(exc, started, cancelled=job.cancel_requested)
         self._finish(handle, job, update or JobUpdate(status=JobStatus.FAILED, reason="the stream ended early"))
 
     async def status(self, handle: str) -> JobUpdate:
@@ -248,6 +250,7 @@ class ModalBackend(Backend):
         job = self._jobs.get(handle)
         if job is None or job.status.is_terminal or job.function_call is None:
             return
+        job.cancel_requested = True
         with contextlib.suppress(Exception):
             await job.function_call.cancel.aio()
 
@@ -276,9 +279,9 @@ class ModalBackend(Backend):
                 await client.__aexit__(None, None, None)
 
 
-def _failure(exc: Exception, started: float) -> JobUpdate:
+def _failure(exc: Exception, started: float, *, cancelled: bool = False) -> JobUpdate:
     name = type(exc).__name__
-    status = JobStatus.TIMED_OUT if "Timeout" in name else JobStatus.CANCELLED if "Cancel" in name \
+    status = JobStatus.CANCELLED if cancelled or "Cancel" in name else JobStatus.TIMED_OUT if "Timeout" in name \
         else JobStatus.FAILED
     return JobUpdate(status=status, started_at=started, finished_at=time.time(), reason=f"Modal: {name}: {exc}")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import socket
 from typing import TYPE_CHECKING, Any
 
 from gpuflex._worker import WorkerRuntime
@@ -18,7 +20,12 @@ from gpuflex.backend import Payload
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["EndpointRunner"]
+__all__ = ["EndpointRunner", "container_id"]
+
+
+def container_id() -> str:
+    """Modal's id of this container (its task), or host:pid elsewhere."""
+    return os.environ.get("MODAL_TASK_ID") or f"{socket.gethostname()}:{os.getpid()}"
 
 _ids = itertools.count()
 
@@ -51,14 +58,15 @@ class EndpointRunner:
         self.runtime.submit(job_id, Payload.from_bytes(payload))
         return job_id, inbox
 
-    async def call(self, payload: bytes) -> tuple[str, bytes]:
-        """Run one call; return ``(status, outcome)``: status ``"ok"`` or ``"error"``, the outcome serialized."""
+    async def call(self, payload: bytes) -> tuple[str, bytes, str]:
+        """Run one call; return ``(status, outcome, worker)``: status ``"ok"`` or ``"error"``, the outcome
+        serialized, and which container ran it."""
         job_id, inbox = self._begin(payload)
         try:
             while True:
                 message = await inbox.get()
                 if message[0] == "done":
-                    return str(message[2]), message[3].to_bytes()
+                    return str(message[2]), message[3].to_bytes(), container_id()
         finally:
             self._inboxes.pop(job_id, None)
 

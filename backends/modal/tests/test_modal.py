@@ -2,8 +2,8 @@
 plane (built on the helper the modal wheel ships), and the tests assert what would be created; the container-side
 runner executes real endpoints in process; credentials and network failures give clear errors fast.
 
-What this cannot show offline: calls running in Modal's containers (the fake does not execute inputs), so the
-conformance suite runs only with --run-live and a Modal token (test_live_conformance).
+Calls through the fake are the conformance suite's (test_conformance.py); test_live_conformance runs it against
+real Modal with --run-live and a token.
 """
 
 from __future__ import annotations
@@ -207,11 +207,11 @@ def test_runner_runs_calls_with_the_shared_envelope():
     async def main():
         runner = _runner(app.small)
         await runner.start()
-        status, outcome = await runner.call(encode_call(None, ("abc",), {}).to_bytes())
+        status, outcome, _ = await runner.call(encode_call(None, ("abc",), {}).to_bytes())
         assert status == "ok" and decode_outcome(Payload.from_bytes(outcome)) == "ABC"
         failing = _runner(app.fails)
         await failing.start()
-        status, outcome = await failing.call(encode_call(None, ("gone",), {}).to_bytes())
+        status, outcome, _ = await failing.call(encode_call(None, ("gone",), {}).to_bytes())
         assert status == "error"
         with pytest.raises(KeyError, match="gone") as caught:
             decode_outcome(Payload.from_bytes(outcome))
@@ -231,7 +231,7 @@ def test_runner_streams_generators_and_keeps_class_state():
         await counter.start()  # setup() runs here, once
         results = []
         for step in (1, 5):
-            _, outcome = await counter.call(encode_call(None, (step,), {}).to_bytes())
+            _, outcome, _ = await counter.call(encode_call(None, (step,), {}).to_bytes())
             results.append(decode_outcome(Payload.from_bytes(outcome)))
         assert results == [101, 106]
 
