@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["deploy_app", "teardown_backend"]
 
 # Backends whose deployments end with the process that made them.
-_PROCESS_BOUND = frozenset({"local"})
+_PROCESS_BOUND = frozenset({"local", "pod"})
 
 
 def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None:
@@ -46,8 +46,13 @@ def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None
             states = ", ".join(f"{w.id} ({w.state.value.lower()})" for w in workers) or "none (scale from zero)"
             table.add_row(spec.name, instance.name, bundle.hash[:12], str(len(bundle.files)), states)
         console.print(table)
+        for instance in instances:
+            with console.status(f"publishing on {instance.name}..."):
+                where = session.run(instance.publish())
+            if where:
+                console.print(f"published on {instance.name}: {escape(where)}")
         if any(b.name in _PROCESS_BOUND for b in instances):
-            console.print("[yellow]The local backend's deployments live only while the process that made them "
+            console.print("[yellow]Local and pod deployments live only while the process that made them "
                           "runs:[/yellow] they stop as `gpuflex deploy` exits. To keep endpoints up and call them, "
                           "run `gpuflex serve APP.py` (or call them from your program).")
     finally:

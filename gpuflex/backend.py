@@ -176,6 +176,12 @@ class Backend(abc.ABC):
         already running finish on the old code, the next call runs the new code. Must be idempotent.
         """
 
+    async def publish(self) -> str | None:
+        """*optional* ``gpuflex deploy``: after every endpoint is deployed, make the deployment outlive this
+        process (Modal's ``app.deploy``). Return where it lives (a URL, an id), or ``None`` when the backend's
+        deployments always outlive the process, or never do."""
+        return None
+
     async def teardown(self, endpoint: str | None = None) -> None:  # noqa: B027 - optional hook method
         """*optional* Remove what ``deploy`` created, for one endpoint or (``None``) all of them."""
 

@@ -91,6 +91,7 @@ class ModalBackend(Backend):
         self._client: Any = None
         self._jobs: dict[str, _ModalJob] = {}
         self._lock = anyio.Lock()
+        self._dirty = False
 
     # -- connection ------------------------------------------------------------------------------------------
 
@@ -104,8 +105,7 @@ class ModalBackend(Backend):
             return self._client
         credentials = modal_credentials()
         if credentials is None:
-            raise AuthenticationError("no Modal token: run `modal token new`, or set MODAL_TOKEN_ID and "
-                                      "MODAL_TOKEN_SECRET (gpuflex reads them the way Modal's client does)")
+            raise _missing_token()
         from modal.client import Client
         from modal_proto import api_pb2
 
@@ -126,12 +126,23 @@ class ModalBackend(Backend):
         return plan_for(endpoint, self.config)
 
     async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
-        plan = self.plan(endpoint)  # raises for what Modal cannot take, before any network
+        """Record the endpoint (checked now, before any network); the app runs at the next call, with every
+        endpoint recorded by then, so a pipeline or ``gpuflex deploy`` does not start one run per endpoint."""
+        plan = self.plan(endpoint)
+        if modal_credentials() is None:
+            raise _missing_token()
         async with self._lock:
             self.plans[endpoint.name], self.specs[endpoint.name] = plan, endpoint
             self._bundles[endpoint.name] = bundle
             self._inits[endpoint.name] = worker_init(endpoint, bundle, report_started=False, bundle_root=BUNDLE_PATH)
-            await self._run_app()
+            self._dirty = True
+
+    async def ensure_running(self) -> None:
+        """Run the app (again) if endpoints or bundles changed since its last run."""
+        async with self._lock:
+            if self._dirty or self._current is None:
+                await self._run_app()
+                self._dirty = False
 
     async def _run_app(self) -> None:
         """Run the app with every endpoint planned so far; retire the previous run once it is idle."""
@@ -155,16 +166,20 @@ class ModalBackend(Backend):
             with contextlib.suppress(Exception):
                 await generation.context.__aexit__(None, None, None)
 
-    async def deploy_app(self) -> str:
-        """``gpuflex deploy``: publish the app under its name (persistent, not ephemeral)."""
+    async def publish(self) -> str:
+        """``gpuflex deploy``: deploy the app under its name (it outlives this process, unlike a run)."""
         client = await self._connect()
         app, _ = build_app(self.plans, self._inits, self._bundles, self.config)
-        await app.deploy.aio(name=self.config.app_name, client=client, environment_name=self.config.environment)
-        return str(app.app_id)
+        try:
+            await app.deploy.aio(name=self.config.app_name, client=client, environment_name=self.config.environment)
+        except Exception as exc:
+            raise _modal_error(exc) from exc
+        return f"Modal app {self.config.app_name!r} ({app.app_id})"
 
     # -- jobs ------------------------------------------------------------------------------------------------
 
     async def submit(self, call: Call) -> str:
+        await self.ensure_running()
         generation = self._current
         if generation is None or call.endpoint.name not in generation.classes:
             raise BackendUnavailable(f"endpoint {call.endpoint.name!r} is not deployed on the modal backend")
@@ -284,6 +299,11 @@ def _failure(exc: Exception, started: float, *, cancelled: bool = False) -> JobU
     status = JobStatus.CANCELLED if cancelled or "Cancel" in name else JobStatus.TIMED_OUT if "Timeout" in name \
         else JobStatus.FAILED
     return JobUpdate(status=status, started_at=started, finished_at=time.time(), reason=f"Modal: {name}: {exc}")
+
+
+def _missing_token() -> AuthenticationError:
+    return AuthenticationError("no Modal token: run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET "
+                               "(gpuflex reads them the way Modal's client does)")
 
 
 def _modal_error(exc: Exception) -> Exception:

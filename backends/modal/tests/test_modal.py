@@ -52,10 +52,12 @@ def _fresh_session():
 
 
 def deploy(backend, *endpoints):
+    """Deploy (record) the endpoints, then run the app the way the next call would."""
     session = get_session()
     b = build_bundle(Path(__file__).parent)
     for endpoint in endpoints:
         session.run(backend.deploy(endpoint.spec, b))
+    session.run(backend.ensure_running())
     return b
 
 
@@ -129,18 +131,40 @@ def test_hot_reload_runs_the_app_again_with_the_new_bundle(fake_modal):
     config = ModalConfig(server_url=fake_modal.url)
     with backend_in_use(lambda: ModalBackend(config)) as backend:
         deploy(backend, app.small)
+        get_session().run(backend.ensure_running())
+        assert len(fake_modal.servicer.of("AppCreate")) == 1, "nothing changed: no new run"
         deploy(backend, app.small)
-    assert len(fake_modal.servicer.of("AppCreate")) == 2, "each deploy runs the app anew"
+    assert len(fake_modal.servicer.of("AppCreate")) == 2, "a redeploy runs the app anew"
     assert len(fake_modal.servicer.of("AppClientDisconnect")) >= 1, "the previous run was stopped"
 
 
-def test_gpuflex_deploy_publishes_the_app(fake_modal):
-    config = ModalConfig(server_url=fake_modal.url, app_name="gpuflex-test")
-    with backend_in_use(lambda: ModalBackend(config)) as backend:
-        deploy(backend, app.small)
-        get_session().run(backend.deploy_app())
+def test_gpuflex_deploy_publishes_one_app_without_ephemeral_runs(fake_modal, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'modal-deploy'\n")
+    (project / "app.py").write_text(
+        "import gpuflex\n\n@gpuflex.endpoint(name='dep_one', gpu='L4')\ndef one(x):\n    return x\n\n"
+        "@gpuflex.endpoint(name='dep_two')\ndef two(x):\n    return x\n")
+    (project / "gpuflex.toml").write_text(f'[backends.modal]\nserver_url = "{fake_modal.url}"\n'
+                                          'app_name = "gpuflex-test"\n')
+    from typer.testing import CliRunner
+
+    from gpuflex._config import reload_project_config
+    from gpuflex.cli import app as cli
+
+    monkeypatch.chdir(project)  # the project file is found from here
+    reload_project_config()
+    try:
+        result = CliRunner().invoke(cli, ["deploy", str(project / "app.py"), "--backend", "modal"])
+    finally:
+        monkeypatch.undo()
+        reload_project_config()  # forget this project's file for the tests after
+    assert result.exit_code == 0, result.output
+    assert "published on modal" in result.output
     published = fake_modal.servicer.of("AppPublish")
-    assert published, "deploy must publish the app"
+    assert len(published) == 1 and published[0].name == "gpuflex-test"
+    assert len(fake_modal.servicer.of("AppCreate")) <= 1, "no ephemeral run per endpoint"
+    assert set(fake_modal.servicer.functions()) == {"gpuflex_dep_one.*", "gpuflex_dep_two.*"}
 
 
 def test_image_pipeline_builds_its_modal_app_unchanged(fake_modal):
@@ -156,6 +180,7 @@ def test_image_pipeline_builds_its_modal_app_unchanged(fake_modal):
         b = build_bundle(ROOT / "examples" / "image_pipeline")
         for endpoint in endpoints:
             get_session().run(backend.deploy(endpoint.spec, b))
+        get_session().run(backend.ensure_running())
     created = fake_modal.servicer.functions()
     assert len(created) == 3
     gpus = {name: fn.resources.gpu_config.gpu_type for name, (fn, _) in created.items()}
@@ -184,10 +209,10 @@ def test_unreachable_api_fails_within_the_connect_timeout(monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = ModalConfig(server_url=f"http://127.0.0.1:{port}", connect_timeout=2)
-    with backend_in_use(lambda: ModalBackend(config)) as backend:
+    with backend_in_use(lambda: ModalBackend(config)):
         begun = time.monotonic()
         with pytest.raises(errors.BackendError) as caught:
-            get_session().run(backend.deploy(app.small.spec, build_bundle(Path(__file__).parent)))
+            app.small("x")
         waited = time.monotonic() - begun
     assert "as-do-not-print" not in str(caught.value)
     # the bound itself is the behaviour under test: connect_timeout=2 s, where Modal's client alone retries for
