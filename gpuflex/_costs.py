@@ -26,8 +26,14 @@ def job_cost(price: Price, *, run_seconds: float, queue_seconds: float = 0.0) ->
         return Cost(usd=0.0, billed_seconds=run_seconds, rule=price.billing)
     if price.billing == "per-second":
         seconds = run_seconds + price.tail_seconds
-        # the epsilon keeps float noise (1.1 / 0.1 = 11.000000000000002) from billing an extra increment
-        billed = math.ceil(seconds / price.increment - 1e-9) * price.increment if price.increment else seconds
+        billed = seconds
+        if price.increment:
+            # the epsilon keeps float noise (1.1 / 0.1 = 11.000000000000002) from billing an extra increment,
+            # without ever billing less than the time itself (a few nanoseconds still start an increment)
+            units = math.ceil(seconds / price.increment - 1e-9)
+            if units * price.increment < seconds - 1e-9:
+                units += 1
+            billed = units * price.increment
         return Cost(usd=billed * price.usd_per_second, billed_seconds=billed, rule="per-second")
     return Cost(usd=run_seconds * price.usd_per_second, billed_seconds=run_seconds, rule=price.billing)
 

@@ -215,12 +215,16 @@ class EndpointPool:
             await worker.start(command, env, self.backend.worker_cwd(self.bundle), self.init_spec(worker),
                                route_frame)
         except StartFailed as exc:
-            worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
+            if self.backend.retry_start(worker, exc):  # a passing fault (a connection to re-establish)
+                worker.pool._worker_gone(worker, exc.reason)  # the queue stays; kick() starts another
+            else:
+                worker.pool._worker_gone(worker, exc.reason, start_failure=exc)
             return
         except Exception as exc:  # never let one worker's failure take the backend's task group down
             reason = f"could not start {command[0]}: {type(exc).__name__}: {exc}"
             worker.pool._worker_gone(worker, reason, start_failure=StartFailed(reason))
             return
+        self.backend.worker_ready(worker)
         self.backend.events.worker_started(worker.info)
         if worker.draining:  # a redeploy with new settings came while it started
             await worker.stop()

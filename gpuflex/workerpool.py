@@ -25,7 +25,7 @@ import attrs
 
 from ._models import JobStatus
 from ._pool import EndpointPool, Mailbox, PoolJob, empty_updates
-from ._process import WorkerProcess
+from ._process import StartFailed, WorkerProcess
 from ._wire import SHM_MIN_BYTES, export_payload
 from .backend import Backend, Call, JobUpdate, Payload
 from .errors import BackendUnavailable
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ._models import Bundle, EndpointSpec, WorkerInfo
 
-__all__ = ["EndpointPool", "Placement", "PoolJob", "WorkerPoolBackend", "WorkerProcess"]
+__all__ = ["EndpointPool", "Placement", "PoolJob", "StartFailed", "WorkerPoolBackend", "WorkerProcess"]
 
 
 @attrs.frozen
@@ -72,6 +72,14 @@ class WorkerPoolBackend(Backend, abc.ABC):
 
     def release_worker(self, worker_id: str) -> None:  # noqa: B027 - optional
         """Give back what :meth:`place_worker` reserved for ``worker_id``."""
+
+    def retry_start(self, worker: WorkerProcess, failure: StartFailed) -> bool:
+        """A worker failed to start: ``True`` when the cause is passing (a dropped connection being re-made)
+        and the jobs waiting should wait for another worker rather than fail with it. Default: never."""
+        return False
+
+    def worker_ready(self, worker: WorkerProcess) -> None:  # noqa: B027 - optional
+        """A worker started and loaded its endpoint."""
 
     def worker_released(self, pool: EndpointPool) -> None:
         """A worker's reservation was given back: endpoints waiting for room (GPUs held by another endpoint's

@@ -108,13 +108,13 @@ def test_a_backend_without_a_name_is_refused():
 def test_unknown_name_lists_installed_backends_and_the_package_to_install():
     registry = BackendRegistry()
     with pytest.raises(UnknownBackendError) as info:
-        registry.get("modal")
+        registry.get("slurm")
     error = info.value
     assert isinstance(error, PluginError) and isinstance(error, LookupError)
-    assert error.name == "modal"
+    assert error.name == "slurm"
     assert "local" in error.available
     assert error.available == sorted(error.available)
-    assert "pip install gpuflex-modal" in str(error)
+    assert "pip install gpuflex-slurm" in str(error)
     assert "local" in str(error)
 
 

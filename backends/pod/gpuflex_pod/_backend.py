@@ -26,7 +26,7 @@ from gpuflex._envelope import PYTHON_VERSION
 from gpuflex._worker import OWN_GROUP_ENV
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
 from gpuflex.worker import worker_init
-from gpuflex.workerpool import Placement, WorkerPoolBackend, WorkerProcess
+from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, WorkerProcess
 
 from ._config import PodConfig
 from ._prices import host_hourly_rate, portable_gpu_name
@@ -167,6 +167,21 @@ class PodBackend(WorkerPoolBackend):
 
     def _host_of(self, worker_id: str) -> RemoteHost:
         return self._placed[worker_id]
+
+    def retry_start(self, worker: WorkerProcess, failure: StartFailed) -> bool:
+        """ssh itself failed (exit 255: the connection, not the worker): reconnect and try another worker, up to
+        ``reconnect_attempts`` times in a row, before the waiting jobs fail."""
+        host = self._placed.get(worker.id)
+        if host is None or worker.channel is None or worker.channel.returncode != 255:
+            return False
+        host.ssh.drop()
+        host.start_failures += 1
+        return host.start_failures <= self.config.reconnect_attempts
+
+    def worker_ready(self, worker: WorkerProcess) -> None:
+        host = self._placed.get(worker.id)
+        if host is not None:
+            host.start_failures = 0
 
     def worker_cwd(self, bundle: Bundle) -> str:
         return os.getcwd()  # the local end is only the ssh client

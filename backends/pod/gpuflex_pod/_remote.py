@@ -76,6 +76,7 @@ class RemoteHost:
         self.gpu_holders: dict[str, str | None] = {str(i): None for i in range(spec.gpus or 0)}
         self.workers: set[str] = set()  # worker ids placed here
         self.down_until = 0.0  # after a failed connection, placement avoids the host until then
+        self.start_failures = 0  # workers in a row whose ssh failed (exit 255) before they were ready
 
     @property
     def label(self) -> str:
@@ -142,7 +143,7 @@ class RemoteHost:
             sent = sent_bytes = 0
             if not answer["tree_exists"]:
                 wanted = set(answer["missing"])
-                for _ in range(2):  # again with what the host says it lacks (its store was cleared)
+                for _ in range(4):  # again with what the host says it lacks (its store was cleared)
                     archive = await anyio.to_thread.run_sync(_tar_objects, files, wanted)
                     sent, sent_bytes = sent + len(wanted), sent_bytes + len(archive)
                     put = json.loads(await self.ssh.run(self.agent("put", self.root),

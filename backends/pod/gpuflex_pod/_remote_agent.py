@@ -116,7 +116,12 @@ def put(root: str) -> None:
         for entry in manifest["files"]:
             path = os.path.join(staging, entry["path"])
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.link(os.path.join(objects, entry["sha256"]), path)
+            try:
+                os.link(os.path.join(objects, entry["sha256"]), path)
+            except FileNotFoundError:  # gone since it was counted: the client sends it again
+                shutil.rmtree(staging, ignore_errors=True)
+                _answer({"received": received, "tree": tree, "missing": [entry["sha256"]]})
+                return
         try:
             os.rename(staging, tree)
         except OSError:  # another client put the same tree first: same content, keep theirs

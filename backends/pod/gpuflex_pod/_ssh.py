@@ -179,6 +179,15 @@ class SshConnection:
         raise BackendUnavailable(f"pod host {self.host.label}: no SSH connection within "
                                  f"{self.config.connect_timeout:g} s")
 
+    def drop(self) -> None:
+        """Forget the master connection now (kill it): the next user reconnects. For a connection that looks
+        alive but no longer carries channels (the server went away a moment ago)."""
+        master, self._master = self._master, None
+        self._note_disconnected()
+        if master is not None and master.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                master.kill()
+
     async def run(self, remote_command: str, *, input: bytes | None = None, timeout: float = 120.0) -> str:  # noqa: ASYNC109
         """Run a command on the host; return its stdout. A failure raises with its stderr."""
         await self.ensure()
