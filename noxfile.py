@@ -17,7 +17,7 @@ TORCH = "torch==2.13.0"
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
 ]
-BACKENDS = ["backends/local"]
+BACKENDS = ["backends/local", "backends/runpod"]
 
 
 def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
@@ -31,9 +31,9 @@ def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
 def tests(session: nox.Session) -> None:
     """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
     _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
-             torch=True)
+             "runpod==1.12.0", torch=True)
     session.run("ruff", "check", ".")
-    session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local",
+    session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/runpod/gpuflex_runpod",
                 "examples/backend-template/gpuflex_subprocess_example")
     session.run("pytest", *session.posargs)
 

@@ -101,7 +101,7 @@ class Emulator:
         return job
 
     def take_jobs(self, endpoint: EmulatedEndpoint, worker: EmulatedWorker, count: int) -> list[EmulatedJob]:
-        taken = []
+        taken: list[EmulatedJob] = []
         while endpoint.queue and len(taken) < count and worker.version == endpoint.version and not worker.stopping:
             job = self.jobs.get(endpoint.queue.popleft())
             if job is None or job.status != "IN_QUEUE":
