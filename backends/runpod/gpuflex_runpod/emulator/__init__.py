@@ -61,6 +61,7 @@ def serve(*, host: str, port: int, api_key: str, log_dir: Path, worker_command: 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # accept connections from the moment the ready line is printed
     base_url = f"http://{host}:{sock.getsockname()[1]}"
     emulator = Emulator(api_key=api_key, base_url=base_url, log_dir=log_dir, worker_command=worker_command)
     config = uvicorn.Config(build_app(emulator), log_level="warning", timeout_graceful_shutdown=1,

@@ -266,6 +266,10 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
                            "match": str(body.get("match", "/")), "retry_after": body.get("retry_after")})
         return JSONResponse({"faults": emu.faults})
 
+    @app.get("/_emulator/faults")
+    async def list_faults() -> Response:
+        return JSONResponse({"faults": emu.faults})
+
     @app.get("/_emulator/workers")
     async def workers() -> Response:
         listing = [{"id": w.id, "endpoint": e.id, "name": e.settings.get("name"), "pid": emu.worker_pids.get(w.id),
