@@ -28,7 +28,7 @@ def make_backend(emulator_url, emulator_key):
     with their warm workers (as a later run adopts leftovers)."""
 
     def make(**options):
-        return RunPodBackend(RunPodConfig(api_url=emulator_url, api_key=emulator_key, delete_on_close=False,
-                                          **options))
+        settings = {"api_url": emulator_url, "api_key": emulator_key, "delete_on_close": False, **options}
+        return RunPodBackend(RunPodConfig(**settings))
 
     return make
