@@ -25,6 +25,11 @@ TICK_SECONDS = 0.05
 STOP_GRACE_SECONDS = 5.0  # a stopped job's worker must let go of it (ask for work again) within this, or be killed
 
 
+# PR_SET_PDEATHSIG(SIGKILL), then exec the worker command: the setting survives exec
+_DIE_WITH_PARENT = ("import ctypes, os, sys; ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0); "
+                    "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -183,6 +188,8 @@ class Emulator:
     async def _run_worker(self, endpoint: EmulatedEndpoint, worker: EmulatedWorker) -> None:
         args = endpoint.template.get("dockerArgs") or ""
         command = shlex.split(args) if args.strip() else self.worker_command
+        if sys.platform == "linux":  # the worker dies with the emulator, however the emulator ends
+            command = [sys.executable, "-c", _DIE_WITH_PARENT, *command]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{endpoint.id}-{worker.id}.log"
         code: int | None = None
@@ -194,9 +201,8 @@ class Emulator:
                 self.worker_pids[worker.id] = process.pid
                 try:
                     code = await process.wait()
-                except BaseException:  # the emulator is stopping: never leave a worker behind
+                finally:  # its children too (the SDK's heartbeat process), and on the emulator's way out
                     _kill_group(process.pid)
-                    raise
         finally:
             self._worker_gone(endpoint, worker, code)
 

@@ -1,0 +1,75 @@
+"""The serverless backend against the RunPod emulator: per-job client overhead vs raw HTTP calls to it.
+
+Both sides run the same job (the same gpuflex job input, on the same warm worker running RunPod's unmodified loop):
+``raw`` is httpx doing ``POST /run`` then polling ``/status`` every 5 ms; ``gpuflex`` is a plain call of the
+endpoint through the backend. The difference of the medians is what the client adds per job (encoding, polling
+backoff, decoding). RunPod's worker loop itself waits about 1 s between back-to-back jobs on one worker (its
+``JobScaler`` sleeps while busy), which both sides pay.
+
+    python benchmarks/_runpod_bench.py [--calls 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from gpuflex_runpod import RunPodBackend, RunPodConfig
+from gpuflex_runpod._protocol import b64encode_payload
+from gpuflex_runpod.emulator import start_emulator
+
+import gpuflex
+from gpuflex._envelope import encode_call
+from gpuflex.testing import _endpoints as ep
+from gpuflex.testing import backend_in_use
+
+
+def _raw_call(client: httpx.Client, endpoint_id: str, body: bytes) -> float:
+    started = time.perf_counter()
+    job = client.post(f"/v2/{endpoint_id}/run", content=body, headers={"Content-Type": "application/json"}).json()
+    while True:
+        status = client.get(f"/v2/{endpoint_id}/status/{job['id']}").json()
+        if status["status"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            return time.perf_counter() - started
+        time.sleep(0.005)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=15)
+    args = parser.parse_args()
+    key = secrets.token_hex(8)
+    with start_emulator(api_key=key, log_dir=Path("/tmp/gpuflex-runpod-bench-logs")) as url:
+        config = RunPodConfig(api_url=url, api_key=key, delete_on_close=False)
+        with backend_in_use(lambda: RunPodBackend(config)) as backend:
+            assert isinstance(backend, RunPodBackend)
+            ep.echo(0)  # deploy and warm one worker
+            deployment = backend.deployed["conformance_echo"]
+            request = {**deployment.request, "blocking": True,
+                       "payload": b64encode_payload(encode_call(None, (1,), {}))}
+            body = json.dumps({"input": {"gpuflex": request}}).encode()
+            endpoint_id = deployment.remote["id"]
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+                _raw_call(client, endpoint_id, body)
+                raw, flex = [], []
+                for _ in range(args.calls):  # interleaved, so drift hits both sides alike
+                    raw.append(_raw_call(client, endpoint_id, body))
+                    started = time.perf_counter()
+                    ep.echo(1)
+                    flex.append(time.perf_counter() - started)
+    raw_ms, flex_ms = statistics.median(raw) * 1000, statistics.median(flex) * 1000
+    print(f"RunPod emulator, {args.calls} sequential calls each, one warm worker (gpuflex {gpuflex.__version__}, "
+          f"Python {sys.version.split()[0]})")
+    print(f"  raw HTTP (/run + /status every 5 ms): median {raw_ms:.1f} ms  (min {min(raw) * 1000:.1f})")
+    print(f"  gpuflex serverless backend call:      median {flex_ms:.1f} ms  (min {min(flex) * 1000:.1f})")
+    print(f"  client overhead per job (difference of medians): {flex_ms - raw_ms:+.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
