@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
 __all__ = ["RunPodConfig"]
@@ -16,10 +18,10 @@ class RunPodConfig:
     """
     :param api_key: RunPod API key (default: ``$RUNPOD_API_KEY``, else ``api_key`` in ``~/.runpod/config.toml``).
         Never logged, never shown in errors.
-    :param api_url: the control plane (GraphQL at ``<api_url>/graphql``). Point it at the emulator
-        (``http://127.0.0.1:8765``) to develop offline.
-    :param job_api_url: the job API (``.../v2``); default ``<api_url>/v2`` when ``api_url`` is changed, else
-        ``https://api.runpod.ai/v2``.
+    :param api_url: the control plane (GraphQL at ``<api_url>/graphql``; default ``$RUNPOD_API_BASE_URL``, else
+        RunPod's). Point it at the emulator (``http://127.0.0.1:8765``) to develop offline.
+    :param job_api_url: the job API (``.../v2``; default ``$RUNPOD_ENDPOINT_BASE_URL``, else ``<api_url>/v2`` when
+        ``api_url`` is changed, else ``https://api.runpod.ai/v2``).
     :param image: the worker image (built from ``backends/runpod/Dockerfile``).
     :param name_prefix: prefix of every endpoint this backend creates; a later run adopts endpoints with its names
         and ``teardown()`` removes every endpoint carrying the prefix (leftovers of killed runs included).
@@ -41,8 +43,8 @@ class RunPodConfig:
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
-    api_url: str = DEFAULT_API_URL
-    job_api_url: str | None = None
+    api_url: str = attrs.field(factory=lambda: os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_API_URL)
+    job_api_url: str | None = attrs.field(factory=lambda: os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or None)
     image: str = "gpuflex/runpod-worker:0.1.0-py3.11"
     name_prefix: str = "gpuflex-dev-"
     delete_on_close: bool = True
