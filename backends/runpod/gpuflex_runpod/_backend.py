@@ -136,8 +136,8 @@ class RunPodBackend(Backend):
                 remote = existing  # adopt: a leftover of an earlier run with the same settings (warm workers)
             else:
                 data = endpoint_input(endpoint, self.config, name=remote_name, digest=digest)
-                if existing is not None:
-                    data["id"] = existing["id"]  # update in place
+                if existing is not None:  # update in place: its template first, then the endpoint
+                    data = await self.control.update_template(existing, data)
                 remote = await self.control.save(data)
                 await self.control.verify(remote["id"], data)
         self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request)
@@ -149,8 +149,6 @@ class RunPodBackend(Backend):
 
     async def teardown(self, endpoint: str | None = None) -> None:
         """Delete one endpoint, or (``None``) every endpoint carrying this backend's name prefix."""
-        if self._api is None and not self.deployed and endpoint is not None:
-            return
         with self._errors("remove endpoints"):
             if endpoint is not None:
                 deployment = self.deployed.pop(endpoint, None)
@@ -168,8 +166,8 @@ class RunPodBackend(Backend):
         deployment = self.deployed[endpoint]
         spec = attrs.evolve(deployment.spec, min_workers=min_workers, max_workers=max_workers)
         data = endpoint_input(spec, self.config, name=deployment.remote["name"], digest=deployment.digest)
-        data["id"] = deployment.remote["id"]
         with self._errors(f"scale endpoint {endpoint!r}"):
+            data = await self.control.update_template(deployment.remote, data)
             await self.control.save(data)
             await self.control.verify(deployment.remote["id"], data)
         deployment.spec = spec
@@ -250,23 +248,23 @@ class RunPodBackend(Backend):
         """Poll ``/status`` with backoff; fail a job stuck IN_QUEUE past ``queue_timeout``, naming the health."""
         job = self.jobs.get(handle)
         delay, last = 0.02, None
-        try:
-            while True:
-                update = await self.status(handle)
-                if update.status is not last or update.status.is_terminal:
-                    last = update.status
-                    yield update
-                if update.status.is_terminal:
-                    return
-                waited = time.time() - (job.submitted_at if job else time.time())
-                if update.status is JobStatus.QUEUED and self.config.queue_timeout is not None \
-                        and waited > self.config.queue_timeout:
-                    yield await self._stuck(handle, waited)
-                    return
-                await anyio.sleep(delay)
-                delay = min(delay * 1.5, self.config.poll_interval_max)
-        finally:
-            self.jobs.pop(handle, None)
+        while True:
+            update = await self.status(handle)
+            if update.status.is_terminal:
+                self.jobs.pop(handle, None)
+                yield update
+                return
+            if update.status is not last:
+                last = update.status
+                yield update
+            waited = time.time() - (job.submitted_at if job else time.time())
+            if update.status is JobStatus.QUEUED and self.config.queue_timeout is not None \
+                    and waited > self.config.queue_timeout:
+                self.jobs.pop(handle, None)
+                yield await self._stuck(handle, waited)
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, self.config.poll_interval_max)
 
     async def _stuck(self, handle: str, waited: float) -> JobUpdate:
         endpoint_id = handle.split("/", 1)[0]

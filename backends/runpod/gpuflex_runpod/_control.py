@@ -29,6 +29,7 @@ _FIELDS = ("id name workersMin workersMax workersStandby idleTimeout scalerType 
 SAVE_ENDPOINT = f"mutation saveEndpoint($input: EndpointInput!) {{ saveEndpoint(input: $input) {{ {_FIELDS} }} }}"
 LIST_ENDPOINTS = (f"query endpoints {{ myself {{ endpoints {{ {_FIELDS} "
                   "template { id imageName env { key value } } } } }")
+SAVE_TEMPLATE = "mutation saveTemplate($input: SaveTemplateInput) { saveTemplate(input: $input) { id } }"
 DELETE_ENDPOINT = "mutation deleteEndpoint($id: String!) { deleteEndpoint(id: $id) }"
 
 #: Fields compared after a deploy: what RunPod stored must be what was sent.
@@ -101,6 +102,15 @@ class ControlPlane:
     async def save(self, data: dict[str, Any]) -> dict[str, Any]:
         saved: dict[str, Any] = (await self.api.graphql(SAVE_ENDPOINT, {"input": data}))["saveEndpoint"]
         return saved
+
+    async def update_template(self, existing: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """For an update: save the new template over the endpoint's own (``saveTemplate`` with its id; the env is
+        a full replacement), and return the endpoint input naming it by ``templateId`` with the endpoint's id."""
+        template = dict(data.pop("template"))
+        template_id = existing["templateId"]
+        await self.api.graphql(SAVE_TEMPLATE, {"input": {**template, "id": template_id, "volumeInGb": 0,
+                                                         "readme": ""}})
+        return {**data, "id": existing["id"], "templateId": template_id}
 
     async def verify(self, endpoint_id: str, sent: dict[str, Any]) -> None:
         """Read the endpoint back; every scaling field must hold what was sent."""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import anyio
+import attrs
 import httpx
 import pytest
 from gpuflex_runpod import RunPodBackend, RunPodConfig
@@ -45,6 +46,8 @@ def test_deploy_sends_every_scaling_field_updates_in_place_and_tears_down(make_b
         try:
             await backend.deploy(spec, bundle)
             first = backend.deployed["rp_gpu"].remote["id"]
+            await backend.deploy(attrs.evolve(spec, env={"MODE": "changed"}), bundle)  # a new spec hash
+            assert backend.deployed["rp_gpu"].remote["id"] == first, "a changed spec must update in place"
             await backend.scale("rp_gpu", min_workers=0, max_workers=2)
             assert backend.deployed["rp_gpu"].remote["id"] == first, "a settings change must update in place"
             return first
@@ -60,9 +63,10 @@ def test_deploy_sends_every_scaling_field_updates_in_place_and_tears_down(make_b
         assert remote["gpuIds"] == gpu_ids(spec.gpu) and remote["gpuIds"].startswith("ADA_80_PRO")
         assert (remote["gpuCount"], remote["scalerType"], remote["flashBootType"]) == (1, "REQUEST_COUNT", "FLASHBOOT")
         env = {item["key"]: item["value"] for item in remote["template"]["env"]}
-        assert env["MODE"] == "test" and env["GPUFLEX_CONCURRENCY"] == "1"
+        assert env["MODE"] == "changed" and env["GPUFLEX_CONCURRENCY"] == "1"
 
         second = make_backend()  # a later run adopts the endpoint instead of creating another
+        spec = attrs.evolve(spec, env={"MODE": "changed"}, max_workers=2)
 
         async def adopt_then_teardown():
             try:

@@ -174,6 +174,9 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
             if "saveEndpoint" in query:
                 endpoint = emu.save_endpoint(dict(variables["input"]))
                 return JSONResponse({"data": {"saveEndpoint": endpoint.view()}})
+            if "saveTemplate" in query:
+                template = emu.save_template(dict(variables["input"]))
+                return JSONResponse({"data": {"saveTemplate": template}})
             if "deleteEndpoint" in query:
                 await emu.delete_endpoint(str(variables["id"]))
                 return JSONResponse({"data": {"deleteEndpoint": None}})

@@ -83,6 +83,22 @@ class Emulator:
         endpoint.changed.notify()
         return endpoint
 
+    def save_template(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Update a template in place (the emulator keeps templates inside their endpoints); its endpoints roll
+        to a new release."""
+        template_id = data.get("id")
+        users = [e for e in self.endpoints.values() if e.template.get("id") == template_id]
+        if not template_id or not users:
+            raise LookupError(f"template {template_id} not found")
+        fields = {k: v for k, v in data.items() if k not in ("volumeInGb", "readme")}
+        for endpoint in users:
+            template = {**endpoint.template, **fields}
+            if template != endpoint.template:
+                endpoint.template = template
+                endpoint.version += 1
+                endpoint.changed.notify()
+        return dict(users[0].template)
+
     async def delete_endpoint(self, endpoint_id: str) -> None:
         endpoint = self.endpoints.pop(endpoint_id, None)
         if endpoint is None:
