@@ -6,6 +6,9 @@ endpoint through the backend. The difference of the medians is what the client a
 backoff, decoding). RunPod's worker loop itself waits about 1 s between back-to-back jobs on one worker (its
 ``JobScaler`` sleeps while busy), which both sides pay.
 
+Hot reload: save an edited endpoint file, then time until a call answers with the new code (a warm worker gets
+the new bundle inline in the job, unpacks it once and re-imports the module in place).
+
     python benchmarks/_runpod_bench.py [--calls 15]
 """
 
@@ -40,6 +43,38 @@ def _raw_call(client: httpx.Client, endpoint_id: str, body: bytes) -> float:
         time.sleep(0.005)
 
 
+RELOAD_SOURCE = """
+import gpuflex
+
+
+@gpuflex.endpoint(name="bench_reload")
+def version() -> str:
+    return "{version}"
+"""
+
+
+def _reload_times(rounds: int) -> list[float]:
+    import importlib
+    import tempfile
+
+    project = Path(tempfile.mkdtemp(prefix="gpuflex-rp-reload-"))
+    (project / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
+    source = project / "bench_reload_app.py"
+    source.write_text(RELOAD_SOURCE.format(version="v0"))
+    sys.path.insert(0, str(project))
+    module = importlib.import_module("bench_reload_app")
+    assert module.version() == "v0"  # deployed, warm
+    times = []
+    for i in range(1, rounds + 1):
+        source.write_text(RELOAD_SOURCE.format(version=f"v{i}"))
+        started = time.perf_counter()
+        gpuflex.reload()
+        while module.version() != f"v{i}":
+            pass
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=15)
@@ -63,12 +98,15 @@ def main() -> None:
                     started = time.perf_counter()
                     ep.echo(1)
                     flex.append(time.perf_counter() - started)
+            reloads = _reload_times(5)
     raw_ms, flex_ms = statistics.median(raw) * 1000, statistics.median(flex) * 1000
     print(f"RunPod emulator, {args.calls} sequential calls each, one warm worker (gpuflex {gpuflex.__version__}, "
           f"Python {sys.version.split()[0]})")
     print(f"  raw HTTP (/run + /status every 5 ms): median {raw_ms:.1f} ms  (min {min(raw) * 1000:.1f})")
     print(f"  gpuflex serverless backend call:      median {flex_ms:.1f} ms  (min {min(flex) * 1000:.1f})")
     print(f"  client overhead per job (difference of medians): {flex_ms - raw_ms:+.1f} ms")
+    print(f"  hot reload, save -> first response from new code: median {statistics.median(reloads) * 1000:.0f} ms "
+          f"(min {min(reloads) * 1000:.0f}, {len(reloads)} edits)")
 
 
 if __name__ == "__main__":

@@ -217,11 +217,8 @@ class RunPodBackend(Backend):
         if job is not None and body.get("delayTime") is not None:
             started = job.submitted_at + float(body["delayTime"]) / 1000
             if body.get("executionTime") is not None:
-                run_seconds = float(body["executionTime"]) / 1000
-                finished = started + run_seconds
-                deployment = self.deployed.get(job.endpoint)
-                idle_tail = deployment.spec.idle_timeout if deployment and deployment.spec.min_workers == 0 else 0.0
-                billed = run_seconds + idle_tail  # RunPod bills execution plus the idle tail (upper bound)
+                billed = float(body["executionTime"]) / 1000  # the price adds the idle tail and rounds up
+                finished = started + billed
         update = JobUpdate(status=status, worker=body.get("workerId"), started_at=started, finished_at=finished,
                            billed_seconds=billed if status.is_terminal else None)
         if status is JobStatus.COMPLETED:

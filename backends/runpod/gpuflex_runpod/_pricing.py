@@ -3,6 +3,7 @@ pricing table as of 2026) and the ``gpuIds`` pool string for a GPU request."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from gpuflex import Price
@@ -58,8 +59,10 @@ def serverless_price(spec: EndpointSpec) -> Price:
         return Price(source=f"no published RunPod serverless price for {spec.gpu} (estimated as free)")
     per_second, pool = max(priced)
     hourly = per_second * 3600 * spec.gpu.count
+    # a flex worker bills its idle timeout after the last job (an upper bound per job: back-to-back jobs share one
+    # tail); workers kept by min_workers bill around the clock instead, with no tail of their own
+    tail = float(math.ceil(spec.idle_timeout)) if spec.min_workers == 0 else 0.0
     return Price(
-        usd_per_hour=hourly, billing="per-second", increment=1.0, tail_seconds=0.0, idle_usd_per_hour=hourly,
-        source=(f"RunPod serverless flex price of {pool} (${per_second}/s per GPU); each job also bills the "
-                f"{spec.idle_timeout:g} s idle tail; min_workers bill 24/7"),
+        usd_per_hour=hourly, billing="per-second", increment=1.0, tail_seconds=tail, idle_usd_per_hour=hourly,
+        source=f"RunPod serverless flex price of {pool} (${per_second}/s per GPU)",
     )
