@@ -22,7 +22,15 @@ from ._config import RunPodConfig
 from ._control import ControlPlane, deploy_hash, endpoint_input, stored_deploy_hash
 from ._errors import RunPodApi, find_api_key, map_errors
 from ._pricing import serverless_price
-from ._protocol import PROTOCOL_VERSION, b64decode_payload, b64encode_payload, init_to_json, parse_error, zip_bundle
+from ._protocol import (
+    PROTOCOL_VERSION,
+    b64decode_payload,
+    b64encode_payload,
+    init_to_json,
+    missing_bundle,
+    parse_error,
+    zip_bundle,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -43,12 +51,22 @@ class _Deployment:
     remote: dict[str, Any]  # the endpoint as RunPod returned it (id, name, ...)
     digest: str
     request: dict[str, Any]  # the part of every job's input that names the code: init, bundle, dependencies
+    inline_left: int = 0  # jobs that still carry the bundle inline (a fresh bundle: one per possible worker)
 
 
 @attrs.define
 class _Job:
     endpoint: str
+    endpoint_id: str
+    remote_id: str  # the RunPod job now running the call (a resubmission with the bundle inline replaces it)
+    request: dict[str, Any]  # the job's gpuflex input, kept to resend it with the bundle
+    execution_timeout: float | None = None
     submitted_at: float = attrs.field(factory=time.time)
+    moved: anyio.Event = attrs.field(factory=anyio.Event)  # set when resent (new remote id) or finished
+
+    def move(self) -> None:
+        self.moved.set()
+        self.moved = anyio.Event()
 
 
 class RunPodBackend(Backend):
@@ -127,7 +145,9 @@ class RunPodBackend(Backend):
         digest = deploy_hash(endpoint, self.config)
         current = self.deployed.get(endpoint.name)
         if current is not None and current.digest == digest:
-            current.spec, current.request = endpoint, request  # new code only: the next job carries it
+            if current.request["bundle"]["hash"] != ref["hash"]:  # new code only: the next jobs carry it
+                current.inline_left = endpoint.max_workers
+            current.spec, current.request = endpoint, request
             return
         remote_name = f"{self.config.name_prefix}{endpoint.name}"
         with self._errors(f"deploy endpoint {endpoint.name!r}"):
@@ -140,7 +160,8 @@ class RunPodBackend(Backend):
                     data = await self.control.update_template(existing, data)
                 remote = await self.control.save(data)
                 await self.control.verify(remote["id"], data)
-        self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request)
+        self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request,
+                                                   inline_left=endpoint.max_workers)
 
     async def _find(self, remote_name: str) -> dict[str, Any] | None:
         if self._listing is None:
@@ -184,31 +205,58 @@ class RunPodBackend(Backend):
         kind = call.endpoint.kind_of(call.method)
         request = {**deployment.request, "payload": b64encode_payload(call.payload),
                    "blocking": kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)}
+        # the first jobs after a deploy carry an inline bundle (one per worker that may start); later ones name it by
+        # hash, and a worker that lacks it answers "missing" and gets the call again with the bundle
+        inline = deployment.inline_left > 0 or "zip" not in request["bundle"]
+        if deployment.inline_left > 0:
+            deployment.inline_left -= 1
+        job = _Job(endpoint=call.endpoint.name, endpoint_id=deployment.remote["id"], remote_id="", request=request,
+                   execution_timeout=call.timeout)
+        job.remote_id = await self._run(job, inline=inline)
+        handle = f"{job.endpoint_id}/{job.remote_id}"
+        self.jobs[handle] = job
+        return handle
+
+    async def _run(self, job: _Job, *, inline: bool) -> str:
+        """``POST /run`` for one call; returns RunPod's job id."""
+        request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]}}
         body: dict[str, Any] = {"input": {"gpuflex": request}}
-        if call.timeout:
-            body["policy"] = {"executionTimeout": max(1000, int(call.timeout * 1000))}
+        if job.execution_timeout:
+            body["policy"] = {"executionTimeout": max(1000, int(job.execution_timeout * 1000))}
         content = json.dumps(body).encode()
         if len(content) > RUN_LIMIT_BYTES:
             raise PayloadTooLarge(len(content), RUN_LIMIT_BYTES, "serverless (RunPod's 10 MB /run request limit)")
-        endpoint_id = deployment.remote["id"]
-        with self._errors(f"submit a job to {call.endpoint.name!r}"):
-            response = await self.api.request("POST", self._url(endpoint_id, "run"), content=content,
+        with self._errors(f"submit a job to {job.endpoint!r}"):
+            response = await self.api.request("POST", self._url(job.endpoint_id, "run"), content=content,
                                               creates_job=True)
             if response.status_code == 404:
-                raise BackendUnavailable(f"RunPod endpoint {endpoint_id} for {call.endpoint.name!r} is gone; "
+                raise BackendUnavailable(f"RunPod endpoint {job.endpoint_id} for {job.endpoint!r} is gone; "
                                          "it was deleted outside gpuflex: call again to redeploy")
-        handle = f"{endpoint_id}/{response.json()['id']}"
-        self.jobs[handle] = _Job(endpoint=call.endpoint.name)
-        return handle
+        return str(response.json()["id"])
+
+    def _remote(self, handle: str) -> tuple[str, str]:
+        job = self.jobs.get(handle)
+        if job is not None:
+            return job.endpoint_id, job.remote_id
+        endpoint_id, job_id = handle.split("/", 1)
+        return endpoint_id, job_id
 
     async def status(self, handle: str) -> JobUpdate:
-        endpoint_id, job_id = handle.split("/", 1)
+        endpoint_id, job_id = self._remote(handle)
         with self._errors(f"read the status of job {job_id}"):
             response = await self.api.request("GET", self._url(endpoint_id, f"status/{job_id}"))
         if response.status_code == 404:
             return JobUpdate(status=JobStatus.FAILED, reason=f"RunPod no longer knows job {job_id} (results are "
                                                              "kept 30 minutes after a job ends)")
-        return self._update(handle, response.json())
+        body = response.json()
+        job = self.jobs.get(handle)
+        if job is not None and job.remote_id == job_id and body.get("status") == "FAILED" \
+                and missing_bundle(body.get("error")):
+            job.remote_id = await self._run(job, inline=True)  # a fresh worker: send the code along
+            job.submitted_at = time.time()
+            job.move()
+            return JobUpdate(status=JobStatus.QUEUED)
+        return self._update(handle, body)
 
     def _update(self, handle: str, body: dict[str, Any]) -> JobUpdate:
         status = _STATUSES.get(str(body.get("status")), JobStatus.QUEUED)
@@ -248,7 +296,7 @@ class RunPodBackend(Backend):
         while True:
             update = await self.status(handle)
             if update.status.is_terminal:
-                self.jobs.pop(handle, None)
+                self._forget(handle)
                 yield update
                 return
             if update.status is not last:
@@ -257,14 +305,20 @@ class RunPodBackend(Backend):
             waited = time.time() - (job.submitted_at if job else time.time())
             if update.status is JobStatus.QUEUED and self.config.queue_timeout is not None \
                     and waited > self.config.queue_timeout:
-                self.jobs.pop(handle, None)
-                yield await self._stuck(handle, waited)
+                stuck = await self._stuck(handle, waited)
+                self._forget(handle)
+                yield stuck
                 return
             await anyio.sleep(delay)
             delay = min(delay * 1.5, self.config.poll_interval_max)
 
+    def _forget(self, handle: str) -> None:
+        job = self.jobs.pop(handle, None)
+        if job is not None:
+            job.move()
+
     async def _stuck(self, handle: str, waited: float) -> JobUpdate:
-        endpoint_id = handle.split("/", 1)[0]
+        endpoint_id = self._remote(handle)[0]
         with self._errors("read the endpoint's health"):
             health = (await self.api.request("GET", self._url(endpoint_id, "health"))).json()
         await self.cancel(handle)
@@ -274,9 +328,9 @@ class RunPodBackend(Backend):
             "none at all means no GPU stock in the chosen pools or workersMax reached"))
 
     async def stream(self, handle: str) -> AsyncIterator[Payload]:
-        endpoint_id, job_id = handle.split("/", 1)
         delay = 0.02
         while True:
+            endpoint_id, job_id = self._remote(handle)  # a resubmission (bundle resent) changes the job id
             with self._errors(f"stream job {job_id}"):
                 response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"))
             if response.status_code == 404:
@@ -288,6 +342,14 @@ class RunPodBackend(Backend):
                 if isinstance(output, dict) and "chunk" in output:
                     yield b64decode_payload(output["chunk"])
             if not items:
+                if body.get("status") == "FAILED":
+                    # maybe a worker without the bundle: ``updates`` either resends the call (a new job id to
+                    # follow) or reports the end (and forgets the job)
+                    job = self.jobs.get(handle)
+                    if job is not None and job.remote_id == job_id:
+                        await job.moved.wait()
+                    if job is not None and job.remote_id != job_id:
+                        continue
                 if _STATUSES.get(str(body.get("status")), JobStatus.QUEUED).is_terminal:
                     return
                 await anyio.sleep(delay)
@@ -296,7 +358,7 @@ class RunPodBackend(Backend):
                 delay = 0.02
 
     async def cancel(self, handle: str) -> None:
-        endpoint_id, job_id = handle.split("/", 1)
+        endpoint_id, job_id = self._remote(handle)
         with self._errors(f"cancel job {job_id}"):
             await self.api.request("POST", self._url(endpoint_id, f"cancel/{job_id}"))
 

@@ -12,7 +12,9 @@ list of every item, and each item is also posted to ``/stream``)::
     {"chunk": <base64>}            one chunk of a generator endpoint
     {"result": <base64>}           the call's return value, last
     {"error": "<JSON string>"}     ends the job FAILED; the JSON holds {"gpuflex_outcome": <base64>, "message"}
-                                   for the user's exception (or a worker start failure)
+                                   for the user's exception (or a worker start failure), or
+                                   {"gpuflex_bundle_missing": <hash>} when the job named the bundle by hash only
+                                   and this worker lacks it (the client resubmits the call with the bundle inline)
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ __all__ = [
     "b64encode_payload",
     "init_from_json",
     "init_to_json",
+    "missing_bundle",
     "parse_error",
     "zip_bundle",
 ]
 
 PROTOCOL_VERSION = 1
 OUTCOME_KEY = "gpuflex_outcome"
+MISSING_KEY = "gpuflex_bundle_missing"
 
 
 def b64encode_payload(payload: Payload) -> str:
@@ -78,6 +82,16 @@ def zip_bundle(bundle: Bundle) -> bytes:
             info.external_attr = (mode & 0o777) << 16
             archive.writestr(info, source.read_bytes())
     return out.getvalue()
+
+
+def missing_bundle(error: Any) -> str | None:
+    """The hash a worker asked for, when a job failed only because it named a bundle the worker lacks."""
+    try:
+        data = json.loads(error) if isinstance(error, str) else error
+    except ValueError:
+        return None
+    value = data.get(MISSING_KEY) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def parse_error(error: Any) -> tuple[Payload | None, str]:

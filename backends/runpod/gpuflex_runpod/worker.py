@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from gpuflex._envelope import encode_error
 from gpuflex._worker import IN_WORKER_ENV, WorkerRuntime
 
-from ._protocol import OUTCOME_KEY, PROTOCOL_VERSION, b64decode_payload, b64encode_payload, init_from_json
+from ._protocol import MISSING_KEY, OUTCOME_KEY, PROTOCOL_VERSION, b64decode_payload, b64encode_payload, init_from_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -50,6 +50,8 @@ def materialise_bundle(ref: dict[str, Any]) -> str:
     target = cache_dir() / "bundles" / ref["hash"]
     if target.is_dir():
         return str(target)
+    if not ref.get("zip"):
+        raise BundleMissing(ref["hash"])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{ref['hash'][:12]}-", dir=target.parent))
     with zipfile.ZipFile(io.BytesIO(base64.b64decode(ref["zip"]))) as archive:
@@ -63,6 +65,10 @@ def materialise_bundle(ref: dict[str, Any]) -> str:
     except OSError:  # another worker process unpacked it first
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+class BundleMissing(Exception):
+    """The job named a bundle by hash only, and this worker does not have it: the client resends it inline."""
 
 
 def ensure_dependencies(requirements: list[str]) -> None:
@@ -124,8 +130,10 @@ class HandlerState:
             if self.runtime is not None and self.bundle_hash == bundle["hash"]:
                 return None
             try:
-                await asyncio.to_thread(ensure_dependencies, list(request.get("dependencies", [])))
                 root = await asyncio.to_thread(materialise_bundle, bundle)
+                await asyncio.to_thread(ensure_dependencies, list(request.get("dependencies", [])))
+            except BundleMissing:
+                raise
             except BaseException as exc:
                 return encode_error(exc)
             init = {**init_from_json(request["init"]), "bundle_root": root, "report_started": False}
@@ -163,7 +171,11 @@ async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
     if not isinstance(request, dict) or request.get("version") != PROTOCOL_VERSION:
         yield {"error": f"not a gpuflex job (protocol {PROTOCOL_VERSION} expected): the input lacks 'gpuflex'"}
         return
-    failure = await _state.ensure_loaded(request)
+    try:
+        failure = await _state.ensure_loaded(request)
+    except BundleMissing as exc:
+        yield {"error": json.dumps({MISSING_KEY: str(exc), "message": f"this worker does not have bundle {exc}"})}
+        return
     if failure is not None:
         yield _error_item(failure, "the worker could not load the endpoint")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,3 +27,12 @@ def cold() -> int:
                   env={"MODE": "test"})
 def on_h100(value: int) -> int:
     return value * 2
+
+
+#: this endpoint's workers keep bundles here (not in the session's shared cache), so a test can empty it
+PRIVATE_CACHE = os.environ.setdefault("GPUFLEX_TEST_PRIVATE_CACHE", tempfile.mkdtemp(prefix="gpuflex-rp-cache-"))
+
+
+@gpuflex.endpoint(name="rp_private_cache", max_workers=1, env={"GPUFLEX_RUNPOD_CACHE": PRIVATE_CACHE})
+def private_pid() -> int:
+    return os.getpid()

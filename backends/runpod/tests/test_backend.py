@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import time
@@ -156,6 +157,22 @@ def test_worker_killed_mid_job_is_reported_lost(make_backend, emulator_url, emul
         with pytest.raises(errors.WorkerLost, match="lost"):
             job.result(timeout=60)
         assert app.nap(0.01) == 0.01, "a new worker replaces the dead one"
+
+
+def test_a_worker_without_the_bundle_gets_it_resent(make_backend, emulator_url, emulator_key):
+    """Jobs name the bundle by hash once the first ones carried it; a new worker that lacks it says so, and the
+    backend resends that call with the bundle inline."""
+    with _admin(emulator_url, emulator_key) as admin, backend_in_use(make_backend) as backend:
+        first = app.private_pid()  # carries the bundle inline (one job per possible worker: max_workers=1)
+        assert backend.deployed["rp_private_cache"].inline_left == 0
+        shutil.rmtree(app.PRIVATE_CACHE)
+        (worker,) = [w for w in admin.get("/_emulator/workers").json()["workers"]
+                     if w["name"] == "gpuflex-dev-rp_private_cache"]
+        os.kill(worker["pid"], signal.SIGKILL)
+        failed_before = get_session().run(backend.health("rp_private_cache"))["jobs"]["failed"]
+        second = app.private_pid()  # by hash only: the new worker misses, the call is resent with the bundle
+        assert second != first
+        assert get_session().run(backend.health("rp_private_cache"))["jobs"]["failed"] == failed_before + 1
 
 
 def test_a_job_stuck_in_queue_is_reported_with_the_health(make_backend):
