@@ -6,6 +6,10 @@ endpoint through the backend. The difference of the medians is what the client a
 backoff, decoding). RunPod's worker loop itself waits about 1 s between back-to-back jobs on one worker (its
 ``JobScaler`` sleeps while busy), which both sides pay.
 
+In flight (``--inflight N``): one worker is kept busy and N more calls are spawned, so all of them wait
+IN_QUEUE while the client follows each one (its polling paced under RunPod's /status limit); reported: the time to
+submit them and the client process's memory before and after.
+
 Hot reload: save an edited endpoint file, then time until a call answers with the new code (a warm worker gets
 the new bundle inline in the job, unpacks it once and re-imports the module in place).
 
@@ -75,9 +79,44 @@ def _reload_times(rounds: int) -> list[float]:
     return times
 
 
+@gpuflex.endpoint(name="bench_hold", max_workers=1)
+def hold(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _in_flight(url: str, key: str, count: int) -> None:
+    config = RunPodConfig(api_url=url, api_key=key, run_rate=0)  # submission pace: the emulator's, not RunPod's
+    with backend_in_use(lambda: RunPodBackend(config)):
+        hold(0)  # deployed and warm
+        blocker = hold.spawn(3600)
+        before = _rss_mb()
+        started = time.perf_counter()
+        jobs = [hold.spawn(0) for _ in range(count)]
+        while sum(job._handle is not None for job in jobs) < count:
+            time.sleep(0.05)
+        submitted = time.perf_counter() - started
+        time.sleep(5)  # a few polling rounds
+        queued = sum(job.status is gpuflex.JobStatus.QUEUED for job in jobs)
+        after = _rss_mb()
+        print(f"  {count:,} calls in flight: submitted in {submitted:.1f} s ({count / submitted:.0f}/s), "
+              f"{queued:,} still queued and followed; client RSS {before:.0f} MB -> {after:.0f} MB "
+              f"({(after - before) * 1024 / count:.1f} KB per job in flight)")
+        blocker.cancel()
+    gpuflex.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=15)
+    parser.add_argument("--inflight", type=int, default=0, help="also measure N calls in flight (e.g. 10000)")
     args = parser.parse_args()
     key = secrets.token_hex(8)
     with start_emulator(api_key=key, log_dir=Path("/tmp/gpuflex-runpod-bench-logs")) as url:
@@ -86,8 +125,8 @@ def main() -> None:
             assert isinstance(backend, RunPodBackend)
             ep.echo(0)  # deploy and warm one worker
             deployment = backend.deployed["conformance_echo"]
-            request = {**deployment.request, "blocking": True,
-                       "payload": b64encode_payload(encode_call(None, (1,), {}))}
+            request = {**deployment.request, "bundle": {"hash": deployment.request["bundle"]["hash"]},
+                       "blocking": True, "payload": b64encode_payload(encode_call(None, (1,), {}))}
             body = json.dumps({"input": {"gpuflex": request}}).encode()
             endpoint_id = deployment.remote["id"]
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
@@ -107,6 +146,9 @@ def main() -> None:
     print(f"  client overhead per job (difference of medians): {flex_ms - raw_ms:+.1f} ms")
     print(f"  hot reload, save -> first response from new code: median {statistics.median(reloads) * 1000:.0f} ms "
           f"(min {min(reloads) * 1000:.0f}, {len(reloads)} edits)")
+    if args.inflight:
+        with start_emulator(api_key=key, log_dir=Path("/tmp/gpuflex-runpod-bench-logs")) as url:
+            _in_flight(url, key, args.inflight)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ class RunPodBackend(Backend):
             raise PayloadTooLarge(len(content), RUN_LIMIT_BYTES, "serverless (RunPod's 10 MB /run request limit)")
         with self._errors(f"submit a job to {job.endpoint!r}"):
             response = await self.api.request("POST", self._url(job.endpoint_id, "run"), content=content,
-                                              creates_job=True)
+                                              creates_job=True, pace="run")
             if response.status_code == 404:
                 raise BackendUnavailable(f"RunPod endpoint {job.endpoint_id} for {job.endpoint!r} is gone; "
                                          "it was deleted outside gpuflex: call again to redeploy")
@@ -244,7 +244,7 @@ class RunPodBackend(Backend):
     async def status(self, handle: str) -> JobUpdate:
         endpoint_id, job_id = self._remote(handle)
         with self._errors(f"read the status of job {job_id}"):
-            response = await self.api.request("GET", self._url(endpoint_id, f"status/{job_id}"))
+            response = await self.api.request("GET", self._url(endpoint_id, f"status/{job_id}"), pace="status")
         if response.status_code == 404:
             return JobUpdate(status=JobStatus.FAILED, reason=f"RunPod no longer knows job {job_id} (results are "
                                                              "kept 30 minutes after a job ends)")
@@ -332,7 +332,7 @@ class RunPodBackend(Backend):
         while True:
             endpoint_id, job_id = self._remote(handle)  # a resubmission (bundle resent) changes the job id
             with self._errors(f"stream job {job_id}"):
-                response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"))
+                response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"), pace="status")
             if response.status_code == 404:
                 return
             body = response.json()
@@ -360,7 +360,7 @@ class RunPodBackend(Backend):
     async def cancel(self, handle: str) -> None:
         endpoint_id, job_id = self._remote(handle)
         with self._errors(f"cancel job {job_id}"):
-            await self.api.request("POST", self._url(endpoint_id, f"cancel/{job_id}"))
+            await self.api.request("POST", self._url(endpoint_id, f"cancel/{job_id}"), pace="cancel")
 
     # -- scaling, prices, introspection -----------------------------------------------------------------------
 

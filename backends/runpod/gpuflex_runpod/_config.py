@@ -37,6 +37,11 @@ class RunPodConfig:
         there once per hash and jobs carry only the path.
     :param poll_interval_max: the longest pause between two ``/status`` polls of one job (seconds).
     :param queue_timeout: fail a job that sat IN_QUEUE this long, with the endpoint's worker health (None: never).
+    :param run_rate: most ``/run`` requests per second from this backend (RunPod allows 1000 per 10 s); 0: no
+        limit.
+    :param status_rate: most ``/status`` and ``/stream`` requests per second (RunPod allows 2000 per 10 s): with many
+        jobs in flight each is polled less often instead of drawing 429s.
+    :param cancel_rate: most ``/cancel`` requests per second (RunPod allows 100 per 10 s).
     :param http_retries: attempts for a request answered 429/5xx or not answered at all, with backoff.
     :param request_timeout: seconds per HTTP request.
     :param container_disk_gb: the template's container disk.
@@ -58,6 +63,9 @@ class RunPodConfig:
     shared_bundle_dir: str | None = None
     poll_interval_max: float = 0.5
     queue_timeout: float | None = 600.0
+    run_rate: float = 90.0
+    status_rate: float = 180.0
+    cancel_rate: float = 9.0
     http_retries: int = 5
     request_timeout: float = 60.0
     container_disk_gb: int = 20

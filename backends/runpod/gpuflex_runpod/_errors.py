@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from ._config import RunPodConfig
 
-__all__ = ["RunPodApi", "RunPodHTTPError", "find_api_key", "map_errors"]
+__all__ = ["Pacer", "RunPodApi", "RunPodHTTPError", "find_api_key", "map_errors"]
 
 _SAFE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -79,12 +79,41 @@ def map_errors(what: str, secret: str | None = None) -> Iterator[None]:
         raise BackendUnavailable(scrub(f"could not reach RunPod to {what}: {type(exc).__name__}: {exc}")) from None
 
 
+class Pacer:
+    """A token bucket: at most ``per_second`` request starts per second on average, in bursts of up to one
+    second's worth, so many jobs in flight stay under RunPod's rate limits instead of collecting 429s."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self.tokens = per_second
+        self.updated = 0.0
+        self.next_free = 0.0
+
+    async def wait(self) -> None:
+        if self.per_second <= 0:
+            return
+        now = anyio.current_time()
+        self.tokens = min(self.per_second, self.tokens + (now - self.updated) * self.per_second)
+        self.updated = now
+        if self.tokens >= 1 and self.next_free <= now:
+            self.tokens -= 1
+            if self.tokens < 1:  # the bucket is empty: the next request may start when a token has grown back
+                self.next_free = now + (1 - self.tokens) / self.per_second
+            return
+        start = max(now, self.next_free)  # queue behind the callers already waiting, one interval apart
+        self.next_free = start + 1 / self.per_second
+        self.tokens = 0.0
+        await anyio.sleep(start - now)
+
+
 class RunPodApi:
     """One HTTP client for both RunPod APIs (GraphQL control plane, ``/v2`` job API)."""
 
     def __init__(self, config: RunPodConfig, api_key: str) -> None:
         self.config = config
         self.api_key = api_key
+        self.pacers = {"run": Pacer(config.run_rate), "status": Pacer(config.status_rate),
+                       "cancel": Pacer(config.cancel_rate)}
         self.client = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=config.request_timeout,
@@ -92,12 +121,15 @@ class RunPodApi:
         )
 
     async def request(self, method: str, url: str, *, json: Any = None, content: bytes | None = None,
-                      creates_job: bool = False) -> httpx.Response:
-        """Send with retries; return a 2xx/404 response, or raise :class:`RunPodHTTPError` / ``httpx.HTTPError``."""
+                      creates_job: bool = False, pace: str | None = None) -> httpx.Response:
+        """Send with retries; return a 2xx/404 response, or raise :class:`RunPodHTTPError` / ``httpx.HTTPError``.
+        ``pace`` names the rate limit the request counts against (``run``, ``status``, ``cancel``)."""
         delay = 0.2
         attempts = max(1, self.config.http_retries)
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
+            if pace is not None:
+                await self.pacers[pace].wait()
             try:
                 response = await self.client.request(
                     method, url, json=json, content=content,

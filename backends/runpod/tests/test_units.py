@@ -64,3 +64,31 @@ def test_emulator_url_selects_both_apis(monkeypatch):
     assert (config.graphql_url, config.jobs_url) == ("http://127.0.0.1:9/graphql", "http://127.0.0.1:9/v2")
     monkeypatch.delenv("RUNPOD_API_BASE_URL")
     assert RunPodConfig().jobs_url == "https://api.runpod.ai/v2"
+
+
+def test_pacer_allows_a_one_second_burst_then_spaces_requests(monkeypatch):
+    import types
+
+    import anyio
+    from gpuflex_runpod import _errors
+
+    clock = {"now": 100.0}
+    slept = []
+
+    async def fake_sleep(seconds):
+        slept.append(round(seconds, 6))
+
+    monkeypatch.setattr(_errors, "anyio", types.SimpleNamespace(current_time=lambda: clock["now"], sleep=fake_sleep))
+    pacer = _errors.Pacer(per_second=4)
+
+    async def burst(count):
+        for _ in range(count):
+            await pacer.wait()
+
+    anyio.run(burst, 7)
+    assert slept == [0.25, 0.5, 0.75], "4 pass at once, the next ones queue a quarter second apart"
+    clock["now"] += 10  # a quiet spell refills the bucket
+    slept.clear()
+    anyio.run(burst, 4)
+    assert slept == []
+    assert _errors.Pacer(per_second=0).per_second == 0  # 0 disables pacing

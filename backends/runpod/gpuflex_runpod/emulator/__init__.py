@@ -98,6 +98,15 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGKILL when the process that started the emulator dies (its
+    workers follow), so a killed test run leaves nothing behind."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+
+
 @contextlib.contextmanager
 def start_emulator(*, api_key: str, log_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run the emulator in a child process on a free loopback port; yield its base URL; stop it afterwards."""
@@ -105,7 +114,7 @@ def start_emulator(*, api_key: str, log_dir: Path | None = None, env: dict[str, 
     if log_dir is not None:
         command += ["--log-dir", str(log_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_die_with_parent)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()

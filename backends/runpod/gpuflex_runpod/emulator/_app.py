@@ -159,7 +159,7 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
         for job_id in list(endpoint.queue):
             job = emu.jobs.get(job_id)
             if job is not None and job.status == "IN_QUEUE":
-                emu.stop_job(job, "CANCELLED", "purged")
+                job.finish("CANCELLED")
                 removed += 1
         endpoint.queue.clear()
         return JSONResponse({"removed": removed, "status": "completed"})

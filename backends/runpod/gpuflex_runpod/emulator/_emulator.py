@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -25,9 +26,22 @@ TICK_SECONDS = 0.05
 STOP_GRACE_SECONDS = 5.0  # a stopped job's worker must let go of it (ask for work again) within this, or be killed
 
 
-# PR_SET_PDEATHSIG(SIGKILL), then exec the worker command: the setting survives exec
-_DIE_WITH_PARENT = ("import ctypes, os, sys; ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0); "
-                    "os.execvp(sys.argv[1], sys.argv[1:])")
+# Each worker runs under this tiny supervisor (the leader of the worker's process group). It asks Linux for SIGTERM
+# when the emulator dies (PR_SET_PDEATHSIG), and then kills the whole group: the worker and the heartbeat process
+# the runpod SDK forks, which would otherwise outlive a killed emulator.
+_SUPERVISOR = """
+import ctypes, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    os.killpg(0, signal.SIGKILL)
+child = os.fork()
+if child == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.execvp(sys.argv[2], sys.argv[2:])
+code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
 
 def _kill_group(pid: int) -> None:
@@ -158,7 +172,8 @@ class Emulator:
         is killed unless it lets go of the job within the grace period."""
         endpoint = self.endpoints.get(job.endpoint_id)
         if job.status == "IN_QUEUE" and endpoint is not None:
-            endpoint.queue = type(endpoint.queue)(j for j in endpoint.queue if j != job.id)
+            with contextlib.suppress(ValueError):
+                endpoint.queue.remove(job.id)
         elif job.status == "IN_PROGRESS" and endpoint is not None and job.worker_id in endpoint.workers:
             worker = endpoint.workers[job.worker_id]
             worker.jobs.discard(job.id)
@@ -205,7 +220,7 @@ class Emulator:
         args = endpoint.template.get("dockerArgs") or ""
         command = shlex.split(args) if args.strip() else self.worker_command
         if sys.platform == "linux":  # the worker dies with the emulator, however the emulator ends
-            command = [sys.executable, "-c", _DIE_WITH_PARENT, *command]
+            command = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), *command]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{endpoint.id}-{worker.id}.log"
         code: int | None = None
@@ -258,7 +273,8 @@ class Emulator:
 
     def tick(self) -> None:
         now = time.monotonic()
-        for job in list(self.jobs.values()):
+        running = [self.jobs[j] for e in self.endpoints.values() for w in e.workers.values() for j in w.jobs]
+        for job in running:
             if job.status == "IN_PROGRESS" and job.started is not None:
                 if (now - job.started) * 1000 > job.execution_timeout_ms:
                     self.stop_job(job, "TIMED_OUT", f"execution timeout of {job.execution_timeout_ms} ms exceeded")

@@ -148,15 +148,16 @@ class EmulatedEndpoint:
         """How many workers the scaler wants now: the floor (min or standby), plus what the queue asks for."""
         floor = max(self.workers_min, self.workers_standby)
         live = self.live_workers()
-        queued = [jobs[j] for j in self.queue if j in jobs]
+        queued = len(self.queue)  # cancelled jobs leave the queue when they are cancelled
         scaler = self.setting("scalerType", "QUEUE_DELAY")
         value = float(self.setting("scalerValue", 4)) or 1.0
         if scaler == "REQUEST_COUNT":
-            demand = math.ceil((len(queued) + self.in_progress()) / value)
+            demand = math.ceil((queued + self.in_progress()) / value)
         else:  # QUEUE_DELAY: add a worker when a job waited longer than scalerValue seconds (or none exists)
             demand = len(live)
-            waiting = queued and not any(w.state == "initializing" or not w.jobs for w in live)
-            if queued and (not live or (waiting and now - queued[0].submitted >= value)):
+            oldest = jobs.get(self.queue[0]) if queued else None
+            waiting = oldest is not None and not any(w.state == "initializing" or not w.jobs for w in live)
+            if oldest is not None and (not live or (waiting and now - oldest.submitted >= value)):
                 demand += 1
         return max(0, min(self.workers_max, max(floor, demand)))
 
