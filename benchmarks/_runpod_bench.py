@@ -100,9 +100,12 @@ def _in_flight(url: str, key: str, count: int) -> None:
         before = _rss_mb()
         started = time.perf_counter()
         jobs = [hold.spawn(0) for _ in range(count)]
-        while sum(job._handle is not None for job in jobs) < count:
+        while sum(job._handle is not None or job.done() for job in jobs) < count:
             time.sleep(0.05)
         submitted = time.perf_counter() - started
+        failed = [job for job in jobs if job.done()]
+        if failed:
+            print(f"  {len(failed)} submissions failed, e.g. {failed[0].reason}")
         time.sleep(5)  # a few polling rounds
         queued = sum(job.status is gpuflex.JobStatus.QUEUED for job in jobs)
         after = _rss_mb()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Pacer", "RunPodApi", "RunPodHTTPError", "find_api_key", "map_errors"]
 
+_CONNECTIONS = 32
 _SAFE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -112,12 +113,15 @@ class RunPodApi:
     def __init__(self, config: RunPodConfig, api_key: str) -> None:
         self.config = config
         self.api_key = api_key
+        # requests beyond the connection pool wait here, not in httpx's pool (whose waiting list grows costly)
+        self.slots = anyio.CapacityLimiter(_CONNECTIONS)
         self.pacers = {"run": Pacer(config.run_rate), "status": Pacer(config.status_rate),
                        "cancel": Pacer(config.cancel_rate)}
         self.client = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=config.request_timeout,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            # waiting for a free connection is not a failure (the pacers bound the rate): no pool timeout
+            timeout=httpx.Timeout(config.request_timeout, pool=None),
+            limits=httpx.Limits(max_connections=_CONNECTIONS, max_keepalive_connections=_CONNECTIONS),
         )
 
     async def request(self, method: str, url: str, *, json: Any = None, content: bytes | None = None,
@@ -131,11 +135,12 @@ class RunPodApi:
             if pace is not None:
                 await self.pacers[pace].wait()
             try:
-                response = await self.client.request(
-                    method, url, json=json, content=content,
-                    headers={"Content-Type": "application/json"} if content is not None else None,
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout):
+                async with self.slots:
+                    response = await self.client.request(
+                        method, url, json=json, content=content,
+                        headers={"Content-Type": "application/json"} if content is not None else None,
+                    )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):  # never sent: safe to retry
                 if last:
                     raise
             except httpx.TransportError:

@@ -13,7 +13,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from ._emulator import Emulator
     from ._state import EmulatedEndpoint, EmulatedJob, EmulatedWorker
@@ -23,6 +25,8 @@ __all__ = ["build_app"]
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod: 10 MB per /run request, 20 MB per /runsync
 RUNSYNC_LIMIT_BYTES = 20 * 1024 * 1024
 LONG_POLL_SECONDS = 5.0
+STREAM_HOLD_SECONDS = 1.0
+_WORKER_ROUTE = re.compile(r"/(job-take|job-take-batch|job-done|job-stream|job-stop|ping)/")
 WAKE_SECONDS = 0.5  # held requests re-check whether the server is stopping this often
 
 
@@ -45,21 +49,39 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
 
     app = FastAPI(title="gpuflex RunPod emulator", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path
-        worker_route = re.search(r"/(job-take|job-take-batch|job-done|job-stream|job-stop|ping)/", path)
-        if not worker_route:
-            if _key_of(request) != emu.api_key:
-                return _error(401, "Unauthorized: missing or invalid API key")
-            if not path.startswith("/_emulator"):
-                for fault in emu.faults:
-                    if fault["count"] > 0 and fault["match"] in path:
-                        fault["count"] -= 1
-                        headers = {"Retry-After": str(fault["retry_after"])} if fault.get("retry_after") else None
-                        return JSONResponse({"error": f"injected fault {fault['status']}"},
-                                            status_code=fault["status"], headers=headers)
-        return await call_next(request)
+    def refusal(scope: Scope) -> JSONResponse | None:
+        """The API key check (client routes), then any injected fault; None lets the request through."""
+        path = str(scope["path"])
+        if _WORKER_ROUTE.search(path):
+            return None  # worker webhooks check the worker's own key
+        headers = dict(scope["headers"])
+        key = headers.get(b"authorization", b"").decode("latin-1").removeprefix("Bearer ").strip()
+        if key != emu.api_key:
+            return _error(401, "Unauthorized: missing or invalid API key")
+        if not path.startswith("/_emulator"):
+            for fault in emu.faults:
+                if fault["count"] > 0 and fault["match"] in path:
+                    fault["count"] -= 1
+                    extra = {"Retry-After": str(fault["retry_after"])} if fault.get("retry_after") else None
+                    return JSONResponse({"error": f"injected fault {fault['status']}"}, status_code=fault["status"],
+                                        headers=extra)
+        return None
+
+    class Guard:
+        """A plain ASGI middleware (much cheaper per request than ``@app.middleware``)."""
+
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                answer = refusal(scope)
+                if answer is not None:
+                    await answer(scope, receive, send)
+                    return
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Guard)
 
     def endpoint_or_none(endpoint_id: str) -> EmulatedEndpoint | None:
         return emu.endpoints.get(endpoint_id)
@@ -113,7 +135,7 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
         if job is None:
             return _error(404, f"job {job_id} not found")
         # answers at once when there is something new; otherwise holds the request briefly (fewer empty polls)
-        with anyio.move_on_after(LONG_POLL_SECONDS):
+        with anyio.move_on_after(STREAM_HOLD_SECONDS):
             while job.stream_read >= len(job.stream) and not emu.is_terminal(job) and not emu.closing:
                 await job.changed.wait(WAKE_SECONDS)
         fresh = job.stream[job.stream_read:]
