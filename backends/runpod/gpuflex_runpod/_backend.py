@@ -19,7 +19,7 @@ from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge
 from gpuflex.worker import worker_init
 
 from ._config import RunPodConfig
-from ._control import ControlPlane, deploy_hash, endpoint_input, stored_deploy_hash
+from ._control import ControlPlane, deploy_hash, endpoint_input, execution_timeout_ms, stored_deploy_hash
 from ._errors import RunPodApi, find_api_key, map_errors
 from ._pricing import serverless_price
 from ._protocol import (
@@ -222,7 +222,7 @@ class RunPodBackend(Backend):
         request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]}}
         body: dict[str, Any] = {"input": {"gpuflex": request}}
         if job.execution_timeout:
-            body["policy"] = {"executionTimeout": max(1000, int(job.execution_timeout * 1000))}
+            body["policy"] = {"executionTimeout": execution_timeout_ms(job.execution_timeout)}
         content = json.dumps(body).encode()
         if len(content) > RUN_LIMIT_BYTES:
             raise PayloadTooLarge(len(content), RUN_LIMIT_BYTES, "serverless (RunPod's 10 MB /run request limit)")

@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from ._config import RunPodConfig
     from ._errors import RunPodApi
 
-__all__ = ["DEPLOY_HASH_ENV", "ControlPlane", "endpoint_input"]
+__all__ = ["DEPLOY_HASH_ENV", "ControlPlane", "endpoint_input", "execution_timeout_ms"]
 
 DEPLOY_HASH_ENV = "GPUFLEX_DEPLOY_HASH"
 DEFAULT_EXECUTION_TIMEOUT_MS = 600_000  # RunPod's documented default, sent explicitly when the endpoint has none
+EXECUTION_ALLOWANCE = 30.0  # seconds RunPod's backstop lies past the endpoint's own timeout
 
 _FIELDS = ("id name workersMin workersMax workersStandby idleTimeout scalerType scalerValue gpuIds gpuCount "
            "instanceIds executionTimeoutMs flashBootType templateId type")
@@ -35,6 +36,15 @@ DELETE_ENDPOINT = "mutation deleteEndpoint($id: String!) { deleteEndpoint(id: $i
 #: Fields compared after a deploy: what RunPod stored must be what was sent.
 VERIFIED = ("workersMin", "workersMax", "workersStandby", "idleTimeout", "scalerType", "scalerValue", "gpuIds",
             "gpuCount", "executionTimeoutMs", "flashBootType")
+
+
+def execution_timeout_ms(timeout: float | None) -> int:
+    """RunPod's execution timeout for a gpuflex timeout: the caller enforces ``timeout`` itself (from when the job
+    starts running, cancelling it on time); RunPod's limit is a backstop ``EXECUTION_ALLOWANCE`` later, which also
+    covers a fresh worker loading the bundle inside the job, and stops the work if the caller went away."""
+    if not timeout:
+        return DEFAULT_EXECUTION_TIMEOUT_MS
+    return math.ceil((timeout + EXECUTION_ALLOWANCE) * 1000)
 
 
 def _template_env(spec: EndpointSpec, deploy_hash: str) -> list[dict[str, str]]:
@@ -58,7 +68,7 @@ def deploy_hash(spec: EndpointSpec, config: RunPodConfig) -> str:
 
 def endpoint_input(spec: EndpointSpec, config: RunPodConfig, *, name: str, digest: str) -> dict[str, Any]:
     """``EndpointInput`` for ``saveEndpoint``, with every scaling field explicit (workersStandby included)."""
-    timeout_ms = math.ceil(spec.timeout * 1000) if spec.timeout else DEFAULT_EXECUTION_TIMEOUT_MS
+    timeout_ms = execution_timeout_ms(spec.timeout)
     data: dict[str, Any] = {
         "name": name,
         "type": "QB",

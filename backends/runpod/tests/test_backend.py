@@ -60,7 +60,7 @@ def test_deploy_sends_every_scaling_field_updates_in_place_and_tears_down(make_b
         (remote,) = _remote(admin, "gpuflex-dev-rp_gpu")
         assert remote["id"] == endpoint_id
         assert (remote["workersMin"], remote["workersMax"], remote["workersStandby"]) == (0, 2, 0)
-        assert (remote["idleTimeout"], remote["executionTimeoutMs"]) == (30, 120_000)
+        assert (remote["idleTimeout"], remote["executionTimeoutMs"]) == (30, 150_000)  # timeout + 30 s backstop
         assert remote["gpuIds"] == gpu_ids(spec.gpu) and remote["gpuIds"].startswith("ADA_80_PRO")
         assert (remote["gpuCount"], remote["scalerType"], remote["flashBootType"]) == (1, "REQUEST_COUNT", "FLASHBOOT")
         env = {item["key"]: item["value"] for item in remote["template"]["env"]}
