@@ -170,6 +170,7 @@ class RunPodBackend(Backend):
 
     async def teardown(self, endpoint: str | None = None) -> None:
         """Delete one endpoint, or (``None``) every endpoint carrying this backend's name prefix."""
+        self._listing = None  # what exists changes now
         with self._errors("remove endpoints"):
             if endpoint is not None:
                 deployment = self.deployed.pop(endpoint, None)
