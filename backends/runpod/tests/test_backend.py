@@ -191,12 +191,21 @@ def test_oversize_payload_is_refused_naming_the_limit(make_backend):
 
 @pytest.mark.live
 def test_live_round_trip_and_cleanup():
-    """Against a real RunPod account (``--run-live`` and RUNPOD_API_KEY): deploy, call, and remove everything."""
-    if not os.environ.get("RUNPOD_API_KEY"):
-        pytest.skip("RUNPOD_API_KEY is not set")
-    backend = RunPodBackend(RunPodConfig(name_prefix="gpuflex-live-test-", delete_on_close=True))
+    """Against a real RunPod account (``--run-live``, RUNPOD_API_KEY, and GPUFLEX_RUNPOD_IMAGE naming a pushed build of
+    backends/runpod/Dockerfile): deploy a CPU endpoint, call it, and remove every endpoint the test created."""
+    if not os.environ.get("RUNPOD_API_KEY") or not os.environ.get("GPUFLEX_RUNPOD_IMAGE"):
+        pytest.skip("needs RUNPOD_API_KEY and GPUFLEX_RUNPOD_IMAGE")
+    config = RunPodConfig(name_prefix="gpuflex-live-test-", image=os.environ["GPUFLEX_RUNPOD_IMAGE"],
+                          queue_timeout=900)
     try:
-        with gpuflex.use(backend.name), backend_in_use(lambda: backend):
-            assert app.on_h100(21) == 42
+        with backend_in_use(lambda: RunPodBackend(config)):
+            assert app.cold() > 0
     finally:
-        anyio.run(RunPodBackend(RunPodConfig(name_prefix="gpuflex-live-test-")).teardown, None)
+        async def sweep():
+            backend = RunPodBackend(config)
+            try:
+                await backend.teardown(None)
+            finally:
+                await backend.aclose()
+
+        anyio.run(sweep)
