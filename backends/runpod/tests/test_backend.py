@@ -17,7 +17,6 @@ import pytest
 from gpuflex_runpod import RunPodBackend, RunPodConfig
 from gpuflex_runpod._pricing import gpu_ids
 
-import gpuflex
 from gpuflex import errors
 from gpuflex._client import get_session
 from gpuflex.testing import backend_in_use
