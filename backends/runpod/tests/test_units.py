@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from gpuflex_runpod import RunPodConfig
@@ -11,6 +12,7 @@ from gpuflex_runpod._pricing import gpu_ids, serverless_price
 from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
 
 from gpuflex import errors
+from gpuflex._client import get_session
 from gpuflex._envelope import encode_error
 from gpuflex._gpus import GPU
 from gpuflex.testing._endpoints import echo
@@ -92,3 +94,35 @@ def test_pacer_allows_a_one_second_burst_then_spaces_requests(monkeypatch):
     anyio.run(burst, 4)
     assert slept == []
     assert _errors.Pacer(per_second=0).per_second == 0  # 0 disables pacing
+
+
+def test_worker_installs_dependencies_only_when_missing(monkeypatch, tmp_path):
+    from gpuflex_runpod import worker
+
+    monkeypatch.setenv("GPUFLEX_RUNPOD_CACHE", str(tmp_path))
+    assert worker._satisfied(["attrs>=20", "httpx"]) and not worker._satisfied(["attrs<1"])
+    assert not worker._satisfied(["surely-not-installed-gpuflex-probe"])
+    ran = []
+    monkeypatch.setattr(worker.subprocess, "run", lambda command, **kw: ran.append(command))
+    worker.ensure_dependencies(["attrs>=20"])  # satisfied: nothing to install
+    assert ran == []
+    worker.ensure_dependencies(["surely-not-installed-gpuflex-probe==1.0"])
+    worker.ensure_dependencies(["surely-not-installed-gpuflex-probe==1.0"])  # once per set: the marker remembers
+    assert len(ran) == 1 and ran[0][-1] == "surely-not-installed-gpuflex-probe==1.0"
+
+
+def test_inline_bundle_unpacks_once_and_a_bare_hash_is_reported_missing(monkeypatch, tmp_path):
+    import base64
+
+    from gpuflex_runpod import worker
+    from gpuflex_runpod._protocol import zip_bundle
+
+    monkeypatch.setenv("GPUFLEX_RUNPOD_CACHE", str(tmp_path))
+    bundle = get_session().bundle_for(echo)
+    with pytest.raises(worker.BundleMissing):
+        worker.materialise_bundle({"hash": bundle.hash})
+    ref = {"hash": bundle.hash, "zip": base64.b64encode(zip_bundle(bundle)).decode()}
+    root = worker.materialise_bundle(ref)
+    unpacked = sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
+    assert unpacked == sorted(f.path for f in bundle.files)
+    assert worker.materialise_bundle({"hash": bundle.hash}) == root  # cached: the hash alone is enough now
