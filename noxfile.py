@@ -18,11 +18,20 @@ MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client ve
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
 ]
-BACKENDS = ["backends/local", "backends/pod", "backends/modal"]
+BACKENDS = ["backends/local", "backends/pod", "backends/modal", "backends/runpod"]
+# RunPod's worker loop for the emulator's workers, installed without boto3 (imported only by its S3 upload helper):
+# boto3 pins python-dateutil<3, which brings six back, and the local backend's isolation test needs six absent.
+RUNPOD = "runpod==1.12.0"
+RUNPOD_DEPS = [
+    "aiohttp[speedups]>=3.14.3", "aiohttp-retry>=2.9.1", "backoff>=2.2.1", "click>=8.4.2", "colorama>=0.4.6,<0.4.7",
+    "cryptography>=50.0.0", "fastapi[all]>=0.141.1", "paramiko>=5.0.0", "prettytable>=3.18.0", "psutil>=7.2.2",
+    "py-cpuinfo>=9.0.0", "inquirerpy==0.3.4", "requests>=2.34.2", "tomli>=2.4.1", "tomlkit>=0.15.1",
+    "tqdm-loggable>=0.4.1", "urllib3>=2.7.0", "watchdog>=6.0.0",
+]
 
 
-def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
-    session.install("-e", ".", *[arg for path in BACKENDS for arg in ("-e", path)], *extra)
+def _install(session: nox.Session, *extra: str, torch: bool = False, backends: list[str] = BACKENDS) -> None:
+    session.install("-e", ".", *[arg for path in backends for arg in ("-e", path)], *extra)
     if torch:
         session.run("python", "-m", "ensurepip", "--upgrade", silent=True)
         session.run("python", "-m", "pip", "install", "--quiet", TORCH)
@@ -32,10 +41,11 @@ def _install(session: nox.Session, *extra: str, torch: bool = False) -> None:
 def tests(session: nox.Session) -> None:
     """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
     _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
-             MODAL, torch=True)
+             MODAL, *RUNPOD_DEPS, torch=True)
+    session.install("--no-deps", RUNPOD)
     session.run("ruff", "check", ".")
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
-                "backends/modal/gpuflex_modal",
+                "backends/modal/gpuflex_modal", "backends/runpod/gpuflex_runpod",
                 "examples/backend-template/gpuflex_subprocess_example")
     session.run("pytest", *session.posargs)
 
@@ -43,7 +53,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def demo(session: nox.Session) -> None:
     """Run the quick-start demo on the local backend."""
-    _install(session, "numpy>=1.26", torch=True)
+    _install(session, "numpy>=1.26", torch=True, backends=["backends/local"])
     session.run("python", "examples/quickstart.py")
 
 

@@ -1,0 +1,404 @@
+"""``RunPodBackend``: each gpuflex endpoint is a RunPod Serverless endpoint running the generic gpuflex worker
+image; each call is one RunPod job (``/run``, polled with ``/status``, streamed with ``/stream``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import attrs
+
+from gpuflex import EndpointKind, JobStatus, WorkerInfo, WorkerState
+from gpuflex.backend import Backend, Call, JobUpdate, Payload
+from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge
+from gpuflex.worker import worker_init
+
+from ._config import RunPodConfig
+from ._control import ControlPlane, deploy_hash, endpoint_input, execution_timeout_ms, stored_deploy_hash
+from ._errors import RunPodApi, find_api_key, map_errors
+from ._pricing import serverless_price
+from ._protocol import (
+    PROTOCOL_VERSION,
+    b64decode_payload,
+    b64encode_payload,
+    init_to_json,
+    missing_bundle,
+    parse_error,
+    zip_bundle,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from gpuflex import Bundle, EndpointSpec, Price
+
+__all__ = ["RunPodBackend"]
+
+RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod's limit on one /run request body
+_STATUSES = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING, "RUNNING": JobStatus.RUNNING,
+             "COMPLETED": JobStatus.COMPLETED, "FAILED": JobStatus.FAILED, "CANCELLED": JobStatus.CANCELLED,
+             "TIMED_OUT": JobStatus.TIMED_OUT}
+
+
+@attrs.define
+class _Deployment:
+    spec: EndpointSpec
+    remote: dict[str, Any]  # the endpoint as RunPod returned it (id, name, ...)
+    digest: str
+    request: dict[str, Any]  # the part of every job's input that names the code: init, bundle, dependencies
+    inline_left: int = 0  # jobs that still carry the bundle inline (a fresh bundle: one per possible worker)
+
+
+@attrs.define
+class _Job:
+    endpoint: str
+    endpoint_id: str
+    remote_id: str  # the RunPod job now running the call (a resubmission with the bundle inline replaces it)
+    request: dict[str, Any]  # the job's gpuflex input, kept to resend it with the bundle
+    execution_timeout: float | None = None
+    submitted_at: float = attrs.field(factory=time.time)
+    moved: anyio.Event = attrs.field(factory=anyio.Event)  # set when resent (new remote id) or finished
+
+    def move(self) -> None:
+        self.moved.set()
+        self.moved = anyio.Event()
+
+
+class RunPodBackend(Backend):
+    """RunPod Serverless (or the offline emulator, with ``api_url`` pointing at it)."""
+
+    name: ClassVar[str] = "serverless"
+    aliases: ClassVar[tuple[str, ...]] = ("runpod",)
+    config_cls: ClassVar[type[Any]] = RunPodConfig
+    capabilities: ClassVar[Mapping[str, str | None]] = {
+        "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
+    }
+    # a payload travels base64-encoded (4/3 larger) inside a /run body of at most 10 MB
+    max_payload_bytes: ClassVar[int | None] = RUN_LIMIT_BYTES * 3 // 4 - 256 * 1024
+    config: RunPodConfig
+
+    def __init__(self, config: RunPodConfig | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._api: RunPodApi | None = None
+        self.deployed: dict[str, _Deployment] = {}
+        self.jobs: dict[str, _Job] = {}
+        self._bundle_refs: dict[str, dict[str, Any]] = {}
+        self._listing: list[dict[str, Any]] | None = None
+        self._closed = False
+
+    # -- connection -------------------------------------------------------------------------------------------
+
+    @property
+    def api(self) -> RunPodApi:
+        if self._api is None:
+            if self._closed:
+                raise BackendUnavailable("the serverless backend is closed")
+            self._api = RunPodApi(self.config, find_api_key(self.config))
+        return self._api
+
+    def _errors(self, what: str) -> Any:
+        return map_errors(what, self._api.api_key if self._api else self.config.api_key)
+
+    @property
+    def control(self) -> ControlPlane:
+        return ControlPlane(self.api, self.config)
+
+    # -- deployment -------------------------------------------------------------------------------------------
+
+    def _bundle_ref(self, bundle: Bundle) -> dict[str, Any]:
+        """How jobs name the bundle: a path on the shared volume, or the zip inline (once built, reused)."""
+        ref = self._bundle_refs.get(bundle.hash)
+        if ref is not None:
+            return ref
+        if self.config.shared_bundle_dir:
+            target = Path(self.config.shared_bundle_dir) / bundle.hash
+            if not target.is_dir():
+                staging = target.with_name(f".{bundle.hash}.tmp")
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(bundle.root, staging, symlinks=False)
+                staging.replace(target)
+            ref = {"hash": bundle.hash, "path": str(target)}
+        else:
+            archive = zip_bundle(bundle)
+            if len(archive) > self.config.inline_bundle_limit:
+                raise ConfigError(
+                    f"the project bundle zips to {len(archive):,} bytes, over inline_bundle_limit "
+                    f"({self.config.inline_bundle_limit:,}); set shared_bundle_dir to a network volume the workers "
+                    "mount, or exclude large files (.gitignore)"
+                )
+            ref = {"hash": bundle.hash, "zip": base64.b64encode(archive).decode("ascii")}
+        self._bundle_refs[bundle.hash] = ref
+        return ref
+
+    async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        if self._closed:
+            raise BackendUnavailable("the serverless backend is closed")
+        ref = await anyio.to_thread.run_sync(self._bundle_ref, bundle)
+        init = init_to_json(worker_init(endpoint, bundle, report_started=False, bundle_root="."))
+        request = {"version": PROTOCOL_VERSION, "init": init, "bundle": ref,
+                   "dependencies": list(endpoint.dependencies)}
+        digest = deploy_hash(endpoint, self.config)
+        current = self.deployed.get(endpoint.name)
+        if current is not None and current.digest == digest:
+            if current.request["bundle"]["hash"] != ref["hash"]:  # new code only: the next jobs carry it
+                current.inline_left = endpoint.max_workers
+            current.spec, current.request = endpoint, request
+            return
+        remote_name = f"{self.config.name_prefix}{endpoint.name}"
+        with self._errors(f"deploy endpoint {endpoint.name!r}"):
+            existing = current.remote if current else await self._find(remote_name)
+            if existing is not None and stored_deploy_hash(existing) == digest:
+                remote = existing  # adopt: a leftover of an earlier run with the same settings (warm workers)
+            else:
+                data = endpoint_input(endpoint, self.config, name=remote_name, digest=digest)
+                if existing is not None:  # update in place: its template first, then the endpoint
+                    data = await self.control.update_template(existing, data)
+                remote = await self.control.save(data)
+                await self.control.verify(remote["id"], data)
+        self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request,
+                                                   inline_left=endpoint.max_workers)
+
+    async def _find(self, remote_name: str) -> dict[str, Any] | None:
+        if self._listing is None:
+            self._listing = await self.control.list_endpoints()
+        return next((e for e in self._listing if e.get("name") == remote_name), None)
+
+    async def teardown(self, endpoint: str | None = None) -> None:
+        """Delete one endpoint, or (``None``) every endpoint carrying this backend's name prefix."""
+        self._listing = None  # what exists changes now
+        with self._errors("remove endpoints"):
+            if endpoint is not None:
+                deployment = self.deployed.pop(endpoint, None)
+                remote = deployment.remote if deployment else await self.control.find(
+                    f"{self.config.name_prefix}{endpoint}")
+                if remote is not None:
+                    await self.control.delete(remote)
+                return
+            self.deployed.clear()
+            for remote in await self.control.list_endpoints():
+                if str(remote.get("name", "")).startswith(self.config.name_prefix):
+                    await self.control.delete(remote)
+
+    async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:
+        deployment = self.deployed[endpoint]
+        spec = attrs.evolve(deployment.spec, min_workers=min_workers, max_workers=max_workers)
+        data = endpoint_input(spec, self.config, name=deployment.remote["name"], digest=deployment.digest)
+        with self._errors(f"scale endpoint {endpoint!r}"):
+            data = await self.control.update_template(deployment.remote, data)
+            await self.control.save(data)
+            await self.control.verify(deployment.remote["id"], data)
+        deployment.spec = spec
+
+    # -- jobs -------------------------------------------------------------------------------------------------
+
+    def _url(self, endpoint_id: str, op: str) -> str:
+        return f"{self.config.jobs_url}/{endpoint_id}/{op}"
+
+    async def submit(self, call: Call) -> str:
+        deployment = self.deployed.get(call.endpoint.name)
+        if deployment is None:
+            raise BackendUnavailable(f"endpoint {call.endpoint.name!r} is not deployed on the serverless backend")
+        kind = call.endpoint.kind_of(call.method)
+        request = {**deployment.request, "payload": b64encode_payload(call.payload),
+                   "blocking": kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)}
+        # the first jobs after a deploy carry an inline bundle (one per worker that may start); later ones name it by
+        # hash, and a worker that lacks it answers "missing" and gets the call again with the bundle
+        inline = deployment.inline_left > 0 or "zip" not in request["bundle"]
+        if deployment.inline_left > 0:
+            deployment.inline_left -= 1
+        job = _Job(endpoint=call.endpoint.name, endpoint_id=deployment.remote["id"], remote_id="", request=request,
+                   execution_timeout=call.timeout)
+        job.remote_id = await self._run(job, inline=inline)
+        handle = f"{job.endpoint_id}/{job.remote_id}"
+        self.jobs[handle] = job
+        return handle
+
+    async def _run(self, job: _Job, *, inline: bool) -> str:
+        """``POST /run`` for one call; returns RunPod's job id."""
+        request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]}}
+        body: dict[str, Any] = {"input": {"gpuflex": request}}
+        if job.execution_timeout:
+            body["policy"] = {"executionTimeout": execution_timeout_ms(job.execution_timeout)}
+        content = json.dumps(body).encode()
+        if len(content) > RUN_LIMIT_BYTES:
+            raise PayloadTooLarge(len(content), RUN_LIMIT_BYTES, "serverless (RunPod's 10 MB /run request limit)")
+        with self._errors(f"submit a job to {job.endpoint!r}"):
+            response = await self.api.request("POST", self._url(job.endpoint_id, "run"), content=content,
+                                              creates_job=True, pace="run")
+            if response.status_code == 404:
+                raise BackendUnavailable(f"RunPod endpoint {job.endpoint_id} for {job.endpoint!r} is gone; "
+                                         "it was deleted outside gpuflex: call again to redeploy")
+        return str(response.json()["id"])
+
+    def _remote(self, handle: str) -> tuple[str, str]:
+        job = self.jobs.get(handle)
+        if job is not None:
+            return job.endpoint_id, job.remote_id
+        endpoint_id, job_id = handle.split("/", 1)
+        return endpoint_id, job_id
+
+    async def status(self, handle: str) -> JobUpdate:
+        endpoint_id, job_id = self._remote(handle)
+        with self._errors(f"read the status of job {job_id}"):
+            response = await self.api.request("GET", self._url(endpoint_id, f"status/{job_id}"), pace="status")
+        if response.status_code == 404:
+            return JobUpdate(status=JobStatus.FAILED, reason=f"RunPod no longer knows job {job_id} (results are "
+                                                             "kept 30 minutes after a job ends)")
+        body = response.json()
+        job = self.jobs.get(handle)
+        if job is not None and job.remote_id == job_id and body.get("status") == "FAILED" \
+                and missing_bundle(body.get("error")):
+            job.remote_id = await self._run(job, inline=True)  # a fresh worker: send the code along
+            job.submitted_at = time.time()
+            job.move()
+            return JobUpdate(status=JobStatus.QUEUED)
+        return self._update(handle, body)
+
+    def _update(self, handle: str, body: dict[str, Any]) -> JobUpdate:
+        status = _STATUSES.get(str(body.get("status")), JobStatus.QUEUED)
+        job = self.jobs.get(handle)
+        started = finished = billed = None
+        if job is not None and body.get("delayTime") is not None:
+            started = job.submitted_at + float(body["delayTime"]) / 1000
+            if body.get("executionTime") is not None:
+                billed = float(body["executionTime"]) / 1000  # the price adds the idle tail and rounds up
+                finished = started + billed
+        update = JobUpdate(status=status, worker=body.get("workerId"), started_at=started, finished_at=finished,
+                           billed_seconds=billed if status.is_terminal else None)
+        if status is JobStatus.COMPLETED:
+            items = body.get("output")
+            last = items[-1] if isinstance(items, list) and items else None
+            if isinstance(last, dict) and "result" in last:
+                return attrs.evolve(update, outcome=b64decode_payload(last["result"]))
+            return attrs.evolve(update, status=JobStatus.FAILED, reason="the RunPod worker returned no gpuflex "
+                                                                      "result (is the image gpuflex's worker?)")
+        if status is JobStatus.FAILED:
+            outcome, message = parse_error(body.get("error", ""))
+            if outcome is not None:
+                return attrs.evolve(update, outcome=outcome)
+            return attrs.evolve(update, retryable=True,
+                                reason=f"the RunPod worker died or was lost outside the function: {message}")
+        if status is JobStatus.CANCELLED:
+            return attrs.evolve(update, reason="cancelled on RunPod")
+        if status is JobStatus.TIMED_OUT:
+            return attrs.evolve(update, reason=f"RunPod stopped it at the endpoint's execution timeout "
+                                               f"({body.get('error') or 'executionTimeout'})")
+        return update
+
+    async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
+        """Poll ``/status`` with backoff; fail a job stuck IN_QUEUE past ``queue_timeout``, naming the health."""
+        job = self.jobs.get(handle)
+        delay, last = 0.02, None
+        while True:
+            update = await self.status(handle)
+            if update.status.is_terminal:
+                self._forget(handle)
+                yield update
+                return
+            if update.status is not last:
+                last = update.status
+                yield update
+            waited = time.time() - (job.submitted_at if job else time.time())
+            if update.status is JobStatus.QUEUED and self.config.queue_timeout is not None \
+                    and waited > self.config.queue_timeout:
+                stuck = await self._stuck(handle, waited)
+                self._forget(handle)
+                yield stuck
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, self.config.poll_interval_max)
+
+    def _forget(self, handle: str) -> None:
+        job = self.jobs.pop(handle, None)
+        if job is not None:
+            job.move()
+
+    async def _stuck(self, handle: str, waited: float) -> JobUpdate:
+        endpoint_id = self._remote(handle)[0]
+        with self._errors("read the endpoint's health"):
+            health = (await self.api.request("GET", self._url(endpoint_id, "health"))).json()
+        await self.cancel(handle)
+        return JobUpdate(status=JobStatus.FAILED, reason=(
+            f"stuck IN_QUEUE on RunPod for {waited:.0f} s (queue_timeout); endpoint health: {json.dumps(health)}. "
+            "Workers that never become ready usually mean a crash-looping image (see the endpoint's logs); "
+            "none at all means no GPU stock in the chosen pools or workersMax reached"))
+
+    async def stream(self, handle: str) -> AsyncIterator[Payload]:
+        delay = 0.02
+        while True:
+            endpoint_id, job_id = self._remote(handle)  # a resubmission (bundle resent) changes the job id
+            with self._errors(f"stream job {job_id}"):
+                response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"), pace="status")
+            if response.status_code == 404:
+                return
+            body = response.json()
+            items = body.get("stream") or []
+            for item in items:
+                output = item.get("output") if isinstance(item, dict) else None
+                if isinstance(output, dict) and "chunk" in output:
+                    yield b64decode_payload(output["chunk"])
+            if not items:
+                if body.get("status") == "FAILED":
+                    # maybe a worker without the bundle: ``updates`` either resends the call (a new job id to
+                    # follow) or reports the end (and forgets the job)
+                    job = self.jobs.get(handle)
+                    if job is not None and job.remote_id == job_id:
+                        await job.moved.wait()
+                    if job is not None and job.remote_id != job_id:
+                        continue
+                if _STATUSES.get(str(body.get("status")), JobStatus.QUEUED).is_terminal:
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 1.5, self.config.poll_interval_max)
+            else:
+                delay = 0.02
+
+    async def cancel(self, handle: str) -> None:
+        endpoint_id, job_id = self._remote(handle)
+        with self._errors(f"cancel job {job_id}"):
+            await self.api.request("POST", self._url(endpoint_id, f"cancel/{job_id}"), pace="cancel")
+
+    # -- scaling, prices, introspection -----------------------------------------------------------------------
+
+    def price(self, endpoint: EndpointSpec) -> Price:
+        return serverless_price(endpoint)
+
+    async def health(self, endpoint: str) -> dict[str, Any]:
+        """RunPod's ``/health`` of one deployed endpoint: job and worker counts."""
+        deployment = self.deployed[endpoint]
+        with self._errors(f"read the health of {endpoint!r}"):
+            response = await self.api.request("GET", self._url(deployment.remote["id"], "health"))
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers as RunPod counts them (its API reports counts, not identities)."""
+        infos = []
+        for name, deployment in list(self.deployed.items()):
+            counts = (await self.health(name)).get("workers", {})
+            states = [(WorkerState.STARTING, counts.get("initializing", 0)), (WorkerState.IDLE, counts.get("idle", 0)),
+                      (WorkerState.BUSY, counts.get("running", 0))]
+            for state, count in states:
+                for i in range(int(count)):
+                    infos.append(WorkerInfo(id=f"{deployment.remote['id']}-{state.value.lower()}-{i}", endpoint=name,
+                                            state=state, started_at=0.0, host="runpod"))
+        return infos
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self.config.delete_on_close and self.deployed and self._api is not None:
+                with anyio.move_on_after(30, shield=True), self._errors("remove endpoints on close"):
+                    for deployment in list(self.deployed.values()):
+                        await self.control.delete(deployment.remote)
+        finally:
+            self._closed = True
+            self.deployed.clear()
+            if self._api is not None:
+                await self._api.aclose()

@@ -1,0 +1,83 @@
+"""Options of the RunPod serverless backend (``gpuflex.use("serverless", **options)`` or
+``[tool.gpuflex.backends.serverless]``)."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+__all__ = ["RunPodConfig"]
+
+DEFAULT_API_URL = "https://api.runpod.io"
+DEFAULT_JOB_API_URL = "https://api.runpod.ai/v2"
+
+
+@attrs.frozen(kw_only=True)
+class RunPodConfig:
+    """
+    :param api_key: RunPod API key (default: ``$RUNPOD_API_KEY``, else ``api_key`` in ``~/.runpod/config.toml``).
+        Never logged, never shown in errors.
+    :param api_url: the control plane (GraphQL at ``<api_url>/graphql``; default ``$RUNPOD_API_BASE_URL``, else
+        RunPod's). Point it at the emulator (``http://127.0.0.1:8765``) to develop offline.
+    :param job_api_url: the job API (``.../v2``; default ``$RUNPOD_ENDPOINT_BASE_URL``, else ``<api_url>/v2`` when
+        ``api_url`` is changed, else ``https://api.runpod.ai/v2``).
+    :param image: the worker image (built from ``backends/runpod/Dockerfile``).
+    :param name_prefix: prefix of every endpoint this backend creates; a later run adopts endpoints with its names
+        and ``teardown()`` removes every endpoint carrying the prefix (leftovers of killed runs included).
+    :param delete_on_close: delete the endpoints this instance deployed when it closes (development); set False
+        for long-lived deployments (``gpuflex deploy``).
+    :param workers_standby: RunPod's ``workersStandby``, sent explicitly (the API's default keeps one billed worker).
+    :param scaler_type: ``REQUEST_COUNT`` (workers = queued+running jobs / ``scaler_value``: gpuflex's queue-depth
+        scaling) or ``QUEUE_DELAY`` (add a worker when a job waited ``scaler_value`` seconds).
+    :param flashboot: ask RunPod for FlashBoot snapshots (faster cold starts).
+    :param cpu_instance: RunPod CPU flavour for endpoints with ``gpu=None``.
+    :param inline_bundle_limit: largest zipped bundle sent inside each job; larger ones need ``shared_bundle_dir``.
+    :param shared_bundle_dir: a directory the workers see at the same path (a network volume); bundles are copied
+        there once per hash and jobs carry only the path.
+    :param poll_interval_max: the longest pause between two ``/status`` polls of one job (seconds).
+    :param queue_timeout: fail a job that sat IN_QUEUE this long, with the endpoint's worker health (None: never).
+    :param run_rate: most ``/run`` requests per second from this backend (RunPod allows 1000 per 10 s); 0: no
+        limit.
+    :param status_rate: most ``/status`` and ``/stream`` requests per second (RunPod allows 2000 per 10 s): with many
+        jobs in flight each is polled less often instead of drawing 429s.
+    :param cancel_rate: most ``/cancel`` requests per second (RunPod allows 100 per 10 s).
+    :param http_retries: attempts for a request answered 429/5xx or not answered at all, with backoff.
+    :param request_timeout: seconds per HTTP request.
+    :param container_disk_gb: the template's container disk.
+    """
+
+    api_key: str | None = attrs.field(default=None, repr=False)
+    api_url: str = attrs.field(factory=lambda: os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_API_URL)
+    job_api_url: str | None = attrs.field(factory=lambda: os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or None)
+    image: str = "gpuflex/runpod-worker:0.1.0-py3.11"
+    name_prefix: str = "gpuflex-dev-"
+    delete_on_close: bool = True
+    workers_standby: int = 0
+    scaler_type: str = attrs.field(default="REQUEST_COUNT",
+                                   validator=attrs.validators.in_(("REQUEST_COUNT", "QUEUE_DELAY")))
+    scaler_value: int = 1
+    flashboot: bool = True
+    cpu_instance: str = "cpu3c-2-4"
+    inline_bundle_limit: int = 4 * 1024 * 1024
+    shared_bundle_dir: str | None = None
+    poll_interval_max: float = 0.5
+    queue_timeout: float | None = 600.0
+    run_rate: float = 90.0
+    status_rate: float = 180.0
+    cancel_rate: float = 9.0
+    http_retries: int = 5
+    request_timeout: float = 60.0
+    container_disk_gb: int = 20
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.api_url.rstrip('/')}/graphql"
+
+    @property
+    def jobs_url(self) -> str:
+        if self.job_api_url:
+            return self.job_api_url.rstrip("/")
+        if self.api_url.rstrip("/") != DEFAULT_API_URL:
+            return f"{self.api_url.rstrip('/')}/v2"
+        return DEFAULT_JOB_API_URL

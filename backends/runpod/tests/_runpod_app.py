@@ -1,0 +1,38 @@
+"""Endpoints for the serverless backend's own tests. Module-level, so workers import them from the bundle."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import gpuflex
+
+
+@gpuflex.endpoint(name="rp_nap", max_workers=1)
+def nap(seconds: float, started: str | None = None) -> float:
+    if started:
+        Path(started).touch()
+    time.sleep(seconds)
+    return seconds
+
+
+@gpuflex.endpoint(name="rp_cold", max_workers=1)
+def cold() -> int:
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="rp_gpu", gpu="H100", min_workers=0, max_workers=3, idle_timeout=30, timeout=120,
+                  env={"MODE": "test"})
+def on_h100(value: int) -> int:
+    return value * 2
+
+
+#: this endpoint's workers keep bundles here (not in the session's shared cache), so a test can empty it
+PRIVATE_CACHE = os.environ.setdefault("GPUFLEX_TEST_PRIVATE_CACHE", tempfile.mkdtemp(prefix="gpuflex-rp-cache-"))
+
+
+@gpuflex.endpoint(name="rp_private_cache", max_workers=1, env={"GPUFLEX_RUNPOD_CACHE": PRIVATE_CACHE})
+def private_pid() -> int:
+    return os.getpid()
