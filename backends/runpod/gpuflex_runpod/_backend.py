@@ -90,6 +90,7 @@ class RunPodBackend(Backend):
         self._bundle_refs: dict[str, dict[str, Any]] = {}
         self._listing: list[dict[str, Any]] | None = None
         self._closed = False
+        self._published = False  # gpuflex deploy: the endpoints outlive this instance
 
     # -- connection -------------------------------------------------------------------------------------------
 
@@ -389,11 +390,17 @@ class RunPodBackend(Backend):
                                             state=state, started_at=0.0, host="runpod"))
         return infos
 
+    async def publish(self) -> str:
+        """``gpuflex deploy``: keep the endpoints this instance deployed when it closes (RunPod endpoints live on
+        their own), and say where they are."""
+        self._published = True
+        return ", ".join(f"{name} = {d.remote['id']}" for name, d in sorted(self.deployed.items())) or "nothing"
+
     async def aclose(self) -> None:
         if self._closed:
             return
         try:
-            if self.config.delete_on_close and self.deployed and self._api is not None:
+            if self.config.delete_on_close and not self._published and self.deployed and self._api is not None:
                 with anyio.move_on_after(30, shield=True), self._errors("remove endpoints on close"):
                     for deployment in list(self.deployed.values()):
                         await self.control.delete(deployment.remote)

@@ -208,3 +208,33 @@ def test_live_round_trip_and_cleanup():
                 await backend.aclose()
 
         anyio.run(sweep)
+
+
+def test_gpuflex_deploy_keeps_its_endpoints_and_a_dev_run_removes_them(make_backend, emulator_url, emulator_key):
+    bundle = get_session().bundle_for(app.on_h100)
+    spec = attrs.evolve(app.on_h100.spec, name="rp_published")
+
+    async def deploy(publish):
+        backend = make_backend(delete_on_close=True)
+        try:
+            await backend.deploy(spec, bundle)
+            if publish:
+                where = await backend.publish()
+                assert "rp_published = " in where
+        finally:
+            await backend.aclose()
+
+    with _admin(emulator_url, emulator_key) as admin:
+        anyio.run(deploy, False)
+        assert _remote(admin, "gpuflex-dev-rp_published") == [], "a dev run deletes what it deployed"
+        anyio.run(deploy, True)
+        assert len(_remote(admin, "gpuflex-dev-rp_published")) == 1, "gpuflex deploy (publish) keeps it"
+
+        async def cleanup():
+            backend = make_backend()
+            try:
+                await backend.teardown("rp_published")
+            finally:
+                await backend.aclose()
+
+        anyio.run(cleanup)
