@@ -60,5 +60,6 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def benchmarks(session: nox.Session) -> None:
     """Measure gpuflex against ProcessPoolExecutor and Ray; write docs/benchmarks.md."""
-    _install(session, "numpy>=1.26", "ray", torch=True)
+    _install(session, "numpy>=1.26", "ray", MODAL, *RUNPOD_DEPS, torch=True)
+    session.install("--no-deps", RUNPOD)
     session.run("python", "benchmarks/run.py", *session.posargs)

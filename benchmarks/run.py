@@ -52,10 +52,12 @@ import gpuflex  # noqa: E402
 
 warnings.simplefilter("ignore", gpuflex.errors.GpuflexWarning)  # GPU endpoints on a CPU-only host
 
-FULL = {"roundtrip_n": 2000, "warmup": 200, "blocks": 4, "map_n": 10_000, "map_reps": 3, "array_mib": 256,
+FULL = {"runpod_calls": 15, "runpod_inflight": 10_000,
+        "roundtrip_n": 2000, "warmup": 200, "blocks": 4, "map_n": 10_000, "map_reps": 3, "array_mib": 256,
         "array_reps": 5, "cold_reps": 5, "ray_cold_reps": 3, "matmul_n": 4096, "matmul_reps": 20, "gpu_reps": 5,
         "reload_reps": 9, "serve_calls": 1000}
-QUICK = {"roundtrip_n": 200, "warmup": 50, "blocks": 2, "map_n": 1000, "map_reps": 1, "array_mib": 32,
+QUICK = {"runpod_calls": 3, "runpod_inflight": 0,
+         "roundtrip_n": 200, "warmup": 50, "blocks": 2, "map_n": 1000, "map_reps": 1, "array_mib": 32,
          "array_reps": 3, "cold_reps": 3, "ray_cold_reps": 1, "matmul_n": 2048, "matmul_reps": 10, "gpu_reps": 3,
          "reload_reps": 3, "serve_calls": 100}
 MIB = 2**20
@@ -314,6 +316,33 @@ def bench_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
 # -- Markdown --------------------------------------------------------------------------------------------------
 
 
+def bench_runpod(cfg: dict[str, Any]) -> dict[str, Any]:
+    """benchmarks/_runpod_bench.py in a child process (it starts its own emulator and RunPod workers)."""
+    if importlib.util.find_spec("runpod") is None or importlib.util.find_spec("gpuflex_runpod") is None:
+        return {"skip": "gpuflex-runpod or the runpod SDK is not installed"}
+    command = [sys.executable, str(HERE / "_runpod_bench.py"), "--calls", str(cfg["runpod_calls"])]
+    if cfg["runpod_inflight"]:
+        command += ["--inflight", str(cfg["runpod_inflight"])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    if done.returncode != 0:
+        return {"error": f"exit code {done.returncode}: {done.stderr[-1500:]}"}
+    return {"report": done.stdout.strip()}
+
+
+def section_runpod(res: dict[str, Any]) -> str:
+    title = "## 9. Serverless backend against the RunPod emulator\n\n"
+    if "error" in res:
+        return title + f"Failed: {res['error']}\n"
+    if "skip" in res:
+        return title + f"Not measured: {res['skip']}.\n"
+    return title + (
+        "The emulator (`gpuflex-runpod-emulator`) on 127.0.0.1 runs RunPod's unmodified worker loop; raw HTTP is "
+        "`POST /run` then `/status` every 5 ms, on the same warm worker. RunPod's loop waits about 1 s between "
+        "back-to-back jobs on one worker, which both sides pay. Report of `benchmarks/_runpod_bench.py`:\n\n"
+        f"```text\n{res['report']}\n```\n"
+    )
+
+
 def mark(ok: bool | None) -> str:
     return "—" if ok is None else ("**PASS**" if ok else "**MISS**")
 
@@ -545,7 +574,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         f"{'/'.join(f'{x:.2f}' for x in loads[1])}.",
         "- Rerun: `nox -s benchmarks` (fresh environment with numpy, ray and torch) or "
         "`python benchmarks/run.py` (`--quick` for a smoke run, `--output PATH` to write elsewhere).",
-        "- PPE = ProcessPoolExecutor. PASS/MISS compares gpuflex with the targets of issue #2.",
+        "- PPE = ProcessPoolExecutor. PASS/MISS compares gpuflex with the targets of the issues (#2 to #4).",
         "",
     ]
     parts = [
@@ -558,6 +587,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_reload(results["reload"]),
         section_serve(results["serve"]),
         section_pod(results["pod"]),
+        section_runpod(results["runpod"]),
     ]
     return "\n".join(parts)
 
@@ -616,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     results["reload"] = guarded("6. hot reload", lambda: bench_reload(cfg["reload_reps"]))
     results["serve"] = guarded("7. dev server", lambda: bench_serve(cfg["serve_calls"], cfg["reload_reps"]))
     results["pod"] = guarded("8. pod backend over sshd", lambda: bench_pod(cfg))
+    results["runpod"] = guarded("9. serverless backend against the RunPod emulator", lambda: bench_runpod(cfg))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)

@@ -22,6 +22,6 @@ def test_quick_benchmark_run_writes_every_section(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     for heading in ("round trip", ".map", "array to a worker and back", "Cold start", "GPU", "Hot reload",
-                    "Dev server", "Pod backend"):
+                    "Dev server", "Pod backend", "RunPod emulator"):
         assert heading.lower() in text.lower(), f"section {heading!r} missing from the report"
     assert "Traceback" not in text and "\nFailed:" not in text, text
