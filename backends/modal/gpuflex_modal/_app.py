@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import modal
-
 from gpuflex.errors import ConfigError
 
 from ._plan import BUNDLE_PATH, ModalPlan
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+
+    import modal
 
     from gpuflex import Bundle
 
@@ -29,6 +29,8 @@ __all__ = ["build_app", "endpoint_class", "image_for"]
 def image_for(plan: ModalPlan, bundle: Bundle) -> modal.Image:
     """Debian slim with this Python, the runtime's packages and the endpoint's dependencies (uv), then gpuflex's
     own source and the bundle as local files (added last: they change on every edit, the layers above do not)."""
+    import modal  # here, not at the top: importing modal takes most of a second, and plugins load at start-up
+
     return (
         modal.Image.debian_slim(python_version=plan.python_version)
         .uv_pip_install(*plan.pip_packages)
@@ -39,6 +41,7 @@ def image_for(plan: ModalPlan, bundle: Bundle) -> modal.Image:
 
 def endpoint_class(plan: ModalPlan, init: dict[str, Any]) -> type:
     """A fresh class for one endpoint (Modal serializes it: ``serialized=True``)."""
+    import modal
 
     class Endpoint:
         @modal.enter()
@@ -62,6 +65,8 @@ def endpoint_class(plan: ModalPlan, init: dict[str, Any]) -> type:
 
 
 def _secrets(plan: ModalPlan, config: ModalConfig) -> list[Any]:
+    import modal
+
     if not plan.secrets:
         return []
     if config.secrets_from == "modal":
@@ -76,6 +81,8 @@ def _secrets(plan: ModalPlan, config: ModalConfig) -> list[Any]:
 def build_app(plans: Mapping[str, ModalPlan], inits: Mapping[str, dict[str, Any]], bundles: Mapping[str, Bundle],
               config: ModalConfig) -> tuple[modal.App, dict[str, Any]]:
     """The app holding every planned endpoint; returns it and each endpoint's Modal class."""
+    import modal
+
     app = modal.App(config.app_name)
     classes: dict[str, Any] = {}
     for name, plan in plans.items():

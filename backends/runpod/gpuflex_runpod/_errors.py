@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 
 from gpuflex.errors import AuthenticationError, BackendError, BackendUnavailable, QuotaExceeded
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    import httpx
 
     from ._config import RunPodConfig
 
@@ -60,6 +61,8 @@ def find_api_key(config: RunPodConfig) -> str:
 @contextlib.contextmanager
 def map_errors(what: str, secret: str | None = None) -> Iterator[None]:
     """Translate transport and HTTP failures of one operation into gpuflex errors (most specific first)."""
+
+    import httpx  # here, not at the top: plugins load at every start-up, and httpx takes a tenth of a second
 
     def scrub(text: str) -> str:
         return text.replace(secret, "***") if secret else text
@@ -111,6 +114,8 @@ class RunPodApi:
     """One HTTP client for both RunPod APIs (GraphQL control plane, ``/v2`` job API)."""
 
     def __init__(self, config: RunPodConfig, api_key: str) -> None:
+        import httpx
+
         self.config = config
         self.api_key = api_key
         # requests beyond the connection pool wait here, not in httpx's pool (whose waiting list grows costly)
@@ -128,6 +133,8 @@ class RunPodApi:
                       creates_job: bool = False, pace: str | None = None) -> httpx.Response:
         """Send with retries; return a 2xx/404 response, or raise :class:`RunPodHTTPError` / ``httpx.HTTPError``.
         ``pace`` names the rate limit the request counts against (``run``, ``status``, ``cancel``)."""
+        import httpx
+
         delay = 0.2
         attempts = max(1, self.config.http_retries)
         for attempt in range(1, attempts + 1):
