@@ -125,7 +125,7 @@ class WorkerChannel(asyncio.SubprocessProtocol):
         if stdin is None or stdin.is_closing():
             return
         parts = [part for message in messages for part in self.codec.encode(message)]
-        if sum(len(memoryview(part).cast("B")) for part in parts) <= _JOIN_BELOW:
+        if sum(memoryview(part).nbytes for part in parts) <= _JOIN_BELOW:
             stdin.write(b"".join(parts))  # one write system call, not one per part (uvloop writes each at once)
         else:
             stdin.writelines(parts)  # large buffers: no copy

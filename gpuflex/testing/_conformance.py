@@ -56,7 +56,8 @@ def _needs(backend: Backend, *features: str) -> None:
             raise CheckSkipped(f"{backend.name} lacks {feature}: {reason}")
 
 
-def _wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT) -> None:
+def wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT) -> None:
+    """Poll ``predicate`` until it holds; fail the check (AssertionError) after ``limit`` seconds."""
     deadline = time.monotonic() + limit
     while not predicate():
         if time.monotonic() > deadline:
@@ -219,7 +220,7 @@ def check_cancel(make_backend: BackendFactory) -> None:
         for fn in (ep.sleep, ep.async_sleep):
             started = _tmp() / "started"
             job = fn.spawn(60, str(started))
-            _wait_until(started.exists, "the job to start")
+            wait_until(started.exists, "the job to start")
             job.cancel()
             try:
                 job.result(timeout=WAIT)
@@ -273,9 +274,9 @@ def check_scaling_bounds(make_backend: BackendFactory) -> None:
             workers = get_session().run(backend.workers())
             return sum(1 for w in workers if w.endpoint == name and w.state.value in ("IDLE", "BUSY", "STARTING"))
 
-        _wait_until(lambda: live("conformance_scaled") == 0, "idle workers to be stopped after idle_timeout")
+        wait_until(lambda: live("conformance_scaled") == 0, "idle workers to be stopped after idle_timeout")
         first = ep.warm()
-        _wait_until(lambda: live("conformance_warm") == 1, "min_workers=1 to keep one worker")
+        wait_until(lambda: live("conformance_warm") == 1, "min_workers=1 to keep one worker")
         time.sleep(1.5)
         assert live("conformance_warm") == 1, "a min_workers worker was stopped"
         assert ep.warm() == first, "min_workers=1, max_workers=1 must reuse the warm worker"

@@ -24,7 +24,7 @@ from gpuflex_local._gpus import detect_gpus
 import gpuflex
 from gpuflex import errors
 from gpuflex._client import get_session
-from gpuflex.testing import backend_in_use
+from gpuflex.testing import backend_in_use, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _local_app by reference, from the bundle
 import _local_app as app  # noqa: E402
@@ -53,14 +53,6 @@ def no_cuda(monkeypatch):
     yield
     monkeypatch.delenv("GPUFLEX_LOCAL_NO_GPU")
     detect_gpus.cache_clear()
-
-
-def wait_until(predicate, what, limit=WAIT):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {limit} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def workers_of(backend, endpoint):

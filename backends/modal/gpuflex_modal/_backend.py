@@ -84,7 +84,6 @@ class ModalBackend(Backend):
     def __init__(self, config: ModalConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.plans: dict[str, ModalPlan] = {}
-        self.specs: dict[str, EndpointSpec] = {}
         self._inits: dict[str, dict[str, Any]] = {}
         self._bundles: dict[str, Bundle] = {}
         self._current: _Generation | None = None
@@ -132,7 +131,7 @@ class ModalBackend(Backend):
         if modal_credentials() is None:
             raise _missing_token()
         async with self._lock:
-            self.plans[endpoint.name], self.specs[endpoint.name] = plan, endpoint
+            self.plans[endpoint.name] = plan
             self._bundles[endpoint.name] = bundle
             self._inits[endpoint.name] = worker_init(endpoint, bundle, report_started=False, bundle_root=BUNDLE_PATH)
             self._dirty = True

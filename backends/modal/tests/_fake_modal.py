@@ -111,12 +111,9 @@ class FakeModal(api_grpc.ModalClientBase):
 
     async def FunctionCreate(self, stream):
         request = await self._recv(stream)
-        if request.HasField("function_data"):
-            data, function = request.function_data, request.function_data.ranked_functions[0].function
-        else:
-            function = request.function
-            data = api_pb2.FunctionData(ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0,
-                                                                                              function=function)])
+        function = _function_of(request)
+        data = request.function_data if request.HasField("function_data") else api_pb2.FunctionData(
+            ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=function)])
         function_id = request.existing_function_id or self._id("fu")
         self.created[function_id] = function
         methods = {
@@ -258,13 +255,19 @@ class FakeModal(api_grpc.ModalClientBase):
         """The functions the client created, by name, as the last request sent them."""
         out = {}
         for request in self.of("FunctionCreate"):
-            function = request.function if request.HasField("function") else \
-                request.function_data.ranked_functions[0].function
+            function = _function_of(request)
             out[function.function_name] = (function, request)
         return out
 
     def dockerfiles(self):
         return [list(request.image.dockerfile_commands) for request in self.of("ImageGetOrCreate")]
+
+
+def _function_of(request):
+    """The function a FunctionCreate request defines (newer clients send it inside ``function_data``)."""
+    if request.HasField("function_data"):
+        return request.function_data.ranked_functions[0].function
+    return request.function
 
 
 class _Call:

@@ -232,11 +232,8 @@ class PodBackend(WorkerPoolBackend):
         worker = self.worker_of(handle)
         if worker is None or worker.info.pid is None:
             return None
-        pid = worker.info.pid
-        host = self._host_of(worker.id)
-        assert self.task_group is not None
-        self.task_group.start_soon(_quietly, host.kill_group(pid))  # the channel then closes: "died"
-        return pid
+        self._kill_remote(worker)  # only there: the channel then closes as the process dies ("died")
+        return worker.info.pid
 
     def price(self, endpoint: EndpointSpec) -> Price:
         rates = []

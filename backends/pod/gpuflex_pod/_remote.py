@@ -173,14 +173,15 @@ class RemoteHost:
             env_dir = f"{self.root}/envs/{key}"
             uv = facts["uv"] or f"{self.root}/tools/uv/bin/uv"
             q = shlex.quote
-            script = " && ".join([
-                f"test -f {q(env_dir)}/.ready || {{ "
-                + (f"test -x {q(uv)} || {{ {q(self.python)} -m venv {q(self.root)}/tools/uv && "
-                   f"{q(self.root)}/tools/uv/bin/pip install -q uv; }}; " if not facts["uv"] else "")
-                + f"{q(uv)} venv -q --allow-existing --python {q(facts['executable'])} {q(env_dir)} && "
+            install_uv = "" if facts["uv"] else (
+                f"test -x {q(uv)} || {{ {q(self.python)} -m venv {q(self.root)}/tools/uv && "
+                f"{q(self.root)}/tools/uv/bin/pip install -q uv; }}; ")
+            script = (
+                f"test -f {q(env_dir)}/.ready || {{ {install_uv}"
+                f"{q(uv)} venv -q --allow-existing --python {q(facts['executable'])} {q(env_dir)} && "
                 f"{q(uv)} pip install -q --python {q(env_dir)}/bin/python {' '.join(q(r) for r in requirements)} && "
-                f"touch {q(env_dir)}/.ready; }}",
-            ])
+                f"touch {q(env_dir)}/.ready; }}"
+            )
             await self.ssh.run(script, timeout=1800)
             self.envs[key] = f"{env_dir}/bin/python"
             return self.envs[key]

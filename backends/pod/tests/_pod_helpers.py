@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 from gpuflex_pod import PodConfig
+
+from gpuflex import testing
 
 
 def known_hosts_of(servers, directory):
@@ -41,9 +42,6 @@ def remote_workers(remote_dir):
 
 
 def wait_until(predicate, what, limit=30.0):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    """gpuflex.testing's wait_until, with this suite's shorter default limit."""
+    testing.wait_until(predicate, what, limit)
 
