@@ -189,7 +189,7 @@ class PodBackend(WorkerPoolBackend):
     async def worker_command(self, spec: EndpointSpec, worker: WorkerProcess) -> tuple[list[str], dict[str, str]]:
         host = self._host_of(worker.id)
         try:
-            await host.ssh.ensure()  # reconnects with backoff after a dropped connection
+            await host.ssh.ensure(verify=True)  # reconnects with backoff after a dropped connection
         except BackendUnavailable:
             host.down_until = time.monotonic() + 5.0
             raise

@@ -123,12 +123,17 @@ class SshConnection:
         current = time.time() - self.connected_at if self.connected_at and self.alive else 0.0
         return self.uptime_before + current
 
-    async def ensure(self) -> None:
-        """Connect, or reconnect with exponential backoff; raise an error that says what to fix."""
+    async def ensure(self, *, verify: bool = False) -> None:
+        """Connect, or reconnect with exponential backoff; raise an error that says what to fix.
+
+        With ``verify``, a master that looks alive is asked whether it still serves (``ssh -O check``): its
+        process may not have been reaped yet after the connection dropped, and a client that finds no master
+        quietly opens a connection of its own instead of sharing one.
+        """
         async with self._lock:
-            if self.alive:
+            if self.alive and (not verify or await self._serving()):
                 return
-            self._note_disconnected()
+            self.drop()  # a dead or silent master: forget it (and count the disconnection)
             delay, last_error = 0.25, None
             for attempt in range(self.config.reconnect_attempts):
                 try:
@@ -167,17 +172,19 @@ class SshConnection:
             if master.returncode is not None:
                 stderr = await master.stderr.read() if master.stderr is not None else b""
                 raise ssh_error(self.host.label, stderr.decode(errors="replace"), self.config)
-            if os.path.exists(self.control_path):  # noqa: ASYNC240 - a stat of a local socket
-                check = await anyio.run_process([self.ssh, "-S", self.control_path, "-O", "check",
-                                                 self.host.destination], check=False)
-                if check.returncode == 0:
-                    self._master = master
-                    self.connected_at = time.time()
-                    return
+            if os.path.exists(self.control_path) and await self._serving():  # noqa: ASYNC240 - a local stat
+                self._master = master
+                self.connected_at = time.time()
+                return
             await anyio.sleep(0.01)
         master.kill()
         raise BackendUnavailable(f"pod host {self.host.label}: no SSH connection within "
                                  f"{self.config.connect_timeout:g} s")
+
+    async def _serving(self) -> bool:
+        check = await anyio.run_process([self.ssh, "-S", self.control_path, "-O", "check", self.host.destination],
+                                        check=False)
+        return check.returncode == 0
 
     def drop(self) -> None:
         """Forget the master connection now (kill it): the next user reconnects. For a connection that looks
