@@ -17,6 +17,7 @@ TORCH = "torch==2.13.0"
 MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
+    "import-linter>=2.1",
 ]
 BACKENDS = ["backends/local", "backends/pod", "backends/modal", "backends/runpod"]
 # RunPod's worker loop for the emulator's workers, installed without boto3 (imported only by its S3 upload helper):
@@ -44,6 +45,7 @@ def tests(session: nox.Session) -> None:
              MODAL, *RUNPOD_DEPS, torch=True)
     session.install("--no-deps", RUNPOD)
     session.run("ruff", "check", ".")
+    session.run("lint-imports")  # the layering contracts in pyproject.toml
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
                 "backends/modal/gpuflex_modal", "backends/runpod/gpuflex_runpod",
                 "examples/backend-template/gpuflex_subprocess_example")

@@ -22,7 +22,7 @@ import _endpoints as ep
 
 import gpuflex
 from gpuflex._bundle import build_bundle
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 
 APP = '''
 import gpuflex

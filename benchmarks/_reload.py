@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import gpuflex
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 
 SMALL = '''
 import gpuflex

@@ -8,14 +8,8 @@
 from __future__ import annotations
 
 from . import errors as errors
-from ._client import get_session as _get_session
-from ._client import shutdown as shutdown
 from ._config import use as use
 from ._costs import EndpointCosts as EndpointCosts
-from ._endpoint import Endpoint as Endpoint
-from ._endpoint import RemoteInstance as RemoteInstance
-from ._endpoint import endpoint as endpoint
-from ._gpus import GPU as GPU
 from ._job import Job as Job
 from ._models import Bundle as Bundle
 from ._models import Cost as Cost
@@ -29,8 +23,14 @@ from ._models import WorkerState as WorkerState
 from ._plugins import hookimpl as hookimpl
 from ._registry import list_backends as list_backends
 from ._version import __version__ as __version__
+from .client._endpoint import Endpoint as Endpoint
+from .client._endpoint import RemoteInstance as RemoteInstance
+from .client._endpoint import endpoint as endpoint
+from .client._session import get_session as _get_session
+from .client._session import shutdown as shutdown
 from .errors import GpuflexError as GpuflexError
 from .errors import RemoteError as RemoteError
+from .gpus import GPU as GPU
 
 
 def costs() -> dict[str, EndpointCosts]:
@@ -82,6 +82,6 @@ __all__ = sorted(
 
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("gpuflex._"):
+    if isinstance(_obj, type) and _obj.__module__ != "gpuflex.errors":
         _obj.__module__ = "gpuflex"
 del _name, _obj

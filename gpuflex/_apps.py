@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import cloudpickle
 
-from ._endpoint import Endpoint
+from .client._endpoint import Endpoint
 from .errors import ConfigError
 
 if TYPE_CHECKING:

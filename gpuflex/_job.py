@@ -11,7 +11,6 @@ import typing
 from typing import Any
 
 from ._envelope import decode_outcome
-from ._loop import LOOP_THREAD_NAME
 from ._models import Cost, JobStatus
 from .errors import JobCancelled, JobFailed, JobTimeout, WorkerLost
 
@@ -21,6 +20,8 @@ if typing.TYPE_CHECKING:
     from .backend import JobUpdate, Payload
 
 __all__ = ["ChunkChannel", "Job"]
+
+LOOP_THREAD_NAME = "gpuflex-loop"  # the thread every backend and hook runs on (the client starts it)
 
 _END = object()
 

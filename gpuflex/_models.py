@@ -16,7 +16,7 @@ if typing.TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-    from ._gpus import GPU
+    from .gpus import GPU
 
 __all__ = [
     "Bundle",

@@ -1,31 +1,35 @@
 """Public pieces for backends that run gpuflex's worker runtime somewhere (a process, a pod, a container).
 
-A worker is ``worker_command()`` with frames on its stdin/stdout (see :mod:`gpuflex._wire` for the format):
-send ``("init", worker_init(spec, bundle))`` first, wait for ``("ready", info)`` (or ``("fatal", payload)``),
-then ``("call", job_id, method, payload)`` per call; it answers ``("started", job_id)`` (unless told not to),
-``("chunk", job_id, payload)`` per generator chunk and ``("done", job_id, status, payload)``. ``("cancel", job_id)``
-stops an async call, ``("reload", worker_init(...))`` loads a new bundle in place, ``("stop",)`` ends it.
+Two ways to run a worker:
+
+* as a process: ``worker_command()`` (``python -m gpuflex.runtime``) with frames on its stdin/stdout, started on
+  this machine with ``start_worker_process`` or anywhere else (ssh, a container); the messages are described in
+  :mod:`gpuflex.runtime._protocol` and in docs/plugins/writing-a-backend.md;
+* in a process of the target's own (a vendor's worker loop): build a :class:`WorkerRuntime` from
+  ``worker_init(...)`` and pass it a ``send`` callback; encode what goes back with ``encode_error``.
+
+The frame codec is symmetric: ``write_frame``/``read_frame`` (async streams), ``write_frame_sync``/
+``read_frame_sync`` (files), ``FrameParser`` (bytes fed in pieces), ``WireCodec`` (payloads, shared memory).
 """
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Any
-
-import attrs
-
-from ._envelope import PYTHON_VERSION
-from ._procs import FrameParser, WorkerChannel, start_worker_process
-from ._version import __version__
-from ._wire import WireCodec, read_frame, read_frame_sync, write_frame, write_frame_sync
-
-if TYPE_CHECKING:
-    from ._models import Bundle, EndpointSpec
+from ._envelope import PYTHON_VERSION, encode_error
+from .runtime._protocol import RUNTIME_MODULE, worker_command, worker_init
+from .runtime._runner import IN_WORKER_ENV, OWN_GROUP_ENV, WorkerRuntime
+from .runtime._wire import FrameParser, WireCodec, read_frame, read_frame_sync, write_frame, write_frame_sync
+from .workerpool._channel import WorkerChannel, start_worker_process
 
 __all__ = [
+    "IN_WORKER_ENV",
+    "OWN_GROUP_ENV",
+    "PYTHON_VERSION",
+    "RUNTIME_MODULE",
     "FrameParser",
     "WireCodec",
     "WorkerChannel",
+    "WorkerRuntime",
+    "encode_error",
     "read_frame",
     "read_frame_sync",
     "start_worker_process",
@@ -34,30 +38,3 @@ __all__ = [
     "write_frame",
     "write_frame_sync",
 ]
-
-
-def worker_command(python: str | None = None) -> list[str]:
-    """The command that starts a worker (the caller's interpreter unless ``python`` names another)."""
-    return [python or sys.executable, "-m", "gpuflex._worker_entry"]
-
-
-def worker_init(spec: EndpointSpec, bundle: Bundle, *, report_started: bool = True,
-                bundle_root: str | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """The ``init`` (and ``reload``) message for a worker of ``spec`` running ``bundle``.
-
-    :param report_started: send ``started`` when a call begins; a client that dispatches only to free slots
-        knows that already and can spare the frame.
-    :param bundle_root: where the bundle lies on the worker's machine (default: ``bundle.root``, this machine).
-    :param environ: variables the worker sets before it imports the endpoint (secrets travel here, in the
-        frame, rather than on a command line another user of the machine could read).
-    """
-    return {
-        "target": attrs.asdict(spec.target),
-        "bundle_root": bundle_root or str(bundle.root),
-        "import_paths": [spec.target.import_path],
-        "concurrency": spec.concurrency,
-        "python": PYTHON_VERSION,
-        "gpuflex": __version__,
-        "report_started": report_started,
-        "environ": dict(environ or {}),
-    }

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuflex._autoscaler import ScaleDecision, ScalePolicy, WorkerView, decide, next_check
 from gpuflex._models import WorkerState
 from gpuflex.errors import ConfigError
+from gpuflex.workerpool._autoscaler import ScaleDecision, ScalePolicy, WorkerView, decide, next_check
 
 S = WorkerState
 

@@ -15,7 +15,7 @@ import pytest
 
 import gpuflex
 from gpuflex import hookspecs
-from gpuflex._gpus import CATALOG
+from gpuflex.gpus import CATALOG
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -235,7 +235,7 @@ def test_every_cli_command_and_option_is_documented():
 
 
 def test_every_fixed_server_route_is_documented():
-    from gpuflex._server import create_app
+    from gpuflex.server._app import create_app
 
     app = create_app(ROOT / "tests" / "apps" / "serve_app.py")
     page = (DOCS / "how-to" / "dev-server.md").read_text()

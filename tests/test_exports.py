@@ -251,14 +251,14 @@ def test_every_module_imports_cleanly_under_warnings_as_errors():
     modules = _all_modules() + [
         info.name for info in pkgutil.walk_packages(gpuflex_local.__path__, "gpuflex_local.")
     ]
-    assert "gpuflex._client" in modules and "gpuflex.testing.pytest_plugin" in modules
+    assert "gpuflex.client._session" in modules and "gpuflex.testing.pytest_plugin" in modules
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", _IMPORT_EACH_FRESH, *modules], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("module", ["gpuflex", "gpuflex.errors", "gpuflex.hookspecs", "gpuflex._worker"])
+@pytest.mark.parametrize("module", ["gpuflex", "gpuflex.errors", "gpuflex.hookspecs", "gpuflex.runtime._runner"])
 def test_importing_does_not_build_the_plugin_manager(module):
     code = f"import {module}, gpuflex._plugins as p, sys; sys.exit(0 if p._manager is None else 1)"
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60)

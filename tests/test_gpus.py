@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuflex import GPU, EndpointSpec
-from gpuflex._gpus import CATALOG, parse_gpu
 from gpuflex.errors import ConfigError
+from gpuflex.gpus import CATALOG, parse_gpu
 
 ADA = ("RTX4000-ADA", "L4", "RTX4090", "L40", "L40S", "RTX6000-ADA")
 

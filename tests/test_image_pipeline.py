@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuflex.testing import require
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "examples" / "image_pipeline" / "pipeline.py"
 PROMPT = "cats over London"
@@ -79,7 +81,7 @@ def _browser() -> str | None:
 def test_page_renders_in_headless_chromium(run, tmp_path):
     browser = _browser()
     if browser is None:
-        pytest.skip("no chromium binary on PATH (apt-get install -y chromium): the rendered-page check needs one")
+        require("chromium", False, install="apt-get install -y chromium")
     out, summary, _ = run
     index = out / "index.html"
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from gpuflex_local import LocalBackend
 
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.errors import PayloadTooLarge
 from gpuflex.testing import _endpoints as ep
 from gpuflex.testing import backend_in_use

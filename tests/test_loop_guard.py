@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import gpuflex
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _gpuflex_app as app  # noqa: E402

@@ -358,7 +358,7 @@ def test_max_cost_refuses_calls_past_the_budget(tmp_path):
 def test_the_watcher_reacts_to_sources_and_project_files_only(tmp_path):
     from watchfiles import Change
 
-    from gpuflex._server_reload import WatchFilter
+    from gpuflex.server._reload import WatchFilter
 
     keep = WatchFilter()
     assert keep(Change.modified, str(tmp_path / "app.py"))

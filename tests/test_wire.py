@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuflex._envelope import decode_call, encode_call
-from gpuflex._procs import FrameParser
-from gpuflex._wire import (
+from gpuflex.backend import Payload
+from gpuflex.runtime._wire import (
     SHM_MIN_BYTES,
     ShmRef,
     WireCodec,
@@ -26,7 +26,7 @@ from gpuflex._wire import (
     write_frame,
     write_frame_sync,
 )
-from gpuflex.backend import Payload
+from gpuflex.workerpool._channel import FrameParser
 
 needs_shm = pytest.mark.skipif(not shm_available(), reason="no writable /dev/shm")
 

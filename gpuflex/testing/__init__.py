@@ -15,5 +15,6 @@ from ._conformance import CheckSkipped as CheckSkipped
 from ._conformance import backend_in_use as backend_in_use
 from ._conformance import run_check as run_check
 from ._conformance import wait_until as wait_until
+from ._requires import require as require
 
-__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "run_check", "wait_until"]
+__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "require", "run_check", "wait_until"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import gpuflex
 from gpuflex import errors
-from gpuflex._client import get_session
 from gpuflex.backend import Backend
+from gpuflex.client._session import get_session
 
 from . import _endpoints as ep
 

@@ -4,10 +4,13 @@
 * ``--run-live``: allow tests marked ``live`` (real clouds, real credentials); skipped otherwise.
 * ``gpuflex_backend``: a fixture parametrized over the installed backends, giving a factory of fresh instances.
 * ``conformance_check``: parametrized over :data:`gpuflex.testing.CHECKS`.
+* At the end of a run, a summary of what did not run and why, grouped by reason, with the command that enables
+  each group (see :func:`gpuflex.testing.require`).
 """
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -64,3 +67,24 @@ def gpuflex_backend(request: pytest.FixtureRequest) -> Callable[[], Backend]:
 @pytest.fixture
 def conformance_check(request: pytest.FixtureRequest) -> Any:
     return request.param
+
+
+def _skip_reason(report: pytest.TestReport) -> str | None:
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None  # an xfail, or a skip without a reason
+    reason = str(report.longrepr[2])
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Sum up what did not run: one line per reason, with how to enable it, so a skip is never silent."""
+    reasons: collections.Counter[str] = collections.Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = _skip_reason(report)
+        if reason is not None:
+            reasons[reason] += 1
+    if not reasons:
+        return
+    terminalreporter.section("what did not run", sep="-")
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"{count:4d} test{'s' if count != 1 else ' '}  {reason}")

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 
 from gpuflex import Bundle, EndpointSpec, Price
-from gpuflex._progress import status
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
+from gpuflex.progress import status
 from gpuflex.worker import worker_command
 from gpuflex.workerpool import Placement, WorkerPoolBackend, WorkerProcess
 

@@ -23,7 +23,7 @@ from gpuflex_local._gpus import detect_gpus
 
 import gpuflex
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _local_app by reference, from the bundle
@@ -80,7 +80,7 @@ def live_worker_children():
             continue
         fields = stat.rsplit(")", 1)[1].split()
         state, ppid = fields[0], int(fields[1])
-        if ppid == os.getpid() and state != "Z" and b"gpuflex._worker_entry" in cmdline:
+        if ppid == os.getpid() and state != "Z" and b"gpuflex.runtime" in cmdline:
             found.append(int(entry.name))
     return found
 

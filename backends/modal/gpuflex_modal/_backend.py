@@ -17,10 +17,10 @@ import anyio
 import attrs
 
 from gpuflex import Bundle, EndpointSpec, JobStatus, Price
-from gpuflex._pool import Mailbox
 from gpuflex.backend import Backend, Call, JobUpdate, Payload
 from gpuflex.errors import AuthenticationError, BackendUnavailable, ConfigError
 from gpuflex.worker import worker_init
+from gpuflex.workerpool import Mailbox
 
 from ._app import build_app
 from ._config import ModalConfig

@@ -14,8 +14,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from gpuflex._worker import WorkerRuntime
 from gpuflex.backend import Payload
+from gpuflex.worker import WorkerRuntime
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -21,9 +21,9 @@ from gpuflex_modal._runner import EndpointRunner
 import gpuflex
 from gpuflex import errors
 from gpuflex._bundle import build_bundle
-from gpuflex._client import get_session
 from gpuflex._envelope import decode_outcome, encode_call
 from gpuflex.backend import Payload
+from gpuflex.client._session import get_session
 from gpuflex.testing import CHECKS, backend_in_use, run_check
 from gpuflex.worker import worker_init
 

@@ -2,7 +2,7 @@
 
 Nothing is installed on a host beforehand: the first deploy probes it (Python, GPUs, CPUs), pushes gpuflex's own
 runtime and the bundle as content-addressed files, and makes an environment per dependency set when one is
-needed. A worker is ``ssh host "cd ... && exec python -m gpuflex._worker_entry"`` on the host's shared
+needed. A worker is ``ssh host "cd ... && exec python -m gpuflex.runtime"`` on the host's shared
 connection, speaking frames over the SSH channel: no open ports. It leads its own process group and takes it down
 when its SSH session ends, so a dropped connection leaves nothing running.
 """
@@ -22,10 +22,8 @@ import anyio
 import attrs
 
 from gpuflex import Bundle, EndpointSpec, Price
-from gpuflex._envelope import PYTHON_VERSION
-from gpuflex._worker import OWN_GROUP_ENV
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
-from gpuflex.worker import worker_init
+from gpuflex.worker import OWN_GROUP_ENV, PYTHON_VERSION, RUNTIME_MODULE, worker_init
 from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, WorkerProcess
 
 from ._config import PodConfig
@@ -201,7 +199,7 @@ class PodBackend(WorkerPoolBackend):
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items())
         cwd = self._bundle_paths[(host.label, worker.info.bundle_hash)]
         worker.on_kill = functools.partial(self._kill_remote, worker)
-        line = f"cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} -m gpuflex._worker_entry"
+        line = f"cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} -m {RUNTIME_MODULE}"
         return host.ssh.command(line), dict(os.environ)
 
     def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gpuflex._gpus import CATALOG
+from gpuflex.gpus import CATALOG
 
 if TYPE_CHECKING:
     from ._remote import RemoteHost

@@ -36,7 +36,7 @@ def remote_workers(remote_dir):
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"gpuflex._worker_entry" in cmdline and cwd.startswith(str(remote_dir)):
+        if b"gpuflex.runtime" in cmdline and cwd.startswith(str(remote_dir)):
             pids.append(int(entry.name))
     return pids
 

@@ -11,15 +11,18 @@ import pytest
 from gpuflex_pod.sshd import LoopbackSshd, SshdUnavailable
 
 import gpuflex
+from gpuflex.testing import require
 
-HAVE_SSHD = shutil.which("sshd") is not None or os.path.exists("/usr/sbin/sshd")
+HAVE_SSHD = (shutil.which("sshd") is not None or os.path.exists("/usr/sbin/sshd")) and shutil.which("ssh") is not None
+
+
+def need_ssh():
+    """Skip (or, where GPUFLEX_REQUIRE names sshd, fail) unless OpenSSH's server and client are installed."""
+    require("sshd", HAVE_SSHD, install="apt-get install -y openssh-server openssh-client")
 
 
 def _servers(count):
-    if not HAVE_SSHD:
-        if os.environ.get("GPUFLEX_REQUIRE_SSHD"):
-            pytest.fail("GPUFLEX_REQUIRE_SSHD is set but openssh-server is not installed")
-        pytest.skip("openssh-server is not installed (apt-get install -y openssh-server; .ci/run does)")
+    need_ssh()
     try:
         return [LoopbackSshd().start() for _ in range(count)]
     except SshdUnavailable as exc:
@@ -54,3 +57,9 @@ def _fresh_session():
     gpuflex.shutdown()
     yield
     gpuflex.shutdown()
+
+
+@pytest.fixture
+def ssh_client():
+    """OpenSSH's client and key tools, for tests that need no running server."""
+    need_ssh()

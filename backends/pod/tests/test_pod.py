@@ -21,7 +21,7 @@ from gpuflex_pod.sshd import LoopbackSshd
 
 import gpuflex
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -244,7 +244,7 @@ def test_wrong_key_says_login_refused(sshd, remote_dir, tmp_path):
         other.cleanup()
 
 
-def test_unreachable_host_says_so(remote_dir):
+def test_unreachable_host_says_so(ssh_client, remote_dir):
     down = LoopbackSshd()  # keys and a port, but never started
     try:
         config = PodConfig(hosts=[down.host], identity_file=down.identity_file, known_hosts=down.known_hosts,

@@ -7,11 +7,11 @@ import math
 from typing import TYPE_CHECKING
 
 from gpuflex import Price
-from gpuflex._gpus import CATALOG
+from gpuflex.gpus import CATALOG
 
 if TYPE_CHECKING:
     from gpuflex import EndpointSpec
-    from gpuflex._gpus import GPU
+    from gpuflex.gpus import GPU
 
 __all__ = ["POOL_USD_PER_SECOND", "gpu_ids", "serverless_price"]
 

@@ -26,8 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuflex._envelope import encode_error
-from gpuflex._worker import IN_WORKER_ENV, WorkerRuntime
+from gpuflex.worker import IN_WORKER_ENV, WorkerRuntime, encode_error
 
 from ._protocol import MISSING_KEY, OUTCOME_KEY, PROTOCOL_VERSION, b64decode_payload, b64encode_payload, init_from_json
 

@@ -18,7 +18,7 @@ from gpuflex_runpod import RunPodBackend, RunPodConfig
 from gpuflex_runpod._pricing import gpu_ids
 
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _runpod_app by reference, from the bundle

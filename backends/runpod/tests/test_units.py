@@ -12,9 +12,9 @@ from gpuflex_runpod._pricing import gpu_ids, serverless_price
 from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
 
 from gpuflex import errors
-from gpuflex._client import get_session
 from gpuflex._envelope import encode_error
-from gpuflex._gpus import GPU
+from gpuflex.client._session import get_session
+from gpuflex.gpus import GPU
 from gpuflex.testing._endpoints import echo
 
 

@@ -26,7 +26,7 @@ __all__ = ["SubprocessBackend"]
 
 
 class SubprocessBackend(Backend):
-    """Runs each call in a fresh ``python -m gpuflex._worker_entry`` process on this machine (POSIX only)."""
+    """Runs each call in a fresh ``python -m gpuflex.runtime`` process on this machine (POSIX only)."""
 
     name: ClassVar[str] = "subprocess-example"
     config_cls: ClassVar[type[Any]] = SubprocessConfig

@@ -2,7 +2,7 @@
 
 ``run_job`` speaks gpuflex's frame protocol (``gpuflex.worker``) over the worker's stdin and stdout::
 
-    start `python -m gpuflex._worker_entry`
+    start `python -m gpuflex.runtime`
     send ("init", spec)           <- ("ready", info) | ("fatal", error)
     send ("call", handle, ...)    <- ("started", handle)
                                   <- ("chunk", handle, payload)      (generators: one per yielded value)

@@ -10,7 +10,7 @@ Routes (``<name>`` is the endpoint's name; a class endpoint's methods are ``/<na
 * ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs``.
 
 Bad input gets 422 naming the field; an unknown job 404. Errors of accepted calls are listed in
-:mod:`gpuflex._server_jobs` (502 when the endpoint's own code raised). Only JSON comes in: never pickle.
+:mod:`gpuflex.server._jobs` (502 when the endpoint's own code raised). Only JSON comes in: never pickle.
 Bound to anything but loopback, the server needs a token, and every route but ``/health`` then requires
 ``Authorization: Bearer <token>``.
 """
@@ -32,11 +32,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRouter
 from pydantic import BaseModel
 
-from ._apps import LoadedApp, load_app
-from ._config import use
-from ._server_jobs import JobTable, error_body, error_status, job_json, sse
-from ._server_schema import Route, routes_for, to_jsonable
-from .errors import ConfigError
+from .._apps import load_app
+from ..errors import ConfigError
+from ._jobs import error_body, error_status, job_json, sse
+from ._schema import Route, to_jsonable
+from ._state import ServerState
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -45,31 +45,13 @@ if TYPE_CHECKING:
     from rich.console import Console
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from ._job import Job
+    from .._job import Job
 
-__all__ = ["ServerState", "create_app", "is_loopback"]
+__all__ = ["create_app", "is_loopback"]
 
 
 class JobId(BaseModel):
     id: str
-
-
-class ServerState:
-    """What the routes serve: the app's current endpoints (swapped by hot reload) and the jobs started."""
-
-    def __init__(self, loaded: LoadedApp, backend: str | None) -> None:
-        self.loaded = loaded
-        self.backend = backend
-        self.routes: list[Route] = [r for ep in loaded.endpoints.values() for r in routes_for(ep)]
-        self.jobs = JobTable()
-        self.called: set[str] = set()  # endpoints called since start: hot reload redeploys them right away
-        self.reloads = 0
-
-    def spawn(self, route: Route, body: BaseModel | None) -> Job:
-        with use(self.backend) if self.backend else contextlib.nullcontext():
-            job = route.spawn(body)
-        self.called.add(route.endpoint.name)
-        return job
 
 
 def _error(exc: BaseException) -> JSONResponse:
@@ -218,7 +200,7 @@ def create_app(module_path: str | Path, *, token: str | None = None, backend: st
         if not reload:
             yield
             return
-        from ._server_reload import Reloader
+        from ._reload import Reloader
 
         reloader = Reloader(state, lambda: bind_routes(app, state, static), console)
         stop = anyio.Event()

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._models import WorkerState
-from .errors import ConfigError
+from .._models import WorkerState
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from ._models import EndpointSpec
+    from .._models import EndpointSpec
 
 __all__ = ["ScaleDecision", "ScalePolicy", "WorkerView", "decide", "next_check"]
 

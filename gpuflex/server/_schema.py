@@ -24,11 +24,11 @@ import pydantic
 import pydantic_core
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
-from ._models import EndpointKind
+from .._models import EndpointKind
 
 if TYPE_CHECKING:
-    from ._endpoint import Endpoint
-    from ._job import Job
+    from .._job import Job
+    from ..client._endpoint import Endpoint
 
 __all__ = ["NotJsonable", "Route", "routes_for", "to_jsonable"]
 

@@ -18,11 +18,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ._version import __version__
-from .errors import GpuflexError
+from .._version import __version__
+from ..errors import GpuflexError
 
 if TYPE_CHECKING:
-    from ._apps import LoadedApp
+    from .._apps import LoadedApp
 
 __all__ = ["app", "main"]
 
@@ -50,7 +50,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 def _check_backend(name: str | None) -> None:
     if name is None:
         return
-    from ._registry import get_registry
+    from .._registry import get_registry
 
     try:
         get_registry().get(name)
@@ -62,14 +62,14 @@ def _use(backend: str | None) -> contextlib.AbstractContextManager[Any]:
     """``gpuflex.use(backend)`` for this thread, and GPUFLEX_BACKEND for threads the app starts."""
     if backend is None:
         return contextlib.nullcontext()
-    from ._config import use
+    from .._config import use
 
     os.environ["GPUFLEX_BACKEND"] = backend
     return use(backend)
 
 
 def _load(path: Path) -> LoadedApp:
-    from ._apps import load_app
+    from .._apps import load_app
 
     try:
         return load_app(path)
@@ -83,7 +83,7 @@ def _load(path: Path) -> LoadedApp:
 
 def _budget(max_cost: float | None) -> None:
     if max_cost is not None:
-        from ._client import get_session
+        from ..client._session import get_session
 
         get_session().budget.limit = max_cost
 
@@ -107,14 +107,14 @@ def serve(
     max_cost: MaxCostOpt = None,
 ) -> None:
     """Serve every endpoint in APP_FILE over HTTP/JSON, reloading the code on save."""
-    from ._server import check_bind
+    from ..server._app import check_bind
 
     try:
         check_bind(host, token)
     except GpuflexError as exc:
         _fail(str(exc), 2)
     _check_backend(backend)
-    from ._ledger import install_ledger
+    from .._ledger import install_ledger
 
     install_ledger()
     _budget(max_cost)
@@ -122,7 +122,7 @@ def serve(
         os.environ["GPUFLEX_BACKEND"] = backend
     import uvicorn
 
-    from ._server import create_app
+    from ..server._app import create_app
 
     try:
         asgi = create_app(app_file, token=token, backend=backend, reload=not no_reload, console=err)
@@ -133,14 +133,14 @@ def serve(
         err.print(traceback.format_exc().rstrip(), markup=False)
         raise typer.Exit(1) from None
     state = asgi.state.gpuflex
-    from ._config import resolve_backend
+    from .._config import resolve_backend
 
     where = backend or f"{resolve_backend('', None).name} (default)"
     err.print(f"[bold]gpuflex[/bold] serving {escape(app_file.name)} on backend {where}:")
     for route in state.routes:
         err.print(f"  POST {route.path}  [dim]({route.kind.value}; jobs: POST {route.path}/jobs)[/dim]")
     err.print(f"  docs: http://{host}:{port}/docs" + ("" if no_reload else "  [dim](hot reload on)[/dim]"))
-    from ._client import shutdown
+    from ..client._session import shutdown
 
     try:
         uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="info", lifespan="on",
@@ -161,8 +161,8 @@ def run(
     Example: gpuflex run pipeline.py --backend local -- --prompt "cats"
     """
     _check_backend(backend)
-    from ._client import shutdown
-    from ._ledger import install_ledger
+    from .._ledger import install_ledger
+    from ..client._session import shutdown
 
     ledger = install_ledger()
     _budget(max_cost)
@@ -199,7 +199,7 @@ def run(
 @app.command()
 def backends() -> None:
     """List installed backends: versions, and capabilities (with the reason for any that is missing)."""
-    from ._cli_report import backends_table
+    from ._report import backends_table
 
     out.print(backends_table())
 
@@ -213,8 +213,8 @@ def plan(
 ) -> None:
     """Show what deploying APP_FILE would create and cost, without creating anything."""
     _check_backend(backend)
-    from ._cli_report import plan as make_plan
-    from ._cli_report import plan_table
+    from ._report import plan as make_plan
+    from ._report import plan_table
 
     loaded = _load(app_file)
     if not loaded.endpoints:
@@ -233,7 +233,7 @@ def plan(
 def deploy(app_file: AppFile, backend: BackendOpt = None) -> None:
     """Deploy every endpoint of APP_FILE's current code to a backend and show what was created."""
     _check_backend(backend)
-    from ._cli_deploy import deploy_app
+    from ._deploy import deploy_app
 
     loaded = _load(app_file)
     if not loaded.endpoints:
@@ -252,7 +252,7 @@ def teardown(
 ) -> None:
     """Remove what `gpuflex deploy` created on a backend."""
     _check_backend(backend)
-    from ._cli_deploy import teardown_backend
+    from ._deploy import teardown_backend
 
     names = list(_load(app_file).endpoints) if app_file else None
     try:
@@ -267,8 +267,8 @@ def jobs(
     endpoint: Annotated[str | None, typer.Option(help="Only this endpoint's jobs.")] = None,
 ) -> None:
     """Recent jobs recorded by `gpuflex serve` and `gpuflex run` (in $GPUFLEX_HOME/jobs.jsonl)."""
-    from ._cli_report import jobs_table
-    from ._ledger import ledger_path, read_ledger
+    from .._ledger import ledger_path, read_ledger
+    from ._report import jobs_table
 
     records = [r for r in read_ledger() if endpoint is None or r.get("endpoint") == endpoint]
     if not records:
@@ -281,8 +281,8 @@ def jobs(
 @app.command()
 def costs() -> None:
     """Calls, GPU-seconds and dollars per endpoint, for every job in the ledger."""
-    from ._cli_report import costs_table
-    from ._ledger import ledger_path, read_ledger
+    from .._ledger import ledger_path, read_ledger
+    from ._report import costs_table
 
     records = read_ledger()
     if not records:

@@ -1,6 +1,6 @@
 """``WorkerPoolBackend``: the base of backends whose workers are processes started from a command.
 
-The local backend starts ``python -m gpuflex._worker_entry`` on this machine; the pod backend starts the same
+The local backend starts ``python -m gpuflex.runtime`` on this machine; the pod backend starts the same
 command through ``ssh`` on another one. Both hand the process frames over its stdin/stdout, and both scale with the
 core autoscaler: one queue per endpoint, workers started while jobs wait (never above ``max_workers``), kept at
 ``min_workers``, stopped after ``idle_timeout``. A subclass says *where* a worker runs:
@@ -23,28 +23,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from ._models import JobStatus
-from ._pool import EndpointPool, Mailbox, PoolJob, empty_updates
+from .._models import JobStatus
+from ..backend import Backend, Call, JobUpdate, Payload
+from ..errors import BackendUnavailable
+from ..runtime._protocol import worker_init
+from ..runtime._wire import SHM_MIN_BYTES, export_payload
+from ._pool import EndpointPool, Mailbox, Placement, PoolJob, empty_updates
 from ._process import StartFailed, WorkerProcess
-from ._wire import SHM_MIN_BYTES, export_payload
-from .backend import Backend, Call, JobUpdate, Payload
-from .errors import BackendUnavailable
-from .worker import worker_init
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ._models import Bundle, EndpointSpec, WorkerInfo
+    from .._models import Bundle, EndpointSpec, WorkerInfo
 
 __all__ = ["EndpointPool", "Placement", "PoolJob", "StartFailed", "WorkerPoolBackend", "WorkerProcess"]
-
-
-@attrs.frozen
-class Placement:
-    """Where a new worker runs: its GPUs (as CUDA_VISIBLE_DEVICES spells them) and its host."""
-
-    gpus: tuple[str, ...] = ()
-    host: str = "localhost"
 
 
 class WorkerPoolBackend(Backend, abc.ABC):

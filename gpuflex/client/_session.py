@@ -18,22 +18,20 @@ import time
 import uuid
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import attrs
 
-from . import _plugins
-from ._bundle import build_bundle
-from ._config import BackendChoice, resolve_backend
-from ._costs import BudgetGuard, CostMeter, job_cost
-from ._job import Job
-from ._loop import LOOP_THREAD_NAME, GuardedTaskGroup, closing, new_loop
-from ._loop import updates as job_updates
-from ._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
-from ._registry import get_registry
-from .backend import Backend, BackendEvents, Call, JobUpdate, Payload, TaskSpawner
-from .errors import (
+from .. import _plugins
+from .._bundle import build_bundle
+from .._config import BackendChoice, resolve_backend
+from .._costs import BudgetGuard, CostMeter, job_cost
+from .._job import LOOP_THREAD_NAME, Job
+from .._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
+from .._registry import get_registry
+from ..backend import Backend, BackendEvents, Call, JobUpdate, Payload, TaskSpawner
+from ..errors import (
     ConfigError,
     GpuflexError,
     GpuflexWarning,
@@ -41,18 +39,30 @@ from .errors import (
     PayloadTooLarge,
     QuotaExceeded,
 )
+from ._loop import GuardedTaskGroup, closing, new_loop
+from ._loop import updates as job_updates
 
 if TYPE_CHECKING:
     import concurrent.futures
     from collections.abc import Coroutine
+    from pathlib import Path
 
-    from ._endpoint import Endpoint
-
-__all__ = ["Session", "get_session"]
+__all__ = ["BoundEndpoint", "Session", "get_session"]
 
 T = TypeVar("T")
 logger = logging.getLogger("gpuflex")
 _CANCEL_GRACE_SECONDS = 10.0
+
+
+class BoundEndpoint(Protocol):
+    """What the session needs of an endpoint (``gpuflex.Endpoint`` is the one implementation)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def spec(self) -> EndpointSpec: ...
+    @property
+    def project_root(self) -> Path: ...
 
 
 class _HookEvents(BackendEvents):
@@ -149,7 +159,7 @@ class Session:
                     del self._bindings[binding_key]
         await backend.aclose()
 
-    def bundle_for(self, endpoint: Endpoint[Any, Any]) -> Bundle:
+    def bundle_for(self, endpoint: BoundEndpoint) -> Bundle:
         root = endpoint.project_root
         with self._bundle_lock:
             bundle = self._bundles.get(root)
@@ -166,7 +176,7 @@ class Session:
         with self._bundle_lock:
             self._bundles.clear()
 
-    def _rebind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any],
+    def _rebind(self, backend: Backend, key: tuple[str, str], endpoint: BoundEndpoint,
                 old: _Binding | None) -> _Binding:
         """First call of an endpoint on a backend, or its decorator ran again (a re-imported module)."""
         if old is not None:
@@ -186,7 +196,7 @@ class Session:
         self._prices.pop((id(backend), endpoint.name), None)
         return binding
 
-    async def _bind(self, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any]) -> EndpointSpec:
+    async def _bind(self, backend: Backend, key: tuple[str, str], endpoint: BoundEndpoint) -> EndpointSpec:
         binding = self._bindings.get((key, endpoint.name))
         if binding is None or binding.source is not endpoint.spec:
             binding = self._rebind(backend, key, endpoint, binding)
@@ -203,12 +213,12 @@ class Session:
 
     # -- jobs ----------------------------------------------------------------------------------------------
 
-    def spawn(self, endpoint: Endpoint[Any, Any], method: str | None, payload: Payload, *, streaming: bool) -> Job:
+    def spawn(self, endpoint: BoundEndpoint, method: str | None, payload: Payload, *, streaming: bool) -> Job:
         """Accept a job (caller's thread) and start driving it (loop thread)."""
         return self.spawn_many(endpoint, method, [payload], streaming=streaming)[0]
 
     def spawn_many(
-        self, endpoint: Endpoint[Any, Any], method: str | None, payloads: list[Payload], *, streaming: bool = False
+        self, endpoint: BoundEndpoint, method: str | None, payloads: list[Payload], *, streaming: bool = False
     ) -> list[Job]:
         """Accept several jobs of one endpoint with a single hop to the loop thread (``map``)."""
         choice = resolve_backend(endpoint.name, endpoint.spec.backend, endpoint.spec)
@@ -231,7 +241,7 @@ class Session:
         return jobs
 
     def _start_drives(self, drives: list[tuple[Job, Payload]], backend: Backend, key: tuple[str, str],
-                      endpoint: Endpoint[Any, Any], method: str | None) -> None:
+                      endpoint: BoundEndpoint, method: str | None) -> None:
         for job, payload in drives:
             self.loop.create_task(self._drive(job, backend, key, endpoint, method, payload))
 
@@ -245,7 +255,7 @@ class Session:
             await backend.cancel(handle)
 
     async def _drive(
-        self, job: Job, backend: Backend, key: tuple[str, str], endpoint: Endpoint[Any, Any], method: str | None,
+        self, job: Job, backend: Backend, key: tuple[str, str], endpoint: BoundEndpoint, method: str | None,
         payload: Payload,
     ) -> None:
         try:

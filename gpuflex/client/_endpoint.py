@@ -15,19 +15,19 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import cloudpickle
 
-from ._bundle import find_project_root
-from ._client import get_session
-from ._envelope import encode_call
-from ._gpus import parse_gpu
-from ._models import EndpointKind, EndpointSpec, FunctionRef, Resources
-from ._worker import IN_WORKER_ENV
-from .errors import ConfigError
+from .._bundle import find_project_root
+from .._envelope import encode_call
+from .._models import EndpointKind, EndpointSpec, FunctionRef, Resources
+from ..errors import ConfigError
+from ..gpus import parse_gpu
+from ..runtime._runner import IN_WORKER_ENV
+from ._session import get_session
 
 if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
-    from ._job import Job
-from ._progress import track
+    from .._job import Job
+from ..progress import track
 
 __all__ = ["Endpoint", "endpoint"]
 

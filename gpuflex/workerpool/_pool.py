@@ -6,27 +6,53 @@ import asyncio
 import collections
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import anyio
 import attrs
 
+from .._models import Bundle, EndpointKind, EndpointSpec, JobStatus, WorkerState
+from ..backend import Call, JobUpdate, Payload
+from ..runtime._wire import ShmRef, discard_shm
 from ._autoscaler import ScalePolicy, WorkerView, decide, next_check
-from ._models import Bundle, EndpointKind, EndpointSpec, JobStatus, WorkerState
 from ._process import StartFailed, WorkerProcess
-from ._wire import ShmRef, discard_shm
-from .backend import Call, JobUpdate, Payload
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-    from .workerpool import WorkerPoolBackend
+    from ..backend import BackendEvents, TaskSpawner
 
-__all__ = ["EndpointPool", "PoolJob", "Mailbox", "empty_updates"]
+__all__ = ["EndpointPool", "Mailbox", "Placement", "PoolJob", "PoolOwner", "empty_updates"]
 
 T = TypeVar("T")
 AUTO_PREFETCH = 16  # calls sent ahead into a busy worker's pipe while calls are short
 AUTO_PREFETCH_BELOW = 0.002  # seconds: the average call time under which prefetching pays
+
+
+@attrs.frozen
+class Placement:
+    """Where a new worker runs: its GPUs (as CUDA_VISIBLE_DEVICES spells them) and its host."""
+
+    gpus: tuple[str, ...] = ()
+    host: str = "localhost"
+
+
+class PoolOwner(Protocol):
+    """What a pool asks of the backend that owns it (``WorkerPoolBackend`` is the one implementation)."""
+
+    events: BackendEvents
+    task_group: TaskSpawner | None
+    shared_memory: bool
+    prefetch: int | None
+
+    def place_worker(self, spec: EndpointSpec, worker_id: str) -> Placement | None: ...
+    def release_worker(self, worker_id: str) -> None: ...
+    def retry_start(self, worker: WorkerProcess, failure: StartFailed) -> bool: ...
+    def worker_ready(self, worker: WorkerProcess) -> None: ...
+    def worker_released(self, pool: EndpointPool) -> None: ...
+    async def worker_command(self, spec: EndpointSpec, worker: WorkerProcess) -> tuple[list[str], dict[str, str]]: ...
+    def worker_cwd(self, bundle: Bundle) -> str: ...
+    def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]: ...
 
 
 class Mailbox(Generic[T]):
@@ -99,7 +125,7 @@ class PoolJob:
 class EndpointPool:
     """The queue and the workers of one endpoint (for its current bundle, plus draining ones from before)."""
 
-    def __init__(self, backend: WorkerPoolBackend, spec: EndpointSpec, bundle: Bundle) -> None:
+    def __init__(self, backend: PoolOwner, spec: EndpointSpec, bundle: Bundle) -> None:
         self.backend, self.spec, self.bundle = backend, spec, bundle
         self.queue: collections.deque[PoolJob] = collections.deque()
         self.workers: dict[str, WorkerProcess] = {}

@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from rich.table import Table
 
-from ._config import resolve_backend, use
-from ._costs import job_cost
-from ._ledger import summarize
-from ._plugins import call_endpoint_spec, call_price
-from ._registry import get_registry
+from .._config import resolve_backend, use
+from .._costs import job_cost
+from .._ledger import summarize
+from .._plugins import call_endpoint_spec, call_price
+from .._registry import get_registry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from ._apps import LoadedApp
-    from ._endpoint import Endpoint
-    from ._models import EndpointSpec, Price
-    from .backend import Backend
+    from .._apps import LoadedApp
+    from .._models import EndpointSpec, Price
+    from ..backend import Backend
+    from ..client._endpoint import Endpoint
 
 __all__ = ["PlanRow", "backends_table", "costs_table", "jobs_table", "plan", "plan_table", "usd"]
 

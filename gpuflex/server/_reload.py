@@ -22,18 +22,18 @@ from rich.console import Console
 from rich.markup import escape
 from watchfiles import DefaultFilter, awatch
 
-from ._apps import LoadedApp, load_app
-from ._bundle import find_project_root
-from ._client import get_session
-from ._config import reload_project_config, resolve_backend, use
-from ._ledger import gpuflex_home
-from ._server_schema import Route, routes_for
+from .._apps import LoadedApp, load_app
+from .._bundle import find_project_root
+from .._config import reload_project_config, resolve_backend, use
+from .._ledger import gpuflex_home
+from ..client._session import get_session
+from ._schema import Route, routes_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from ._endpoint import Endpoint
-    from ._server import ServerState
+    from ..client._endpoint import Endpoint
+    from ._state import ServerState
 
 __all__ = ["Reloader", "WatchFilter"]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
-from .backend import Payload
+from ..backend import Payload
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from anyio.abc import ByteSendStream
     from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["ShmRef", "WireCodec", "read_frame_sync", "write_frame_sync"]
+__all__ = ["FrameParser", "ShmRef", "WireCodec", "read_frame_sync", "write_frame_sync"]
 
 _LEN = struct.Struct("<Q")
 SHM_DIR = "/dev/shm"
@@ -194,3 +194,37 @@ async def read_frame(stream: BufferedByteReceiveStream) -> tuple[Any, ...]:
     packed, sizes = pickle.loads(await stream.receive_exactly(length))
     raws = [bytearray(await stream.receive_exactly(size)) if size else bytearray() for size in sizes]
     return WireCodec.decode(packed, raws)
+
+
+class FrameParser:
+    """Incremental frame parser: feed bytes, get whole messages."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._meta: tuple[tuple[Any, ...], list[int]] | None = None
+        self._meta_end = 0
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        self._buf += data
+        out = []
+        while True:
+            if self._meta is None:
+                if len(self._buf) < _LEN.size:
+                    break
+                (length,) = _LEN.unpack_from(self._buf)
+                if len(self._buf) < _LEN.size + length:
+                    break
+                self._meta_end = _LEN.size + length
+                self._meta = pickle.loads(memoryview(self._buf)[_LEN.size : self._meta_end])
+            packed, sizes = self._meta
+            total = self._meta_end + sum(sizes)
+            if len(self._buf) < total:
+                break
+            raws, offset = [], self._meta_end
+            for size in sizes:
+                raws.append(self._buf[offset : offset + size])  # a bytearray copy: writable, like the other paths
+                offset += size
+            del self._buf[:total]
+            self._meta = None
+            out.append(WireCodec.decode(packed, raws))
+        return out

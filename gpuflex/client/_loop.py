@@ -11,18 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .backend import Backend
+from ..backend import Backend
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
     from anyio.abc import TaskGroup
 
-    from .backend import JobUpdate
+    from ..backend import JobUpdate
 
-__all__ = ["LOOP_THREAD_NAME", "GuardedTaskGroup", "closing", "new_loop", "updates"]
+__all__ = ["GuardedTaskGroup", "closing", "new_loop", "updates"]
 
-LOOP_THREAD_NAME = "gpuflex-loop"  # the thread every backend and hook runs on
 
 logger = logging.getLogger("gpuflex")
 

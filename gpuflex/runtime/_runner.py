@@ -4,7 +4,7 @@ It loads a bundle, imports the endpoint's function or class by reference (or unp
 scripts run interactively), runs ``setup()`` once for classes, then serves calls: plain and async functions,
 generators (each chunk sent as soon as it is produced) and async generators.
 
-Run as ``python -m gpuflex._worker``: frames (see ``_wire``) arrive on stdin and go out on stdout; the user's
+Run as ``python -m gpuflex.runtime._runner``: frames (see ``_wire``) arrive on stdin and go out on stdout; the user's
 prints go to stderr. Backends that talk to workers another way reuse :class:`WorkerRuntime` directly.
 """
 
@@ -25,16 +25,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import cloudpickle
 
-from ._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
-from ._procs import FrameParser
-from ._version import __version__
-from ._wire import WireCodec, read_frame_sync, write_frame_sync
-from .errors import ConfigError, VersionMismatch
+from .._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
+from .._version import __version__
+from ..errors import ConfigError, VersionMismatch
+from ._wire import FrameParser, WireCodec, read_frame_sync, write_frame_sync
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .backend import Payload
+    from ..backend import Payload
 
 __all__ = ["IN_WORKER_ENV", "OWN_GROUP_ENV", "WorkerRuntime", "main"]
 

@@ -1,4 +1,4 @@
-"""One worker process: started with ``python -m gpuflex._worker``, spoken to in frames over its stdin/stdout."""
+"""One worker process: started with ``python -m gpuflex.runtime._runner``, spoken to in frames over its stdin/stdout."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._models import WorkerInfo, WorkerState
-from ._procs import WorkerChannel, start_worker_process
+from .._models import WorkerInfo, WorkerState
+from ._channel import WorkerChannel, start_worker_process
 
 if TYPE_CHECKING:
-    from .backend import Payload
+    from ..backend import Payload
 
 __all__ = ["StartFailed", "WorkerProcess"]
 

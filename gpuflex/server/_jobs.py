@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._server_schema import NotJsonable, to_jsonable
-from .errors import GpuflexError, JobCancelled, JobTimeout, PayloadTooLarge, QuotaExceeded, RemoteError
+from ..errors import GpuflexError, JobCancelled, JobTimeout, PayloadTooLarge, QuotaExceeded, RemoteError
+from ._schema import NotJsonable, to_jsonable
 
 if TYPE_CHECKING:
-    from ._job import Job
-    from ._server_schema import Route
+    from .._job import Job
+    from ._schema import Route
 
 __all__ = ["JobEntry", "JobTable", "error_body", "error_status", "job_json", "sse"]
 

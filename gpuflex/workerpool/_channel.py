@@ -9,56 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import signal
-import struct
 import subprocess
 import typing
 from typing import Any
 
-from ._wire import WireCodec, discard_shm
+from ..runtime._wire import FrameParser, WireCodec, discard_shm
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["FrameParser", "WorkerChannel", "start_worker_process"]
+__all__ = ["WorkerChannel", "start_worker_process"]
 
-_LEN = struct.Struct("<Q")
 _JOIN_BELOW = 256 * 1024  # frames up to this size are joined into one write
-
-
-class FrameParser:
-    """Incremental frame parser: feed bytes, get whole messages."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._meta: tuple[tuple[Any, ...], list[int]] | None = None
-        self._meta_end = 0
-
-    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
-        self._buf += data
-        out = []
-        while True:
-            if self._meta is None:
-                if len(self._buf) < _LEN.size:
-                    break
-                (length,) = _LEN.unpack_from(self._buf)
-                if len(self._buf) < _LEN.size + length:
-                    break
-                self._meta_end = _LEN.size + length
-                self._meta = pickle.loads(memoryview(self._buf)[_LEN.size : self._meta_end])
-            packed, sizes = self._meta
-            total = self._meta_end + sum(sizes)
-            if len(self._buf) < total:
-                break
-            raws, offset = [], self._meta_end
-            for size in sizes:
-                raws.append(self._buf[offset : offset + size])  # a bytearray copy: writable, like the other paths
-                offset += size
-            del self._buf[:total]
-            self._meta = None
-            out.append(WireCodec.decode(packed, raws))
-        return out
 
 
 class WorkerChannel(asyncio.SubprocessProtocol):

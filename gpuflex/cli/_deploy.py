@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_report import endpoint_backends, make_backend
-from ._client import get_session, shutdown
-from ._config import resolve_backend, use
-from ._plugins import call_endpoint_spec, call_hook
+from .._config import resolve_backend, use
+from .._plugins import call_endpoint_spec, call_hook
+from ..client._session import get_session, shutdown
+from ._report import endpoint_backends, make_backend
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ._apps import LoadedApp
-    from .backend import Backend
+    from .._apps import LoadedApp
+    from ..backend import Backend
 
 __all__ = ["deploy_app", "teardown_backend"]
 

@@ -1,0 +1,6 @@
+"""``python -m gpuflex.cli``: the ``gpuflex`` command."""
+
+from ._main import main
+
+if __name__ == "__main__":
+    main()
