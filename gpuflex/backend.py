@@ -20,6 +20,7 @@ A backend reports each job's terminal state with a reason and never leaves one w
 from __future__ import annotations
 
 import abc
+import logging
 import struct
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -32,7 +33,40 @@ if TYPE_CHECKING:
 
     from ._models import Bundle, EndpointSpec, WorkerState
 
-__all__ = ["Backend", "BackendEvents", "Call", "JobUpdate", "NoConfig", "Payload", "TaskSpawner"]
+__all__ = [
+    "WORKER_LOGGER", "Backend", "BackendEvents", "Call", "JobUpdate", "NoConfig", "Payload", "TaskSpawner",
+    "log_worker_output",
+]
+
+WORKER_LOGGER = "gpuflex.worker"
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+           "CRITICAL": logging.CRITICAL}
+
+
+def _worker_logger() -> logging.Logger:
+    """``gpuflex.worker``, shown on stderr at INFO when the app configured no logging of its own; an app routes
+    or silences it like any logger (``logging.getLogger("gpuflex.worker").setLevel(logging.WARNING)``)."""
+    logger = logging.getLogger(WORKER_LOGGER)
+    if not logger.handlers and not logging.getLogger().handlers and not getattr(logger, "_gpuflex_default", False):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        logger._gpuflex_default = True  # type: ignore[attr-defined]
+    return logger
+
+
+def log_worker_output(endpoint: str, worker: str, stream: str, text: str) -> None:
+    """Log one line of a worker's output to ``gpuflex.worker`` as ``[endpoint worker] text``. Log records keep
+    their level (``text`` starts with it); printed lines are INFO. The record carries ``gpuflex_endpoint``,
+    ``gpuflex_worker`` and ``gpuflex_stream`` for handlers that route by them."""
+    level = logging.INFO
+    if stream == "log":
+        level = _LEVELS.get(text.split(" ", 1)[0], logging.INFO)
+    _worker_logger().log(level, "[%s %s] %s", endpoint, worker, text,
+                         extra={"gpuflex_endpoint": endpoint, "gpuflex_worker": worker, "gpuflex_stream": stream})
 
 
 @attrs.frozen
@@ -122,6 +156,12 @@ class BackendEvents:
 
     def worker_state(self, worker: WorkerInfo, state: WorkerState) -> None:
         """A worker changed state (IDLE <-> BUSY)."""
+
+    def worker_output(self, endpoint: str, worker: str, stream: str, text: str) -> None:
+        """A line the user's code printed (``stream`` ``"stdout"``/``"stderr"``) or logged (``"log"``) in a
+        worker; sent by the worker runtime as ``("output", stream, text)``. Logged to the ``gpuflex.worker``
+        logger, marked with the endpoint and the worker."""
+        log_worker_output(endpoint, worker, stream, text)
 
 
 class Backend(abc.ABC):

@@ -28,6 +28,7 @@ import cloudpickle
 from .._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
 from .._version import __version__
 from ..errors import ConfigError, VersionMismatch
+from ._output import OutputCapture, capture_output
 from ._wire import FrameParser, WireCodec, read_frame_sync, write_frame_sync
 
 if TYPE_CHECKING:
@@ -75,9 +76,14 @@ def load_target(spec: dict[str, Any]) -> Any:
 class WorkerRuntime:
     """Runs calls of one endpoint inside one worker. Transport-agnostic: ``send`` delivers outgoing messages."""
 
-    def __init__(self, spec: dict[str, Any], send: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, spec: dict[str, Any], send: Callable[[tuple[Any, ...]], None], *,
+                 capture_output: bool = True) -> None:
+        """:param capture_output: send what the user's code prints and logs as ``("output", stream, text)``
+        messages (see :mod:`gpuflex.runtime._output`), from ``start()`` on."""
         self.spec = spec
         self.send = send
+        self.capture_output = capture_output
+        self.output: OutputCapture | None = None
         self.concurrency: int = spec.get("concurrency", 1)
         self.target: Any = None
         self.instance: Any = None
@@ -87,6 +93,17 @@ class WorkerRuntime:
         self.report_started: bool = spec.get("report_started", True)
         self._callables: dict[str | None, Any] = {}
 
+    def _done(self, job_id: str, status: str, outcome: Payload | None) -> None:
+        if self.output is not None:
+            self.output.flush()  # a partial line printed by the call arrives before its result
+        self.send(("done", job_id, status, outcome))
+
+    def close(self) -> None:
+        """Put the original stdout, stderr and logging last resort back."""
+        if self.output is not None:
+            self.output.restore()
+            self.output = None
+
     def check_versions(self) -> None:
         if self.spec["python"] != PYTHON_VERSION:
             raise VersionMismatch("Python", self.spec["python"], PYTHON_VERSION)
@@ -95,6 +112,8 @@ class WorkerRuntime:
 
     async def start(self) -> dict[str, Any]:
         """Load the target and run a class's ``setup()``; return what the worker reports as ready."""
+        if self.capture_output and self.output is None:
+            self.output = capture_output(self.send)
         self.check_versions()
         os.environ.update(self.spec.get("environ") or {})  # sent in the init frame: never on a command line
         self.target = load_target(self.spec)
@@ -163,7 +182,7 @@ class WorkerRuntime:
         """Start a call, unless it was cancelled before it started (then answer that, and return False)."""
         if job_id in self.cancelled:
             self.cancelled.discard(job_id)
-            self.send(("done", job_id, "cancelled", None))
+            self._done(job_id, "cancelled", None)
             return False
         if self.report_started:
             self.send(("started", job_id))
@@ -181,7 +200,7 @@ class WorkerRuntime:
             outcome, status = None, "cancelled"
         except BaseException as exc:  # the user's exception goes back to the caller
             outcome, status = encode_error(exc), "error"
-        self.send(("done", job_id, status, outcome))
+        self._done(job_id, status, outcome)
 
     def run_inline(self, job_id: str, payload: Payload) -> None:
         """``run`` for a sync callable, on the loop itself: no task, no thread."""
@@ -199,7 +218,7 @@ class WorkerRuntime:
                 outcome, status = encode_value(fn(*args, **kwargs)), "ok"
         except BaseException as exc:  # the user's exception goes back to the caller
             outcome, status = encode_error(exc), "error"
-        self.send(("done", job_id, status, outcome))
+        self._done(job_id, status, outcome)
 
     async def _invoke(self, job_id: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
         inline = self.concurrency == 1

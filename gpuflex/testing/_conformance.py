@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import tempfile
 import threading
 import time
 import typing
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -335,6 +337,46 @@ def check_hot_reload(make_backend: BackendFactory) -> None:
         sys.modules.pop(module_name, None)
 
 
+def check_worker_output(make_backend: BackendFactory) -> None:
+    """What the endpoint prints and logs reaches the caller's ``gpuflex.worker`` logger while the call runs,
+    marked with the endpoint and the worker."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.DEBUG)
+    logger = logging.getLogger("gpuflex.worker")
+    saved_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with backend_in_use(make_backend) as backend:
+            _needs(backend, "worker_output")
+            tag, gate = f"chatty-{uuid.uuid4().hex[:8]}", _tmp() / "gate"
+            job = ep.chatty.spawn(tag, str(gate))
+            expected = {("stdout", f"{tag} to stdout"), ("stderr", f"{tag} to stderr"),
+                        ("log", f"WARNING conformance: {tag} logged")}
+
+            def seen() -> set[tuple[str, str]]:
+                return {(getattr(r, "gpuflex_stream", ""), r.getMessage().split("] ", 1)[-1]) for r in records}
+
+            wait_until(lambda: expected <= seen(), f"the worker's output {sorted(expected)} (seen: {sorted(seen())})")
+            assert not job.status.is_terminal, "the output must arrive while the call runs, not after it"
+            gate.touch()
+            assert job.result(timeout=WAIT) == tag
+            mine = [r for r in records if tag in r.getMessage()]
+            assert all(getattr(r, "gpuflex_endpoint", None) == "conformance_chatty" for r in mine)
+            assert all(getattr(r, "gpuflex_worker", None) for r in mine), "each line names its worker"
+            assert all(f"[conformance_chatty {r.__dict__['gpuflex_worker']}]" in r.getMessage() for r in mine)
+            warning = next(r for r in mine if getattr(r, "gpuflex_stream", "") == "log")
+            assert warning.levelno == logging.WARNING, "a log record keeps its level"
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+
+
 CHECKS: list[Check] = [
     check_function,
     check_async_function,
@@ -350,6 +392,7 @@ CHECKS: list[Check] = [
     check_scaling_bounds,
     check_cost_recorded,
     check_hot_reload,
+    check_worker_output,
 ]
 
 

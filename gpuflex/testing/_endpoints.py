@@ -156,3 +156,16 @@ def warm() -> int:
 @gpuflex.endpoint(name="conformance_unpicklable_result")
 def unpicklable_result() -> Any:
     return threading.Lock()
+
+
+@gpuflex.endpoint(name="conformance_chatty")
+def chatty(tag: str, gate: str) -> str:
+    """Print to stdout and stderr and log a warning, then wait for the caller to create ``gate`` (proves the
+    output arrives while the call runs, not after it)."""
+    import logging
+    import sys
+
+    print(f"{tag} to stdout")
+    print(f"{tag} to stderr", file=sys.stderr)
+    logging.getLogger("conformance").warning("%s logged", tag)
+    return tag if _wait_for_file(gate) else "gate never opened"

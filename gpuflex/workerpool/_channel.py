@@ -44,7 +44,7 @@ class WorkerChannel(asyncio.SubprocessProtocol):
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         for frame in self.parser.feed(data):
-            if not self.first_frame.done():
+            if frame[0] != "output" and not self.first_frame.done():  # output may come before ready
                 self.first_frame.set_result(frame)
             else:
                 self.on_frame(frame)

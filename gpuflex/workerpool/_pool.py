@@ -285,6 +285,9 @@ class EndpointPool:
 
     def _on_frame(self, worker: WorkerProcess, frame: tuple[Any, ...]) -> None:
         kind = frame[0]
+        if kind == "output":
+            self.backend.events.worker_output(self.spec.name, worker.id, frame[1], frame[2])
+            return
         if kind == "ready":  # a reload in place finished: the worker now runs this pool's bundle
             worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
             worker.info.bundle_hash = self.bundle.hash

@@ -7,6 +7,7 @@
     send ("call", handle, ...)    <- ("started", handle)
                                   <- ("chunk", handle, payload)      (generators: one per yielded value)
                                   <- ("done", handle, status, outcome)
+                                  <- ("output", stream, text)        (any time: what the code prints and logs)
     send ("stop",)                   the process exits
 
 and records everything on the ``SubprocessJob``, where the backend's ``status``, ``updates`` and ``stream`` read it.
@@ -145,9 +146,20 @@ async def _talk(job: SubprocessJob, process: Process, config: SubprocessConfig, 
     async def send(*message: Any) -> None:
         await write_frame(stdin, codec.encode(message))
 
+    name = job.call.endpoint.name
+    worker_id = f"{name}-{process.pid}"
+
+    async def receive() -> tuple[Any, ...]:
+        """The next frame; the user's output (prints, log records) goes to the caller's log on the way."""
+        while True:
+            frame = await read_frame(stdout)
+            if frame[0] != "output":
+                return frame
+            events.worker_output(name, worker_id, frame[1], frame[2])
+
     await send("init", _init_spec(job.call.endpoint, job.bundle))
     with anyio.move_on_after(config.start_timeout) as waiting:
-        frame = await read_frame(stdout)  # the worker has imported the endpoint, or failed to
+        frame = await receive()  # the worker has imported the endpoint, or failed to
     if waiting.cancelled_caught:
         kill(process)
         job.finish(JobStatus.FAILED, reason=f"the worker did not start within {config.start_timeout} s")
@@ -155,13 +167,13 @@ async def _talk(job: SubprocessJob, process: Process, config: SubprocessConfig, 
     if frame[0] == "fatal":  # frame[1] is the serialized exception: the caller gets the real ImportError
         job.finish(JobStatus.FAILED, outcome=frame[1], reason="the endpoint failed to load in the worker")
         return
-    job.worker = WorkerInfo(id=f"{job.call.endpoint.name}-{process.pid}", endpoint=job.call.endpoint.name,
+    job.worker = WorkerInfo(id=worker_id, endpoint=name,
                             state=WorkerState.BUSY, started_at=time.time(), pid=process.pid,
                             bundle_hash=job.bundle.hash, active_jobs=1)
     events.worker_started(job.worker)
     await send("call", job.handle, job.call.method, job.call.payload)
     while True:
-        frame = await read_frame(stdout)
+        frame = await receive()
         if frame[0] == "started":
             job.started_at = time.time()
             job.push(JobUpdate(status=JobStatus.RUNNING, worker=job.worker.id, started_at=job.started_at))
