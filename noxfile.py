@@ -65,3 +65,23 @@ def benchmarks(session: nox.Session) -> None:
     _install(session, "numpy>=1.26", "ray", MODAL, *RUNPOD_DEPS, torch=True)
     session.install("--no-deps", RUNPOD)
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON, venv_params=["--seed"])
+def live(session: nox.Session) -> None:
+    """Opt-in, never in CI: the conformance suite, first-call timings and each backend's live checks against a real
+    RunPod account (RUNPOD_API_KEY), Modal workspace (MODAL_TOKEN_ID/SECRET or ~/.modal.toml) and SSH hosts
+    (GPUFLEX_LIVE_SSH_HOSTS), each only when given; writes docs/live/<date>.md."""
+    _install(session, *TEST_DEPS, MODAL, *RUNPOD_DEPS)
+    session.install("--no-deps", RUNPOD)
+    report = session.create_tmp() + "/live.jsonl"
+    status = 0
+    try:
+        session.run("pytest", "--run-live", "-m", "live", "-p", "no:randomly", "tests/live", "backends",
+                    *session.posargs, env={"GPUFLEX_LIVE_REPORT": report})
+    except nox.command.CommandFailed:
+        status = 1
+    finally:  # an interrupted or failed run is reported too; each check tears down what it created
+        session.run("python", "benchmarks/live_report.py", report, str(status))
+    if status:
+        session.error("some live checks failed: see docs/live/")
