@@ -136,6 +136,8 @@ class EndpointSpec:
     timeout: float | None = attrs.field(default=None, validator=_positive_number_or_none)
     retries: int = attrs.field(default=0, validator=_non_negative_int)
     concurrency: int = attrs.field(default=1, validator=_non_negative_int)
+    max_batch_size: int | None = None
+    batch_wait_ms: float = 10.0
     dependencies: tuple[str, ...] = ()
     system_dependencies: tuple[str, ...] = ()
     env: Mapping[str, str] = attrs.field(factory=dict, converter=_sorted_dict)
@@ -153,9 +155,34 @@ class EndpointSpec:
             )
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        self._check_batching()
         for key, value in self.env.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ConfigError(f"env must map strings to strings; {key!r}: {value!r} is not")
+
+    def _check_batching(self) -> None:
+        if self.max_batch_size is None:
+            return
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) \
+                or self.max_batch_size < 1:
+            raise ConfigError(f"max_batch_size must be a whole number of at least 1, got {self.max_batch_size!r}")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+            raise ConfigError(f"batch_wait_ms must be non-negative milliseconds, got {wait!r}")
+        kinds = [self.kind] if self.kind is not EndpointKind.CLASS else list(self.methods.values())
+        streaming = (EndpointKind.GENERATOR, EndpointKind.ASYNC_GENERATOR)
+        if any(kind in streaming for kind in kinds):
+            raise ConfigError(f"endpoint {self.name!r}: generators cannot be batched (max_batch_size); a batched "
+                              "function takes a list of items and returns a list of results")
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size is not None
+
+    @property
+    def calls_per_worker(self) -> int:
+        """Calls one worker takes at once: ``concurrency`` batches of up to ``max_batch_size`` calls each."""
+        return self.concurrency * (self.max_batch_size or 1)
 
     @property
     def gpu(self) -> GPU | None:
@@ -178,6 +205,7 @@ class EndpointSpec:
             "cpu": self.resources.cpu,
             "memory": self.resources.memory,
             "scale": [self.min_workers, self.max_workers, self.idle_timeout, self.concurrency],
+            "batch": [self.max_batch_size, self.batch_wait_ms] if self.max_batch_size else None,
             "timeout": self.timeout,
             "dependencies": sorted(self.dependencies),
             "system_dependencies": sorted(self.system_dependencies),

@@ -9,6 +9,7 @@ The tree::
     ├── PluginError
     │   └── UnknownBackendError(LookupError)    no installed backend has that name
     ├── RemoteError                             a remote exception that could not be rebuilt locally
+    ├── BatchError                              a batched function broke its contract (one result per item)
     ├── BackendError                            a backend could not do what was asked
     │   ├── BackendUnavailable                  unreachable, not started, capacity missing
     │   ├── AuthenticationError                 missing or rejected credentials
@@ -30,6 +31,7 @@ __all__ = [
     "AuthenticationError",
     "BackendError",
     "BackendUnavailable",
+    "BatchError",
     "ConfigError",
     "GpuflexError",
     "GpuflexWarning",
@@ -155,6 +157,11 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f"\n\nRemote traceback:\n{self.tb}"
+
+
+class BatchError(GpuflexError):
+    """A batched endpoint broke its contract: it must take a list and return a list with one result per item,
+    and each call must pass exactly one item."""
 
 
 class RemoteError(GpuflexError):

@@ -18,7 +18,7 @@ import cloudpickle
 from .._bundle import find_project_root
 from .._envelope import encode_call
 from .._models import EndpointKind, EndpointSpec, FunctionRef, Resources
-from ..errors import ConfigError
+from ..errors import BatchError, ConfigError
 from ..gpus import parse_gpu
 from ..runtime._runner import IN_WORKER_ENV
 from ._session import get_session
@@ -117,12 +117,37 @@ class _Aio:
             yield await next_done
 
 
+def check_one_item(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """A call of a batched endpoint passes exactly one item (the worker makes the list)."""
+    if len(args) != 1 or kwargs:
+        raise BatchError(f"endpoint {name!r} is batched (max_batch_size): call it with exactly one item, e.g. "
+                         f"{name}(item); it got {len(args)} positional and {len(kwargs)} keyword argument(s)")
+
+
+def _one_item(fn: Callable[..., Any], kind: EndpointKind) -> Callable[..., Any]:
+    """The user's batched function (list in, list out) called the way callers call it: one item in, one out."""
+    def single(results: Any) -> Any:
+        if not isinstance(results, (list, tuple)) or len(results) != 1:
+            raise BatchError(f"a batched endpoint must return a list with one result per item: it got 1 item and "
+                             f"returned {results!r:.80}")
+        return results[0]
+
+    if kind is EndpointKind.ASYNC_FUNCTION:
+        async def call_async(item: Any) -> Any:
+            return single(await fn([item]))
+
+        return call_async
+    return lambda item: single(fn([item]))
+
+
 class _Callable:
     """One remotely callable thing (a function endpoint, or one method of a class endpoint)."""
 
     def __init__(
         self, ep: Endpoint[Any, Any], method: str | None, kind: EndpointKind, local: Callable[..., Any]
     ) -> None:
+        if ep.spec.batched and kind in (EndpointKind.FUNCTION, EndpointKind.ASYNC_FUNCTION):
+            local = _one_item(local, kind)  # .local(item) and nested calls pass one item, like remote callers
         self._ep, self._method, self._kind, self._local = ep, method, kind, local
         self.aio = _Aio(ep, method)
 
@@ -246,11 +271,13 @@ class Endpoint(_Callable, Generic[P, R]):
 
     def _spawn(self, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any], *,
                streaming: bool = False) -> Job:
+        if self.spec.batched:
+            check_one_item(self.name, args, kwargs)
         payload = encode_call(method, tuple(args), dict(kwargs))
         return get_session().spawn(self, method, payload, streaming=streaming)
 
     def _map_window(self) -> int:
-        return max(64, 8 * self.spec.max_workers * self.spec.concurrency)
+        return max(64, 8 * self.spec.max_workers * self.spec.calls_per_worker)
 
 
 class RemoteInstance:
@@ -310,6 +337,8 @@ def _build_spec(obj: Any, kind: EndpointKind, methods: dict[str, EndpointKind], 
         timeout=options.get("timeout"),
         retries=options.get("retries", 0),
         concurrency=options.get("concurrency", 1),
+        max_batch_size=options.get("max_batch_size"),
+        batch_wait_ms=options.get("batch_wait_ms", 10.0),
         dependencies=strings("dependencies"),
         system_dependencies=strings("system_dependencies"),
         env=dict(options.get("env") or {}),
@@ -333,16 +362,16 @@ def endpoint(obj: Callable[P, R], /) -> Endpoint[P, R]: ...
 def endpoint(
     obj: None = None, /, *, name: str | None = None, gpu: Any = None, cpu: float | None = None,
     memory: int | None = None, min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60,
-    timeout: float | None = None, retries: int = 0, concurrency: int = 1, dependencies: Sequence[str] = (),
-    system_dependencies: Sequence[str] = (), env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
-    backend: str | None = None,
+    timeout: float | None = None, retries: int = 0, concurrency: int = 1, max_batch_size: int | None = None,
+    batch_wait_ms: float = 10.0, dependencies: Sequence[str] = (), system_dependencies: Sequence[str] = (),
+    env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), backend: str | None = None,
 ) -> _Decorator: ...
 def endpoint(
     obj: Any = None, /, *, name: str | None = None, gpu: Any = None, cpu: float | None = None,
     memory: int | None = None, min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60,
-    timeout: float | None = None, retries: int = 0, concurrency: int = 1, dependencies: Sequence[str] = (),
-    system_dependencies: Sequence[str] = (), env: Mapping[str, str] | None = None, secrets: Sequence[str] = (),
-    backend: str | None = None,
+    timeout: float | None = None, retries: int = 0, concurrency: int = 1, max_batch_size: int | None = None,
+    batch_wait_ms: float = 10.0, dependencies: Sequence[str] = (), system_dependencies: Sequence[str] = (),
+    env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), backend: str | None = None,
 ) -> Any:
     """Make a function or class runnable on any backend. Use bare (``@endpoint``) or with options.
 
@@ -354,7 +383,12 @@ def endpoint(
     :param idle_timeout: seconds an idle worker waits for work before it stops.
     :param timeout: seconds one call may run before it is stopped (``JobTimeout``).
     :param retries: extra attempts after a failure (the function raised, or its worker died).
-    :param concurrency: calls one worker runs at once (threads for sync functions, tasks for async ones).
+    :param concurrency: calls one worker runs at once (threads for sync functions, tasks for async ones); with
+        batching, batches one worker runs at once.
+    :param max_batch_size: batch calls on the worker: the function takes a list of items and returns a list of
+        results of the same length, while each caller passes one item and gets one result; calls from every
+        caller are grouped into lists of up to this many (``None``: no batching).
+    :param batch_wait_ms: how long a batch waits for more items after its first one arrived, at most.
     :param dependencies: pip requirements the function needs; checked (or installed) before the first call.
     :param system_dependencies: OS packages (apt) the function needs, for backends that build images.
     :param env: environment variables set on workers. :param secrets: names of environment variables copied

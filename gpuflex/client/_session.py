@@ -413,6 +413,9 @@ def _check_capabilities(backend: Backend, spec: EndpointSpec) -> None:
             raise ConfigError(
                 f"endpoint {spec.name!r} needs {feature}, which the {backend.name} backend lacks: {reason}"
             )
+    if spec.batched and (reason := caps.get("batching")):
+        warnings.warn(f"endpoint {spec.name!r} is batched, but the {backend.name} backend does not group calls "
+                      f"({reason}): each call runs as a batch of one", GpuflexWarning, stacklevel=2)
 
 
 _session: Session | None = None

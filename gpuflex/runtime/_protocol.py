@@ -45,6 +45,7 @@ def worker_init(spec: EndpointSpec, bundle: Bundle, *, report_started: bool = Tr
         "bundle_root": bundle_root or str(bundle.root),
         "import_paths": [spec.target.import_path],
         "concurrency": spec.concurrency,
+        "batch": {"max_size": spec.max_batch_size, "wait_ms": spec.batch_wait_ms} if spec.batched else None,
         "python": PYTHON_VERSION,
         "gpuflex": __version__,
         "report_started": report_started,

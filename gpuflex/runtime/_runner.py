@@ -27,7 +27,8 @@ import cloudpickle
 
 from .._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
 from .._version import __version__
-from ..errors import ConfigError, VersionMismatch
+from ..errors import BatchError, ConfigError, VersionMismatch
+from ._batch import Batcher, BatchQueue
 from ._output import OutputCapture, capture_output
 from ._wire import FrameParser, WireCodec, read_frame_sync, write_frame_sync
 
@@ -92,6 +93,7 @@ class WorkerRuntime:
         # a client that dispatches only to free slots knows when a call starts; it can spare the extra frame
         self.report_started: bool = spec.get("report_started", True)
         self._callables: dict[str | None, Any] = {}
+        self.batchers: dict[str | None, Batcher[Any]] = {}  # batched endpoints: one per method
 
     def _done(self, job_id: str, status: str, outcome: Payload | None) -> None:
         if self.output is not None:
@@ -138,6 +140,7 @@ class WorkerRuntime:
         importlib.invalidate_caches()
         self.spec, self.instance, self.target = spec, None, None
         self._callables.clear()
+        self.batchers.clear()  # batches already running finish on the old code
         try:
             info = await self.start()
         except BaseException as exc:
@@ -158,7 +161,7 @@ class WorkerRuntime:
 
     def runs_inline(self, method: str | None) -> bool:
         """A sync callable on a one-call-at-a-time worker runs on the loop itself (cancelled by a kill)."""
-        if self.concurrency != 1:
+        if self.concurrency != 1 or self.spec.get("batch"):
             return False
         try:
             fn = self._resolve(method)
@@ -172,30 +175,61 @@ class WorkerRuntime:
         self.tasks[job_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
 
+    def _batcher(self, method: str | None) -> Batcher[Any]:
+        if method not in self.batchers:
+            fn, batch = self._resolve(method), self.spec["batch"]
+
+            async def run_batch(items: list[Any]) -> Any:
+                if inspect.iscoroutinefunction(fn):
+                    return await fn(items)
+                return await asyncio.to_thread(fn, items)
+
+            def started(job_ids: list[Any]) -> None:
+                if self.report_started:
+                    for job_id in job_ids:
+                        self.send(("started", job_id))
+
+            queue: BatchQueue[Any] = BatchQueue(batch["max_size"], batch["wait_ms"] / 1000, self.concurrency)
+            self.batchers[method] = Batcher(queue, run_batch, started)
+        return self.batchers[method]
+
+    async def _run_batched(self, job_id: str, method: str | None, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> Payload:
+        """One call's share of a batch: its item joins the next batch; its result comes back alone."""
+        if len(args) != 1 or kwargs:
+            raise BatchError(f"a batched endpoint takes exactly one item per call; this call passed {len(args)} "
+                             f"positional and {len(kwargs)} keyword argument(s)")
+        return encode_value(await self._batcher(method).add(args[0], key=job_id))
+
     def cancel(self, job_id: str) -> None:
+        for batcher in self.batchers.values():
+            batcher.cancel(job_id)  # still waiting for its batch: it never runs
         task = self.tasks.get(job_id)
         if task is not None:
             task.cancel()
             self.cancelled.discard(job_id)
 
-    def _begin(self, job_id: str) -> bool:
+    def _begin(self, job_id: str, *, report: bool = True) -> bool:
         """Start a call, unless it was cancelled before it started (then answer that, and return False)."""
         if job_id in self.cancelled:
             self.cancelled.discard(job_id)
             self._done(job_id, "cancelled", None)
             return False
-        if self.report_started:
+        if report and self.report_started:
             self.send(("started", job_id))
         return True
 
     async def run(self, job_id: str, payload: Payload) -> None:
-        if not self._begin(job_id):
+        batched = bool(self.spec.get("batch"))
+        if not self._begin(job_id, report=not batched):  # a batched call is reported started with its batch
             return
         outcome: Payload | None
         try:
             method, args, kwargs = decode_call(payload)
-            fn = self._resolve(method)
-            outcome, status = await self._invoke(job_id, fn, args, kwargs), "ok"
+            if batched:
+                outcome, status = await self._run_batched(job_id, method, args, kwargs), "ok"
+            else:
+                outcome, status = await self._invoke(job_id, self._resolve(method), args, kwargs), "ok"
         except asyncio.CancelledError:
             outcome, status = None, "cancelled"
         except BaseException as exc:  # the user's exception goes back to the caller

@@ -81,8 +81,16 @@ _STREAM_ORIGINS = (collections.abc.Iterator, collections.abc.Iterable, collectio
                    collections.abc.AsyncIterator, collections.abc.AsyncIterable, collections.abc.AsyncGenerator)
 
 
-def _result_type(hints: dict[str, Any], streams: bool) -> Any:
+def _item_type(tp: Any) -> Any:
+    """The element type of a batched function's list (``list[str]`` -> ``str``): HTTP callers send one item."""
+    args = typing.get_args(tp)
+    return args[0] if typing.get_origin(tp) in (list, tuple, collections.abc.Sequence) and args else Any
+
+
+def _result_type(hints: dict[str, Any], streams: bool, batched: bool = False) -> Any:
     ret = hints.get("return", Any)
+    if batched:
+        ret = _item_type(ret)
     if streams:
         ret = typing.get_args(ret)[0] if typing.get_origin(ret) in _STREAM_ORIGINS and typing.get_args(ret) else Any
     return _validatable(json_type(ret))
@@ -157,8 +165,10 @@ def _build(ep: Endpoint[Any, Any], method: str | None) -> Route:
     params: list[_Param] = []
     positional = any(p.kind is p.VAR_POSITIONAL for p in signature.parameters.values())
     extra: typing.Literal["allow", "forbid"] = "forbid"
+    batched = ep.spec.batched
     for index, p in enumerate(list(signature.parameters.values())[skip:]):
-        tp = _validatable(json_type(hints.get(p.name, Any)))
+        hint = hints.get(p.name, Any)
+        tp = _validatable(json_type(_item_type(hint) if batched else hint))
         field = f"p{index}"
         if p.kind is p.VAR_KEYWORD:
             extra = "allow"
@@ -169,14 +179,14 @@ def _build(ep: Endpoint[Any, Any], method: str | None) -> Route:
             continue
         default = ... if p.default is p.empty else p.default
         fields[field] = (tp, Field(default, alias=p.name))
-        by_position = p.kind is p.POSITIONAL_ONLY or (positional and p.kind is p.POSITIONAL_OR_KEYWORD)
+        by_position = batched or p.kind is p.POSITIONAL_ONLY or (positional and p.kind is p.POSITIONAL_OR_KEYWORD)
         params.append(_Param(field, p.name, "pos" if by_position else "kw"))
     label = ep.name + (f"_{method}" if method else "")
     model = pydantic.create_model(
         f"{_camel(label)}Input", __config__=ConfigDict(extra=extra), **fields
     )
     path = f"/{ep.name}" + (f"/{method}" if method else "")
-    return Route(ep, method, kind, path, model, tuple(params), _result_type(hints, kind.streams),
+    return Route(ep, method, kind, path, model, tuple(params), _result_type(hints, kind.streams, batched),
                  inspect.getdoc(fn))
 
 

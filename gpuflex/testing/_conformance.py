@@ -377,6 +377,39 @@ def check_worker_output(make_backend: BackendFactory) -> None:
         logger.setLevel(saved_level)
 
 
+def check_batching(make_backend: BackendFactory) -> None:
+    """Calls of a batched endpoint are grouped on the worker (up to max_batch_size), each caller gets its own
+    item's result, a batch's exception fails every call in it, and a result list of the wrong length is a
+    BatchError."""
+    batched: Any = ep.batched  # callers pass one item; the function's own hints say list -> list
+    with backend_in_use(make_backend) as backend:
+        _needs(backend, "batching")
+        jobs = [batched.spawn(i) for i in range(8)]
+        results = [job.result(timeout=WAIT) for job in jobs]
+        assert [doubled for doubled, _ in results] == [2 * i for i in range(8)], "each caller gets its own result"
+        batches = {batch for _, batch in results}
+        assert all(1 <= len(batch) <= 4 for batch in batches), f"batches over max_batch_size: {batches}"
+        assert max(len(batch) for batch in batches) > 1, f"8 calls at once were never grouped: {batches}"
+        assert sorted(i for batch in batches for i in batch) == list(range(8)), "every item ran exactly once"
+        assert batched(21) == (42, (21,)), "a call alone still runs, after at most batch_wait_ms"
+        with contextlib.suppress(errors.BatchError):
+            batched(1, 2)
+            raise AssertionError("a batched endpoint takes exactly one item per call")
+        mixed = [batched.spawn(i) for i in (-1, 5, 6)]
+        for item, job in zip((-1, 5, 6), mixed, strict=True):
+            try:
+                doubled, batch = job.result(timeout=WAIT)
+            except ep.ConformanceError:
+                continue  # it shared the failing item's batch (the -1 call itself always lands here)
+            assert item != -1 and -1 not in batch and doubled == 2 * item
+        try:
+            batched(-2)
+        except errors.BatchError as exc:
+            assert "1 items and returned 0 results" in str(exc), str(exc)
+        else:
+            raise AssertionError("a batched function returning too few results must raise BatchError")
+
+
 CHECKS: list[Check] = [
     check_function,
     check_async_function,
@@ -393,6 +426,7 @@ CHECKS: list[Check] = [
     check_cost_recorded,
     check_hot_reload,
     check_worker_output,
+    check_batching,
 ]
 
 

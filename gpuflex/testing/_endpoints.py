@@ -169,3 +169,12 @@ def chatty(tag: str, gate: str) -> str:
     print(f"{tag} to stderr", file=sys.stderr)
     logging.getLogger("conformance").warning("%s logged", tag)
     return tag if _wait_for_file(gate) else "gate never opened"
+
+
+@gpuflex.endpoint(name="conformance_batched", max_batch_size=4, batch_wait_ms=300, max_workers=1)
+def batched(items: list[int]) -> list[tuple[int, tuple[int, ...]]]:
+    """Doubles each item and says which batch it rode in. -1 in a batch fails the batch; -2 returns too few."""
+    if -1 in items:
+        raise ConformanceError(f"bad item in batch {items}")
+    results = [(2 * i, tuple(items)) for i in items]
+    return results[:-1] if -2 in items else results

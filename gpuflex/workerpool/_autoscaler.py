@@ -75,7 +75,7 @@ class ScalePolicy:
         return cls(
             min_workers=spec.min_workers,
             max_workers=spec.max_workers,
-            concurrency=spec.concurrency,
+            concurrency=spec.calls_per_worker,  # batched endpoints: a worker takes a batch's worth per slot
             idle_timeout=spec.idle_timeout,
         )
 

@@ -129,11 +129,11 @@ class EndpointPool:
         self.backend, self.spec, self.bundle = backend, spec, bundle
         self.queue: collections.deque[PoolJob] = collections.deque()
         self.workers: dict[str, WorkerProcess] = {}
-        self.policy = ScalePolicy(min_workers=spec.min_workers, max_workers=spec.max_workers,
-                                  concurrency=spec.concurrency, idle_timeout=spec.idle_timeout)
+        self.policy = ScalePolicy.from_spec(spec)
         self._timer_armed_for: float | None = None
         self.retired = False
-        sync_one_at_a_time = spec.concurrency == 1 and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)
+        sync_one_at_a_time = (spec.concurrency == 1 and not spec.batched
+                              and spec.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR))
         # None: adapt (prefetch only while calls are short, see _adapt_prefetch); a number: fixed
         self.auto_prefetch = sync_one_at_a_time and backend.prefetch is None
         self.prefetch = (backend.prefetch or 0) if sync_one_at_a_time else 0
@@ -169,7 +169,7 @@ class EndpointPool:
             if placement is None:
                 break  # every device (or host slot) is held: the queue waits for one to free up
             worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, placement.gpus,
-                                   concurrency=self.spec.concurrency, use_shm=self.backend.shared_memory,
+                                   concurrency=self.spec.calls_per_worker, use_shm=self.backend.shared_memory,
                                    prefetch=self.prefetch, host=placement.host)
             self.workers[worker_id] = worker
             tg.start_soon(self._run_worker, worker)
@@ -392,7 +392,7 @@ class EndpointPool:
         if worker is None:
             return
         kind = self.spec.kind_of(job.call.method)
-        inline_sync = self.spec.concurrency == 1 and kind.value in ("function", "generator")
+        inline_sync = self.spec.concurrency == 1 and not self.spec.batched and kind.value in ("function", "generator")
         if inline_sync and job.started_at is not None:
             worker.kill()  # a running sync call cannot be interrupted; its worker is replaced
             job.push(JobUpdate(status=status, worker=worker.id, started_at=job.started_at, finished_at=time.time(),

@@ -38,6 +38,7 @@ class SubprocessBackend(Backend):
         "kill_worker": None,
         "scaling": "one process per job; no pool to scale (only max_workers is honoured)",
         "classes": "one process per job: a class endpoint's setup() and state would not outlive a call",
+        "batching": "one process per job: calls never meet in one worker, so each runs as a batch of one",
         "gpu": "no GPU placement: every worker sees all of this machine's devices",
     }
     config: SubprocessConfig
