@@ -124,7 +124,7 @@ def test_app_run_creates_exactly_the_planned_classes(fake_modal, monkeypatch):
     assert all("never-sent" not in str(request) for _, request in fake_modal.servicer.requests)
     mounted = fake_modal.servicer.mounted_files()
     assert "/root/gpuflex-bundle/_modal_app.py" in mounted, "the bundle is shipped as local source"
-    assert any(f.endswith("/gpuflex/_worker.py") for f in mounted), "gpuflex's runtime is shipped with it"
+    assert any(f.endswith("/gpuflex/runtime/_runner.py") for f in mounted), "gpuflex's runtime is shipped with it"
 
 
 def test_hot_reload_runs_the_app_again_with_the_new_bundle(fake_modal):
