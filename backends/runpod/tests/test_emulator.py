@@ -14,6 +14,7 @@ HANDLER = Path(__file__).with_name("_plain_handler.py")
 SAVE = "mutation saveEndpoint($input: EndpointInput!) { saveEndpoint(input: $input) { id } }"
 LIST = "query { myself { endpoints { id name workersStandby } } }"
 DELETE = "mutation deleteEndpoint($id: String!) { deleteEndpoint(id: $id) }"
+SCALE = "mutation($input: EndpointInput!) { saveEndpoint(input: $input) { id } }"
 
 
 @pytest.fixture
@@ -25,10 +26,20 @@ def api(emulator_url, emulator_key):
 
 def _endpoint(api, name, **settings):
     data = {"name": name, "gpuIds": "AMPERE_16", "workersMin": 0, "workersMax": 1, "idleTimeout": 5,
-            "template": {"name": name, "imageName": "x", "dockerArgs": f"{sys.executable} {HANDLER}", "env": []},
+            "template": {"name": f"{name}-{time.monotonic_ns()}", "imageName": "x", "containerDiskInGb": 5,
+                         "dockerArgs": f"{sys.executable} {HANDLER}", "env": []},
             **settings}
     body = api.post("/graphql", json={"query": SAVE, "variables": {"input": data}}).json()
     return body["data"]["saveEndpoint"]["id"]
+
+
+def _delete(api, endpoint_id):
+    """Scale to zero, then delete (RunPod refuses to delete an endpoint that may have workers)."""
+    listed = api.post("/graphql", json={"query": "{ myself { endpoints { id name templateId gpuIds } } }"}).json()
+    endpoint = next(e for e in listed["data"]["myself"]["endpoints"] if e["id"] == endpoint_id)
+    scaled = {**endpoint, "workersMin": 0, "workersMax": 0}
+    assert "errors" not in api.post("/graphql", json={"query": SCALE, "variables": {"input": scaled}}).json()
+    assert "errors" not in api.post("/graphql", json={"query": DELETE, "variables": {"id": endpoint_id}}).json()
 
 
 def _wait(api, endpoint_id, job_id, *, until=("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")):
@@ -42,7 +53,7 @@ def _wait(api, endpoint_id, job_id, *, until=("COMPLETED", "FAILED", "CANCELLED"
 
 
 def test_job_api_shapes_and_statuses(api):
-    endpoint_id = _endpoint(api, "plain-api", workersStandby=0)
+    endpoint_id = _endpoint(api, "plain-api")
     job = api.post(f"/v2/{endpoint_id}/run", json={"input": {"x": 1}}).json()
     assert job["status"] == "IN_QUEUE" and job["id"]
     done = _wait(api, endpoint_id, job["id"])
@@ -62,11 +73,11 @@ def test_job_api_shapes_and_statuses(api):
     assert set(health["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}
     assert set(health["workers"]) == {"idle", "initializing", "ready", "running", "throttled", "unhealthy"}
     assert health["jobs"]["retried"] == 1 and health["jobs"]["completed"] >= 2
-    api.post("/graphql", json={"query": DELETE, "variables": {"id": endpoint_id}})
+    _delete(api, endpoint_id)
 
 
 def test_cancel_purge_and_timeout_kill_the_work(api):
-    endpoint_id = _endpoint(api, "plain-timeout", workersStandby=0, executionTimeoutMs=1500)
+    endpoint_id = _endpoint(api, "plain-timeout", executionTimeoutMs=1500)
     running = api.post(f"/v2/{endpoint_id}/run", json={"input": {"sleep": 60}}).json()["id"]
     queued = api.post(f"/v2/{endpoint_id}/run", json={"input": {"sleep": 60}}).json()["id"]
     _wait(api, endpoint_id, running, until=("IN_PROGRESS",))
@@ -79,19 +90,20 @@ def test_cancel_purge_and_timeout_kill_the_work(api):
     while [w for w in api.get("/_emulator/workers").json()["workers"] if w["endpoint"] == endpoint_id]:
         assert time.monotonic() < deadline, "the worker running the timed-out job was never stopped"
         time.sleep(0.1)
-    api.post("/graphql", json={"query": DELETE, "variables": {"id": endpoint_id}})
+    _delete(api, endpoint_id)
 
 
-def test_workers_standby_defaults_to_one_warm_worker(api):
-    """RunPod's trap, reproduced: leave workersStandby out and a worker stays up with no work at all."""
-    endpoint_id = _endpoint(api, "plain-standby")
+def test_an_endpoint_without_work_has_no_workers_and_deletes_only_at_zero(api):
+    """workersStandby is RunPod's own bookkeeping (reported, never a billed floor); only workersMin keeps workers
+    up. RunPod refuses to delete an endpoint whose min or max workers are not zero."""
+    endpoint_id = _endpoint(api, "plain-idle")
     listed = api.post("/graphql", json={"query": LIST}).json()["data"]["myself"]["endpoints"]
-    assert next(e for e in listed if e["id"] == endpoint_id)["workersStandby"] == 1
-    deadline = time.monotonic() + 30
-    while api.get(f"/v2/{endpoint_id}/health").json()["workers"]["idle"] < 1:
-        assert time.monotonic() < deadline, "no standby worker came up"
-        time.sleep(0.1)
-    api.post("/graphql", json={"query": DELETE, "variables": {"id": endpoint_id}})
+    assert next(e for e in listed if e["id"] == endpoint_id)["workersStandby"] == 0
+    time.sleep(0.5)  # several scaler ticks
+    assert api.get(f"/v2/{endpoint_id}/health").json()["workers"]["initializing"] == 0
+    refused = api.post("/graphql", json={"query": DELETE, "variables": {"id": endpoint_id}}).json()
+    assert "must both be zero" in refused["errors"][0]["message"] and refused["data"] == {"deleteEndpoint": None}
+    _delete(api, endpoint_id)
     listed = api.post("/graphql", json={"query": LIST}).json()["data"]["myself"]["endpoints"]
     assert endpoint_id not in [e["id"] for e in listed]
 
