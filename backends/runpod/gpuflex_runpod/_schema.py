@@ -20,7 +20,7 @@ from gpuflex.errors import BackendError
 if TYPE_CHECKING:
     from ._errors import RunPodApi
 
-__all__ = ["ApiSchema", "api_schema", "keep_known", "selection"]
+__all__ = ["INTROSPECTION", "ApiSchema", "api_schema", "from_introspection", "keep_known", "selection"]
 
 log = logging.getLogger("gpuflex.runpod")
 
@@ -96,8 +96,15 @@ async def api_schema(api: RunPodApi) -> ApiSchema:
                     "schema instead", exc)
         _CACHE[url] = PUBLISHED
         return PUBLISHED
+    schema = from_introspection(data)
+    _CACHE[url] = schema
+    return schema
+
+
+def from_introspection(data: dict[str, Any]) -> ApiSchema:
+    """The field lists in the answer to :data:`INTROSPECTION`."""
     roots = data.get("__schema") or {}
-    schema = ApiSchema(
+    return ApiSchema(
         endpoint_input=_names(data.get("endpointInput"), "inputFields"),
         template_input=_names(data.get("templateInput"), "inputFields"),
         save_template_input=_names(data.get("saveTemplateInput"), "inputFields"),
@@ -106,8 +113,6 @@ async def api_schema(api: RunPodApi) -> ApiSchema:
         queries=_names(roots.get("queryType"), "fields"),
         mutations=_names(roots.get("mutationType"), "fields"),
     )
-    _CACHE[url] = schema
-    return schema
 
 
 def keep_known(data: dict[str, Any], fields: frozenset[str], type_name: str) -> dict[str, Any]:
