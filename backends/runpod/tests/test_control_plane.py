@@ -51,7 +51,7 @@ def _console_save(admin, endpoint, **changes):
     assert "errors" not in body, body
 
 
-def _spec(name, gpu="A5000", **changes):
+def _spec(name, gpu="RTX4090", **changes):
     return attrs.evolve(app.on_h100.spec, name=name, resources=Resources(gpu=GPU(gpu) if gpu else None), **changes)
 
 
