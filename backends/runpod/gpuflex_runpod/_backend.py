@@ -178,6 +178,7 @@ class RunPodBackend(Backend):
             for remote in await self.control.list_endpoints():
                 if str(remote.get("name", "")).startswith(self.config.name_prefix):
                     await self.control.delete(remote)
+            await self.control.sweep_templates(self.config.name_prefix)
 
     async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:
         deployment = self.deployed[endpoint]

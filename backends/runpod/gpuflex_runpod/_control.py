@@ -217,6 +217,21 @@ class ControlPlane:
         endpoints: list[dict[str, Any]] = (data.get("myself") or {}).get("endpoints") or []
         return [e for e in endpoints if e]
 
+    async def sweep_templates(self, prefix: str) -> None:
+        """Delete the templates named with ``prefix`` that no endpoint uses (left by a delete that failed half-way,
+        or by a killed run)."""
+        schema = await self.schema()
+        if "deleteTemplate" not in schema.mutations:
+            return
+        data = await self.api.graphql("query gpuflexTemplates { myself { podTemplates { id name } } }", {})
+        used = {e.get("templateId") for e in await self.list_endpoints()}
+        for template in (data.get("myself") or {}).get("podTemplates") or []:
+            if template and str(template.get("name", "")).startswith(prefix) and template.get("id") not in used:
+                try:
+                    await self.api.graphql(DELETE_TEMPLATE, {"name": template["name"]}, mutation=True)
+                except (BackendError, RunPodHTTPError) as exc:
+                    log.info("could not delete RunPod template %s (%s)", template["name"], exc)
+
     async def find(self, name: str) -> dict[str, Any] | None:
         return next((e for e in await self.list_endpoints() if e.get("name") == name), None)
 

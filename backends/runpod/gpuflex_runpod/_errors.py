@@ -34,6 +34,10 @@ _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _UNSENT_STATUSES = frozenset({429})  # refused before anything ran: the only answers a mutation is retried on
 
 
+def _short(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 class RunPodHTTPError(Exception):
     """An HTTP error answer from RunPod (after retries)."""
 
@@ -195,7 +199,8 @@ class RunPodApi:
         if not isinstance(body, dict):
             raise BackendError(f"RunPod's GraphQL API answered something other than a JSON object: {str(body)[:200]}")
         if body.get("errors"):
-            messages = "; ".join(str(e.get("message")) for e in body["errors"] if isinstance(e, dict))
+            # GraphQL engines quote the offending input back ("Found: {...}"): keep each message short
+            messages = "; ".join(_short(str(e.get("message"))) for e in body["errors"][:3] if isinstance(e, dict))
             raise BackendError(f"RunPod's API refused the request: {messages}")
         data: dict[str, Any] = body.get("data") or {}
         return data

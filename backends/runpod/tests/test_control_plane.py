@@ -173,3 +173,25 @@ def test_teardown_removes_templates_and_a_redeploy_works(make_backend, admin):
         _deploy(make_backend(delete_on_close=True), spec)
         assert _named(admin, "gpuflex-dev-rp_again") == []
         assert not [t for t in _myself(admin)["podTemplates"] if t["name"].startswith("gpuflex-dev-rp_again-")]
+
+
+def test_teardown_of_everything_sweeps_leftover_templates(make_backend, admin):
+    """A template left by a run killed between deleting an endpoint and its template goes with the prefix's
+    teardown, along with the endpoints."""
+    _deploy(make_backend(name_prefix="gpuflex-sweep-"), _spec("rp_kept"))
+    leftover = {"name": "gpuflex-sweep-rp_gone-0123456789abcdef-beef", "imageName": "x", "dockerArgs": "",
+                "containerDiskInGb": 5, "volumeInGb": 0, "env": [], "isServerless": True}
+    body = admin.post("/graphql", json={"query": "mutation($t: SaveTemplateInput) { saveTemplate(input: $t) { id } }",
+                                        "variables": {"t": leftover}}).json()
+    assert "errors" not in body
+
+    async def teardown_all():
+        backend = make_backend(name_prefix="gpuflex-sweep-")
+        try:
+            await backend.teardown(None)
+        finally:
+            await backend.aclose()
+
+    anyio.run(teardown_all)
+    assert not [t for t in _myself(admin)["podTemplates"] if t["name"].startswith("gpuflex-sweep-")]
+    assert _named(admin, "gpuflex-sweep-rp_kept") == []

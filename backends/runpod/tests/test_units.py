@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 from gpuflex_runpod import RunPodConfig
-from gpuflex_runpod._errors import find_api_key
 from gpuflex_runpod._control import _hiding, differences, endpoint_input
+from gpuflex_runpod._errors import find_api_key
 from gpuflex_runpod._hardware import gpu_ids
-from gpuflex_runpod._pricing import serverless_price
+from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
 from gpuflex_runpod._schema import INTROSPECTION, from_introspection, keep_known
 from gpuflex_runpod.emulator._catalog import SERVERLESS_POOLS
 from gpuflex_runpod.emulator._graphql import schema as runpod_schema
-from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
 
 from gpuflex import errors
 from gpuflex._envelope import encode_error
@@ -107,7 +106,7 @@ def test_an_endpoint_is_adopted_only_when_its_live_settings_match():
 
 def test_secrets_quoted_back_by_an_error_are_hidden():
     with pytest.raises(errors.BackendError) as caught, _hiding(["s3cr3t-value"]):
-        raise errors.BackendError('RunPod\'s API refused the request: Found: {env: [{key: "T", value: "s3cr3t-value"}]}')
+        raise errors.BackendError('refused: Found: {env: [{key: "T", value: "s3cr3t-value"}]}')
     assert "s3cr3t-value" not in str(caught.value) and "***" in str(caught.value)
 
 
