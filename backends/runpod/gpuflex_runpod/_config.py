@@ -35,8 +35,6 @@ class RunPodConfig:
     :param default_idle_timeout: RunPod's ``idleTimeout`` for an endpoint that leaves ``idle_timeout`` at gpuflex's
         default (60 s, which cannot be told apart from an explicit 60): RunPod's own default is 5 s, and every job
         bills the tail. None sends the endpoint's 60 s.
-    :param network_volume_id: a RunPod network volume to attach to every endpoint (``None``: keep whatever volume
-        an endpoint already has, e.g. one attached in the console).
     :param locations: RunPod data centres for every endpoint (``"EU-RO-1,US-CA-2"``; ``None``: keep the
         endpoint's own).
     :param inline_bundle_limit: largest zipped bundle sent inside each job; larger ones need ``shared_bundle_dir``.
@@ -67,7 +65,6 @@ class RunPodConfig:
     flashboot: bool = True
     cpu_instance: str = "cpu3g-2-8"
     default_idle_timeout: float | None = 5.0
-    network_volume_id: str | None = None
     locations: str | None = None
     inline_bundle_limit: int = 4 * 1024 * 1024
     shared_bundle_dir: str | None = None

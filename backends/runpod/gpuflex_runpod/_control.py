@@ -89,8 +89,7 @@ def _template_env(spec: EndpointSpec, deploy_hash: str) -> list[dict[str, str]]:
 def deploy_hash(spec: EndpointSpec, config: RunPodConfig) -> str:
     """Changes when anything sent to RunPod changes (the spec's deploy settings or this backend's options)."""
     data = [spec.config_hash(), config.image, config.scaler_type, config.scaler_value, config.flashboot,
-            config.cpu_instance, config.container_disk_gb, config.default_idle_timeout, config.network_volume_id,
-            config.locations]
+            config.cpu_instance, config.container_disk_gb, config.default_idle_timeout, config.locations]
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
@@ -117,8 +116,6 @@ def endpoint_input(spec: EndpointSpec, config: RunPodConfig, *, name: str, diges
         },
         **hardware,
     }
-    if config.network_volume_id is not None:
-        data["networkVolumeId"] = config.network_volume_id
     if config.locations is not None:
         data["locations"] = config.locations
     return data
