@@ -13,11 +13,11 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-from gpuflex._gpus import CATALOG
 from gpuflex.errors import BackendError, ConfigError
+from gpuflex.gpus import CATALOG
 
 if TYPE_CHECKING:
-    from gpuflex._gpus import GPU, GpuModel
+    from gpuflex.gpus import GPU, GpuModel
 
     from ._errors import RunPodApi
     from ._schema import ApiSchema

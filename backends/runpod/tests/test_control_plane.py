@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from gpuflex import Resources, errors
-from gpuflex._client import get_session
-from gpuflex._gpus import GPU
+from gpuflex.client import get_session
+from gpuflex.gpus import GPU
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _runpod_app as app  # noqa: E402

@@ -25,8 +25,8 @@ from gpuflex_runpod._pricing import FLEX_USD_PER_SECOND
 from gpuflex_runpod._schema import api_schema
 
 from gpuflex import Resources, errors
-from gpuflex._client import get_session
-from gpuflex._gpus import CATALOG, GPU
+from gpuflex.client import get_session
+from gpuflex.gpus import CATALOG, GPU
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _runpod_app as app  # noqa: E402

@@ -9,7 +9,7 @@ from gpuflex_runpod import RunPodConfig
 from gpuflex_runpod._pricing import serverless_price
 
 from gpuflex import Resources
-from gpuflex._gpus import GPU
+from gpuflex.gpus import GPU
 from gpuflex.testing._endpoints import echo
 
 CONFIG = RunPodConfig(api_key="k")

@@ -16,10 +16,10 @@ from gpuflex_runpod.emulator._catalog import SERVERLESS_POOLS
 from gpuflex_runpod.emulator._graphql import schema as runpod_schema
 
 from gpuflex import errors
-from gpuflex._envelope import encode_error
 from gpuflex.client._session import get_session
 from gpuflex.gpus import GPU
 from gpuflex.testing._endpoints import echo
+from gpuflex.worker import encode_error
 
 
 def test_gpu_ids_pin_models_by_runpods_own_pool_membership():
