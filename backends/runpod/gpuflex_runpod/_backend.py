@@ -19,7 +19,7 @@ from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge
 from gpuflex.worker import worker_init
 
 from ._config import RunPodConfig
-from ._control import ControlPlane, deploy_hash, endpoint_input, execution_timeout_ms, stored_deploy_hash
+from ._control import ControlPlane, deploy_hash, execution_timeout_ms
 from ._errors import RunPodApi, find_api_key, map_errors
 from ._pricing import serverless_price
 from ._protocol import (
@@ -153,14 +153,8 @@ class RunPodBackend(Backend):
         remote_name = f"{self.config.name_prefix}{endpoint.name}"
         with self._errors(f"deploy endpoint {endpoint.name!r}"):
             existing = current.remote if current else await self._find(remote_name)
-            if existing is not None and stored_deploy_hash(existing) == digest:
-                remote = existing  # adopt: a leftover of an earlier run with the same settings (warm workers)
-            else:
-                data = endpoint_input(endpoint, self.config, name=remote_name, digest=digest)
-                if existing is not None:  # update in place: its template first, then the endpoint
-                    data = await self.control.update_template(existing, data)
-                remote = await self.control.save(data)
-                await self.control.verify(remote["id"], data)
+            # adopted as it is when its live settings are what this deploy would send, else updated in place
+            remote = await self.control.ensure(endpoint, name=remote_name, digest=digest, existing=existing)
         self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request,
                                                    inline_left=endpoint.max_workers)
 
@@ -184,15 +178,14 @@ class RunPodBackend(Backend):
             for remote in await self.control.list_endpoints():
                 if str(remote.get("name", "")).startswith(self.config.name_prefix):
                     await self.control.delete(remote)
+            await self.control.sweep_templates(self.config.name_prefix)
 
     async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:
         deployment = self.deployed[endpoint]
         spec = attrs.evolve(deployment.spec, min_workers=min_workers, max_workers=max_workers)
-        data = endpoint_input(spec, self.config, name=deployment.remote["name"], digest=deployment.digest)
         with self._errors(f"scale endpoint {endpoint!r}"):
-            data = await self.control.update_template(deployment.remote, data)
-            await self.control.save(data)
-            await self.control.verify(deployment.remote["id"], data)
+            deployment.remote = await self.control.ensure(spec, name=deployment.remote["name"],
+                                                          digest=deployment.digest, existing=deployment.remote)
         deployment.spec = spec
 
     # -- jobs -------------------------------------------------------------------------------------------------
@@ -367,7 +360,7 @@ class RunPodBackend(Backend):
     # -- scaling, prices, introspection -----------------------------------------------------------------------
 
     def price(self, endpoint: EndpointSpec) -> Price:
-        return serverless_price(endpoint)
+        return serverless_price(endpoint, self.config)
 
     async def health(self, endpoint: str) -> dict[str, Any]:
         """RunPod's ``/health`` of one deployed endpoint: job and worker counts."""

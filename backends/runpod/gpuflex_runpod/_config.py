@@ -27,11 +27,16 @@ class RunPodConfig:
         and ``teardown()`` removes every endpoint carrying the prefix (leftovers of killed runs included).
     :param delete_on_close: delete the endpoints this instance deployed when it closes (development); set False
         for long-lived deployments (``gpuflex deploy``).
-    :param workers_standby: RunPod's ``workersStandby``, sent explicitly (the API's default keeps one billed worker).
     :param scaler_type: ``REQUEST_COUNT`` (workers = queued+running jobs / ``scaler_value``: gpuflex's queue-depth
         scaling) or ``QUEUE_DELAY`` (add a worker when a job waited ``scaler_value`` seconds).
     :param flashboot: ask RunPod for FlashBoot snapshots (faster cold starts).
-    :param cpu_instance: RunPod CPU flavour for endpoints with ``gpu=None``.
+    :param cpu_instance: RunPod CPU instance for endpoints with ``gpu=None`` (flavour-vCPUs-GB: the default has
+        8 GB, above the 4 GB of free memory RunPod's worker loop checks for at start).
+    :param default_idle_timeout: RunPod's ``idleTimeout`` for an endpoint that leaves ``idle_timeout`` at gpuflex's
+        default (60 s, which cannot be told apart from an explicit 60): RunPod's own default is 5 s, and every job
+        bills the tail. None sends the endpoint's 60 s.
+    :param locations: RunPod data centres for every endpoint (``"EU-RO-1,US-CA-2"``; ``None``: keep the
+        endpoint's own).
     :param inline_bundle_limit: largest zipped bundle sent inside each job; larger ones need ``shared_bundle_dir``.
     :param shared_bundle_dir: a directory the workers see at the same path (a network volume); bundles are copied
         there once per hash and jobs carry only the path.
@@ -44,7 +49,8 @@ class RunPodConfig:
     :param cancel_rate: most ``/cancel`` requests per second (RunPod allows 100 per 10 s).
     :param http_retries: attempts for a request answered 429/5xx or not answered at all, with backoff.
     :param request_timeout: seconds per HTTP request.
-    :param container_disk_gb: the template's container disk.
+    :param container_disk_gb: the template's container disk (``None``: 20 GB, or for CPU workers the most their
+        instance allows, vCPUs x 10 GB, x 15 GB for cpu5 flavours, if that is less).
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -53,12 +59,13 @@ class RunPodConfig:
     image: str = "gpuflex/runpod-worker:0.1.0-py3.11"
     name_prefix: str = "gpuflex-dev-"
     delete_on_close: bool = True
-    workers_standby: int = 0
     scaler_type: str = attrs.field(default="REQUEST_COUNT",
                                    validator=attrs.validators.in_(("REQUEST_COUNT", "QUEUE_DELAY")))
     scaler_value: int = 1
     flashboot: bool = True
-    cpu_instance: str = "cpu3c-2-4"
+    cpu_instance: str = "cpu3g-2-8"
+    default_idle_timeout: float | None = 5.0
+    locations: str | None = None
     inline_bundle_limit: int = 4 * 1024 * 1024
     shared_bundle_dir: str | None = None
     poll_interval_max: float = 0.5
@@ -68,7 +75,7 @@ class RunPodConfig:
     cancel_rate: float = 9.0
     http_retries: int = 5
     request_timeout: float = 60.0
-    container_disk_gb: int = 20
+    container_disk_gb: int | None = None
 
     @property
     def graphql_url(self) -> str:

@@ -2,7 +2,8 @@
 
 Requests answered 429 or 5xx, and requests that got no answer, are retried with exponential backoff (honouring
 ``Retry-After``). ``/run`` is retried only where the request cannot have created a job (429, 502/503/504, a refused
-connection), so a retry never runs a call twice. 401/403 become :class:`AuthenticationError`; the API key never
+connection), so a retry never runs a call twice; a GraphQL mutation only on 429 and a refused connection, so a
+retry never creates an endpoint twice. 401/403 become :class:`AuthenticationError`; the API key never
 appears in a message.
 """
 
@@ -30,6 +31,11 @@ __all__ = ["Pacer", "RunPodApi", "RunPodHTTPError", "find_api_key", "map_errors"
 _CONNECTIONS = 32
 _SAFE_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_UNSENT_STATUSES = frozenset({429})  # refused before anything ran: the only answers a mutation is retried on
+
+
+def _short(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 class RunPodHTTPError(Exception):
@@ -37,6 +43,7 @@ class RunPodHTTPError(Exception):
 
     def __init__(self, status: int, what: str, text: str) -> None:
         self.status = status
+        self.text = text
         super().__init__(f"RunPod answered HTTP {status} to {what}: {text[:300]}")
 
 
@@ -130,9 +137,11 @@ class RunPodApi:
         )
 
     async def request(self, method: str, url: str, *, json: Any = None, content: bytes | None = None,
-                      creates_job: bool = False, pace: str | None = None) -> httpx.Response:
+                      creates_job: bool = False, pace: str | None = None,
+                      retry_statuses: frozenset[int] | None = None) -> httpx.Response:
         """Send with retries; return a 2xx/404 response, or raise :class:`RunPodHTTPError` / ``httpx.HTTPError``.
-        ``pace`` names the rate limit the request counts against (``run``, ``status``, ``cancel``)."""
+        ``pace`` names the rate limit the request counts against (``run``, ``status``, ``cancel``);
+        ``retry_statuses`` overrides which answers are retried."""
         import httpx
 
         delay = 0.2
@@ -154,7 +163,7 @@ class RunPodApi:
                 if last or creates_job:  # the request may have reached RunPod: never submit a job twice
                     raise
             else:
-                retry_on = _SAFE_RETRY_STATUSES if creates_job else _RETRY_STATUSES
+                retry_on = retry_statuses or (_SAFE_RETRY_STATUSES if creates_job else _RETRY_STATUSES)
                 if response.status_code < 400 or response.status_code == 404:
                     return response
                 if last or response.status_code not in retry_on:
@@ -166,13 +175,32 @@ class RunPodApi:
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
-    async def graphql(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        response = await self.request("POST", self.config.graphql_url, json={"query": query, "variables": variables})
-        body = response.json()
-        if response.status_code == 404:
-            raise RunPodHTTPError(404, "the GraphQL API", response.text)
+    async def graphql(self, query: str, variables: dict[str, Any], *, mutation: bool = False) -> dict[str, Any]:
+        """Run one GraphQL operation; GraphQL's errors (in a 200 or a 400 answer) become :class:`BackendError`.
+        A mutation is retried only when RunPod cannot have run it (no connection, 429): a create that timed out
+        may have happened, and the caller decides what to do (see ``ControlPlane.create``)."""
+        import json as jsonlib
+
+        try:
+            response = await self.request("POST", self.config.graphql_url,
+                                          json={"query": query, "variables": variables}, creates_job=mutation,
+                                          retry_statuses=_UNSENT_STATUSES if mutation else None)
+        except RunPodHTTPError as exc:
+            if exc.status != 400:
+                raise
+            try:
+                body = jsonlib.loads(exc.text)
+            except ValueError:
+                raise exc from None
+        else:
+            if response.status_code == 404:
+                raise RunPodHTTPError(404, "the GraphQL API", response.text)
+            body = response.json()
+        if not isinstance(body, dict):
+            raise BackendError(f"RunPod's GraphQL API answered something other than a JSON object: {str(body)[:200]}")
         if body.get("errors"):
-            messages = "; ".join(str(e.get("message")) for e in body["errors"])
+            # GraphQL engines quote the offending input back ("Found: {...}"): keep each message short
+            messages = "; ".join(_short(str(e.get("message"))) for e in body["errors"][:3] if isinstance(e, dict))
             raise BackendError(f"RunPod's API refused the request: {messages}")
         data: dict[str, Any] = body.get("data") or {}
         return data

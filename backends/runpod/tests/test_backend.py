@@ -15,7 +15,8 @@ import attrs
 import httpx
 import pytest
 from gpuflex_runpod import RunPodBackend, RunPodConfig
-from gpuflex_runpod._pricing import gpu_ids
+from gpuflex_runpod._hardware import gpu_ids
+from gpuflex_runpod.emulator._catalog import SERVERLESS_POOLS
 
 from gpuflex import errors
 from gpuflex.client._session import get_session
@@ -60,7 +61,7 @@ def test_deploy_sends_every_scaling_field_updates_in_place_and_tears_down(make_b
         assert remote["id"] == endpoint_id
         assert (remote["workersMin"], remote["workersMax"], remote["workersStandby"]) == (0, 2, 0)
         assert (remote["idleTimeout"], remote["executionTimeoutMs"]) == (30, 150_000)  # timeout + 30 s backstop
-        assert remote["gpuIds"] == gpu_ids(spec.gpu) and remote["gpuIds"].startswith("ADA_80_PRO")
+        assert remote["gpuIds"] == gpu_ids(spec.gpu, SERVERLESS_POOLS) and remote["gpuIds"].startswith("ADA_80_PRO")
         assert (remote["gpuCount"], remote["scalerType"], remote["flashBootType"]) == (1, "REQUEST_COUNT", "FLASHBOOT")
         env = {item["key"]: item["value"] for item in remote["template"]["env"]}
         assert env["MODE"] == "changed" and env["GPUFLEX_CONCURRENCY"] == "1"

@@ -7,33 +7,107 @@ from pathlib import Path
 
 import pytest
 from gpuflex_runpod import RunPodConfig
+from gpuflex_runpod._control import _hiding, differences, endpoint_input
 from gpuflex_runpod._errors import find_api_key
-from gpuflex_runpod._pricing import gpu_ids, serverless_price
+from gpuflex_runpod._hardware import gpu_ids
 from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
+from gpuflex_runpod._schema import INTROSPECTION, from_introspection, keep_known
+from gpuflex_runpod.emulator._catalog import SERVERLESS_POOLS
+from gpuflex_runpod.emulator._graphql import schema as runpod_schema
 
 from gpuflex import errors
-from gpuflex._envelope import encode_error
 from gpuflex.client._session import get_session
 from gpuflex.gpus import GPU
 from gpuflex.testing._endpoints import echo
+from gpuflex.worker import encode_error
 
 
-def test_gpu_ids_pin_models_inside_their_pool():
-    assert gpu_ids(GPU("A5000")) == "AMPERE_24,-NVIDIA L4,-NVIDIA GeForce RTX 3090,-NVIDIA A10"
-    assert gpu_ids(GPU(["H100", "A100-80GB"])).split(",")[:2] == ["ADA_80_PRO", "AMPERE_80"]
-    assert gpu_ids(GPU("ADA_24")) == "ADA_24"
-    assert "HOPPER_141" in gpu_ids(GPU("any")).split(",")
+def test_gpu_ids_pin_models_by_runpods_own_pool_membership():
+    """``SERVERLESS_POOLS`` stands in for what RunPod's ``serverlessGpuPools`` answers."""
+    assert gpu_ids(GPU("A5000"), SERVERLESS_POOLS) == "AMPERE_24,-NVIDIA L4,-NVIDIA GeForce RTX 3090"
+    # members gpuflex's catalog does not know are excluded too, so the request pins what it names
+    assert "-NVIDIA RTX 2000 Ada Generation" in gpu_ids(GPU("A4000"), SERVERLESS_POOLS).split(",")
+    assert gpu_ids(GPU("H100"), SERVERLESS_POOLS) == "ADA_80_PRO,-NVIDIA H100 PCIe,-NVIDIA H100 NVL"
+    assert gpu_ids(GPU("A100-80GB"), SERVERLESS_POOLS) == "AMPERE_80"  # PCIe and SXM4 are both 80 GB A100s
+    assert gpu_ids(GPU(["H100", "A100-80GB"]), SERVERLESS_POOLS).split(",")[:2] == ["ADA_80_PRO", "AMPERE_80"]
+    assert gpu_ids(GPU("ADA_24"), SERVERLESS_POOLS) == "ADA_24"
+    assert set(gpu_ids(GPU("any"), SERVERLESS_POOLS).split(",")) == set(SERVERLESS_POOLS)
+    assert gpu_ids(GPU(["T4", "L4"]), SERVERLESS_POOLS) == "AMPERE_24,-NVIDIA RTX A5000,-NVIDIA GeForce RTX 3090"
 
 
-def test_price_takes_the_dearest_acceptable_pool_times_the_count():
+@pytest.mark.parametrize("name", ["T4", "A10", "A100"])
+def test_gpus_runpod_does_not_offer_are_refused_naming_what_it_does(name):
+    with pytest.raises(errors.ConfigError, match="RunPod Serverless offers no") as caught:
+        gpu_ids(GPU(name), SERVERLESS_POOLS)
+    assert "H100" in str(caught.value)
+    if name == "A100":
+        assert "A100-80GB" in str(caught.value)
+
+
+def _coerce(type_name, value):
+    """Errors graphql-core finds in ``value`` as a variable of RunPod's input type ``type_name`` (the emulator's
+    schema mirrors RunPod's published SDL)."""
+    from graphql import parse
+    from graphql.execution.values import get_variable_values
+
+    operation = parse(f"mutation($input: {type_name}!) {{ __typename }}").definitions[0]
+    result = get_variable_values(runpod_schema(), operation.variable_definitions, {"input": value})
+    return [e.message for e in result] if isinstance(result, list) else []
+
+
+def test_every_payload_fits_runpods_published_input_types():
     import attrs
 
     from gpuflex import Resources
 
-    spec = attrs.evolve(echo.spec, resources=Resources(gpu=GPU(["L4", "H100"], 2)))
-    price = serverless_price(spec)
-    assert price.usd_per_hour == pytest.approx(0.00116 * 3600 * 2) and price.billing == "per-second"
-    assert serverless_price(echo.spec).billing == "free"  # a CPU endpoint: no price in the table
+    config = RunPodConfig(api_key="k")
+    for gpu in ("H100", "A5000", ["L4", "A4000"], "any"):
+        spec = attrs.evolve(echo.spec, resources=Resources(gpu=GPU(gpu)), timeout=30.0)
+        hardware = {"gpuIds": gpu_ids(spec.gpu, SERVERLESS_POOLS), "gpuCount": spec.gpu.count}
+        data = endpoint_input(spec, config, name="gpuflex-dev-x", digest="0" * 16, hardware=hardware, disk_gb=20)
+        assert "workersStandby" not in data and _coerce("EndpointInput", data) == []
+    cpu = endpoint_input(echo.spec, config, name="gpuflex-dev-x", digest="0" * 16,
+                         hardware={"instanceIds": ["cpu3g-2-8"]}, disk_gb=20)
+    assert not {"gpuIds", "gpuCount"} & set(cpu) and _coerce("EndpointInput", cpu) == []
+    assert "workersStandby" in _coerce("EndpointInput", {**cpu, "workersStandby": 0})[0]
+
+
+def test_fields_the_live_schema_lacks_are_left_out():
+    """The backend's introspection query, run by graphql-core against a schema that lacks a field gpuflex would
+    send (as an older or newer RunPod API might): that field is left out, and the payload is valid there."""
+    from graphql import build_schema, graphql_sync, print_schema
+
+    full = print_schema(runpod_schema())
+    head, block = full.split("input EndpointInput {", 1)
+    block, tail = block.split("}", 1)
+    sdl = head + "input EndpointInput {" + block.replace("  flashBootType: FlashBootType\n", "") + "}" + tail
+    assert len(sdl) < len(full)
+    answer = graphql_sync(build_schema(sdl), INTROSPECTION)
+    assert answer.errors is None
+    schema = from_introspection(answer.data)
+    assert "flashBootType" not in schema.endpoint_input and "flashBootType" in schema.endpoint
+    assert {"saveEndpoint", "deleteEndpoint"} <= schema.mutations and "serverlessGpuPools" in schema.queries
+    data = endpoint_input(echo.spec, RunPodConfig(api_key="k"), name="n", digest="d",
+                          hardware={"instanceIds": ["cpu3g-2-8"]}, disk_gb=20)
+    kept = keep_known(data, schema.endpoint_input, "EndpointInput")
+    assert set(data) - set(kept) == {"flashBootType"}
+
+
+def test_an_endpoint_is_adopted_only_when_its_live_settings_match():
+    hardware = {"gpuIds": "AMPERE_24,-NVIDIA L4", "gpuCount": 1}
+    wanted = endpoint_input(echo.spec, RunPodConfig(api_key="k"), name="n", digest="d", hardware=hardware,
+                            disk_gb=20)
+    live = {**{k: v for k, v in wanted.items() if k != "template"}, "id": "e1", "templateId": "t1",
+            "gpuIds": "-NVIDIA L4,AMPERE_24", "locations": None, "template": {**wanted["template"], "id": "t1"}}
+    assert differences(live, wanted) == []  # token order and empty strings are no difference
+    assert differences({**live, "workersMax": 0}, wanted) == [f"workersMax: 0, wanted {echo.spec.max_workers}"]
+    assert differences({**live, "template": None}, wanted) == ["template: not readable"]
+
+
+def test_secrets_quoted_back_by_an_error_are_hidden():
+    with pytest.raises(errors.BackendError) as caught, _hiding(["s3cr3t-value"]):
+        raise errors.BackendError('refused: Found: {env: [{key: "T", value: "s3cr3t-value"}]}')
+    assert "s3cr3t-value" not in str(caught.value) and "***" in str(caught.value)
 
 
 def test_parse_error_tells_the_users_exception_from_an_infrastructure_failure():

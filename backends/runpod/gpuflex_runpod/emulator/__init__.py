@@ -1,10 +1,11 @@
 """An offline emulator of RunPod Serverless that runs the real ``runpod`` worker loop.
 
 It serves RunPod's job API (``/v2/<endpoint>/run``, ``runsync``, ``status``, ``stream``, ``cancel``, ``retry``,
-``health``, ``purge-queue``), the GraphQL calls that create, read and delete endpoints, and the webhooks RunPod's
-worker loop polls (job-take, job-done, job-stream, job-stop, ping). It starts **unmodified** worker processes
-(``runpod.serverless.start``) per endpoint according to workersMin/Max/Standby, idleTimeout and the scaler, kills
-them on scale-down, cancel and execution timeout, and fails a job whose worker dies.
+``health``, ``purge-queue``), its GraphQL control plane (graphql-core over a mirror of RunPod's schema:
+``schema.graphql``), and the webhooks RunPod's worker loop polls (job-take, job-done, job-stream, job-stop, ping).
+It starts **unmodified** worker processes (``runpod.serverless.start``) per endpoint according to workersMin/Max,
+idleTimeout and the scaler, kills them on scale-down, cancel and execution timeout, and fails a job whose worker
+dies.
 
 Command line::
 

@@ -1,4 +1,4 @@
-"""The emulator's HTTP surface: RunPod's ``/v2/<endpoint>`` job API, the GraphQL calls gpuflex deploys with, the
+"""The emulator's HTTP surface: RunPod's ``/v2/<endpoint>`` job API, its GraphQL control plane, the
 worker-facing webhooks the ``runpod`` worker loop uses, and a small ``/_emulator`` admin API for fault drills."""
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+
+from ._controlplane import ControlPlane
+from ._graphql import answer as graphql_answer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -60,7 +63,7 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
             return _error(401, "Unauthorized: missing or invalid API key")
         if not path.startswith("/_emulator"):
             for fault in emu.faults:
-                if fault["count"] > 0 and fault["match"] in path:
+                if fault["count"] > 0 and "operation" not in fault and fault["match"] in path:
                     fault["count"] -= 1
                     extra = {"Retry-After": str(fault["retry_after"])} if fault.get("retry_after") else None
                     return JSONResponse({"error": f"injected fault {fault['status']}"}, status_code=fault["status"],
@@ -186,28 +189,18 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
         endpoint.queue.clear()
         return JSONResponse({"removed": removed, "status": "completed"})
 
-    # -- GraphQL (the control-plane calls gpuflex makes) ---------------------------------------------------------
+    # -- GraphQL: the control plane (``_graphql``, ``_controlplane``) -------------------------------------------
+
+    control = ControlPlane(emu)
 
     @app.post("/graphql")
     async def graphql(request: Request) -> Response:
-        body = await request.json()
-        query, variables = str(body.get("query", "")), body.get("variables") or {}
         try:
-            if "saveEndpoint" in query:
-                endpoint = emu.save_endpoint(dict(variables["input"]))
-                return JSONResponse({"data": {"saveEndpoint": endpoint.view()}})
-            if "saveTemplate" in query:
-                template = emu.save_template(dict(variables["input"]))
-                return JSONResponse({"data": {"saveTemplate": template}})
-            if "deleteEndpoint" in query:
-                await emu.delete_endpoint(str(variables["id"]))
-                return JSONResponse({"data": {"deleteEndpoint": None}})
-            if "myself" in query and "endpoints" in query:
-                endpoints = [e.view() for e in emu.endpoints.values()]
-                return JSONResponse({"data": {"myself": {"endpoints": endpoints}}})
-        except (LookupError, ValueError) as exc:
-            return JSONResponse({"errors": [{"message": str(exc).strip("'\"")}], "data": None})
-        return JSONResponse({"errors": [{"message": "the emulator does not implement this operation"}], "data": None})
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        status, data = await graphql_answer(control, body)
+        return JSONResponse(data, status_code=status)
 
     # -- worker webhooks (what runpod.serverless's loop calls) ---------------------------------------------------
 
@@ -287,8 +280,17 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
     @app.post("/_emulator/faults")
     async def add_fault(request: Request) -> Response:
         body = await request.json()
-        emu.faults.append({"status": int(body["status"]), "count": int(body.get("count", 1)),
-                           "match": str(body.get("match", "/")), "retry_after": body.get("retry_after")})
+        fault = {"status": int(body["status"]), "count": int(body.get("count", 1)),
+                 "match": str(body.get("match", "/")), "retry_after": body.get("retry_after")}
+        if body.get("operation"):  # a GraphQL root field: see _graphql._take_fault
+            fault.update(operation=str(body["operation"]), skip=int(body.get("skip", 0)),
+                         after=bool(body.get("after")))
+        emu.faults.append(fault)
+        return JSONResponse({"faults": emu.faults})
+
+    @app.delete("/_emulator/faults")
+    async def clear_faults() -> Response:
+        emu.faults.clear()
         return JSONResponse({"faults": emu.faults})
 
     @app.get("/_emulator/faults")

@@ -68,50 +68,7 @@ class Emulator:
         self.worker_pids: dict[str, int] = {}
         self.closing = False  # set when the server stops: long polls answer at once
 
-    # -- control plane ------------------------------------------------------------------------------------------
-
-    def save_endpoint(self, data: dict[str, Any]) -> EmulatedEndpoint:
-        settings = {k: v for k, v in data.items() if k not in ("template", "id")}
-        if data.get("template") is not None and data.get("templateId"):
-            raise ValueError("send either template or templateId, not both")
-        endpoint_id = data.get("id")
-        if endpoint_id:
-            endpoint = self.endpoints.get(endpoint_id)
-            if endpoint is None:
-                raise LookupError(f"endpoint {endpoint_id} not found")
-            template = dict(endpoint.template)
-            template.update(data.get("template") or {})
-            structural = ("gpuIds", "instanceIds", "flashBootType", "gpuCount")
-            if template != endpoint.template or any(endpoint.settings.get(k) != settings.get(k) for k in structural):
-                endpoint.version += 1  # a new release: workers on the old one are replaced as they go idle
-            endpoint.settings.update(settings)
-            endpoint.template = template
-        else:
-            if not data.get("name"):
-                raise ValueError("name is required")
-            if data.get("template") is None:
-                raise ValueError("the emulator needs a nested template (it has no saved templates)")
-            template = {"id": uuid.uuid4().hex[:10], **data["template"]}
-            endpoint = EmulatedEndpoint(id=uuid.uuid4().hex[:14], settings=settings, template=template)
-            self.endpoints[endpoint.id] = endpoint
-        endpoint.changed.notify()
-        return endpoint
-
-    def save_template(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Update a template in place (the emulator keeps templates inside their endpoints); its endpoints roll
-        to a new release."""
-        template_id = data.get("id")
-        users = [e for e in self.endpoints.values() if e.template.get("id") == template_id]
-        if not template_id or not users:
-            raise LookupError(f"template {template_id} not found")
-        fields = {k: v for k, v in data.items() if k not in ("volumeInGb", "readme")}
-        for endpoint in users:
-            template = {**endpoint.template, **fields}
-            if template != endpoint.template:
-                endpoint.template = template
-                endpoint.version += 1
-                endpoint.changed.notify()
-        return dict(users[0].template)
+    # -- control plane (what GraphQL creates and changes lives in ``_controlplane``) ------------------------------
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         endpoint = self.endpoints.pop(endpoint_id, None)

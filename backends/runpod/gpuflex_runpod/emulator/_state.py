@@ -91,8 +91,9 @@ class EmulatedWorker:
 class EmulatedEndpoint:
     id: str
     settings: dict[str, Any]
-    template: dict[str, Any]
+    template: dict[str, Any]  # the template object itself: saveTemplate changes it in place
     version: int = 1
+    created: float = attrs.field(factory=time.time)
     queue: collections.deque[str] = attrs.field(factory=collections.deque)
     workers: dict[str, EmulatedWorker] = attrs.field(factory=dict)
     completed: int = 0
@@ -115,26 +116,12 @@ class EmulatedEndpoint:
         return int(self.setting("workersMax", 3))
 
     @property
-    def workers_standby(self) -> int:
-        return int(self.setting("workersStandby", 1))  # the API's default: one warm (billed) worker
-
-    @property
     def idle_timeout(self) -> float:
         return float(self.setting("idleTimeout", 5))
 
     @property
     def execution_timeout_ms(self) -> int:
         return int(self.setting("executionTimeoutMs", 0)) or DEFAULT_EXECUTION_TIMEOUT_MS
-
-    def view(self) -> dict[str, Any]:
-        """The endpoint as the GraphQL API returns it (every field; the emulator ignores selection sets)."""
-        fields = ("name", "workersMin", "workersMax", "idleTimeout", "scalerType", "scalerValue", "gpuIds",
-                  "gpuCount", "instanceIds", "executionTimeoutMs", "flashBootType", "locations", "networkVolumeId",
-                  "type")
-        body = {name: self.settings.get(name) for name in fields}
-        body.update(id=self.id, workersStandby=self.workers_standby, idleTimeout=int(self.idle_timeout),
-                    templateId=self.template["id"], template=dict(self.template), version=self.version)
-        return body
 
     # -- the scaler ----------------------------------------------------------------------------------------------
 
@@ -145,8 +132,10 @@ class EmulatedEndpoint:
         return sum(len(w.jobs) for w in self.workers.values())
 
     def wanted_workers(self, jobs: dict[str, EmulatedJob], now: float) -> int:
-        """How many workers the scaler wants now: the floor (min or standby), plus what the queue asks for."""
-        floor = max(self.workers_min, self.workers_standby)
+        """How many workers the scaler wants now: the floor (workersMin: active workers), plus what the queue asks
+        for. ``workersStandby`` is no floor: RunPod reports it (an output field, set by RunPod itself, not a
+        billed always-on worker as far as runpod/flash#364 shows), and the emulator reports it as 0."""
+        floor = self.workers_min
         live = self.live_workers()
         queued = len(self.queue)  # cancelled jobs leave the queue when they are cancelled
         scaler = self.setting("scalerType", "QUEUE_DELAY")
@@ -163,7 +152,7 @@ class EmulatedEndpoint:
 
     def idle_to_stop(self, now: float) -> list[EmulatedWorker]:
         """Idle workers past idleTimeout above the floor, outdated idle workers, and any above workersMax."""
-        floor = max(self.workers_min, self.workers_standby)
+        floor = self.workers_min
         live = self.live_workers()
         idle = [w for w in live if w.state == "ready" and not w.jobs]
         chosen = [w for w in idle if w.version != self.version]
