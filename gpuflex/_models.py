@@ -257,7 +257,8 @@ class Price:
 
     ``billing`` is one of ``"free"``, ``"per-second"`` (execution time, rounded up to ``increment`` seconds, plus
     ``tail_seconds`` of idle time after each job when the worker is not kept warm) or ``"uptime"`` (hourly rate
-    times how long the worker or host is up, split over the jobs it ran).
+    times how long the worker or host is up, split over the jobs it ran), or ``"unknown"`` when the vendor
+    publishes no price for this hardware: nothing is counted, and reports say so rather than show it as free.
     """
 
     usd_per_hour: float = 0.0
