@@ -1,8 +1,9 @@
 """Build the ``modal.App``: one Modal class per endpoint, from its :class:`ModalPlan` and the bundle.
 
 Every endpoint (function, generator or class) becomes a class with an ``@modal.enter`` that loads the endpoint
-from the bundle in the container (a class endpoint's ``setup()`` runs there, once per container), a ``call``
-method for one call and a ``stream`` method for generators, both speaking gpuflex's call envelope as bytes.
+from the bundle in the container (a class endpoint's ``setup()`` runs there, once per container) and one
+generator method, ``run``, that takes gpuflex's call envelope as bytes and yields the call's start, its chunks and
+its outcome (see ``_runner``). Every call goes through it, so the caller learns when the call really starts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuflex.errors import ConfigError
 
-from ._plan import BUNDLE_PATH, ModalPlan
+from ._plan import BUNDLE_DIR, ModalPlan
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -27,15 +28,18 @@ __all__ = ["build_app", "endpoint_class", "image_for"]
 
 
 def image_for(plan: ModalPlan, bundle: Bundle) -> modal.Image:
-    """Debian slim with this Python, the runtime's packages and the endpoint's dependencies (uv), then gpuflex's
-    own source and the bundle as local files (added last: they change on every edit, the layers above do not)."""
+    """Debian slim with this Python, the endpoint's system packages (apt), the runtime's packages and the
+    endpoint's dependencies (uv), then gpuflex's own source and the bundle as local files (added last: they change
+    on every edit, the layers above do not). The bundle lies beside gpuflex's source, in /root."""
     import modal  # here, not at the top: importing modal takes most of a second, and plugins load at start-up
 
+    image = modal.Image.debian_slim(python_version=plan.python_version)
+    if plan.apt_packages:
+        image = image.apt_install(*plan.apt_packages)
     return (
-        modal.Image.debian_slim(python_version=plan.python_version)
-        .uv_pip_install(*plan.pip_packages)
+        image.uv_pip_install(*plan.pip_packages)
         .add_local_python_source("gpuflex", "gpuflex_modal")
-        .add_local_dir(str(bundle.root), BUNDLE_PATH)
+        .add_local_dir(str(bundle.root), f"/root/{BUNDLE_DIR}")
     )
 
 
@@ -52,12 +56,8 @@ def endpoint_class(plan: ModalPlan, init: dict[str, Any]) -> type:
             await self.runner.start()
 
         @modal.method()
-        async def call(self, payload: bytes) -> tuple[str, bytes, str]:
-            return await self.runner.call(payload)
-
-        @modal.method()
-        async def stream(self, payload: bytes) -> AsyncIterator[tuple[str, bytes]]:
-            async for item in self.runner.stream(payload):
+        async def run(self, payload: bytes) -> AsyncIterator[tuple[Any, ...]]:
+            async for item in self.runner.run(payload):
                 yield item
 
     Endpoint.__name__ = Endpoint.__qualname__ = plan.class_name
@@ -69,8 +69,8 @@ def _secrets(plan: ModalPlan, config: ModalConfig) -> list[Any]:
 
     if not plan.secrets:
         return []
-    if config.secrets_from == "modal":
-        return [modal.Secret.from_name(name) for name in plan.secrets]
+    if config.secrets_from == "modal":  # the Secret must hold a key of its own name: checked when it is looked up
+        return [modal.Secret.from_name(name, required_keys=[name]) for name in plan.secrets]
     missing = [name for name in plan.secrets if name not in os.environ]
     if missing:
         raise ConfigError(f"endpoint {plan.endpoint!r} needs the secret(s) {', '.join(missing)}, which are not set "
@@ -79,27 +79,34 @@ def _secrets(plan: ModalPlan, config: ModalConfig) -> list[Any]:
 
 
 def build_app(plans: Mapping[str, ModalPlan], inits: Mapping[str, dict[str, Any]], bundles: Mapping[str, Bundle],
-              config: ModalConfig) -> tuple[modal.App, dict[str, Any]]:
+              config: ModalConfig, name: str) -> tuple[modal.App, dict[str, Any]]:
     """The app holding every planned endpoint; returns it and each endpoint's Modal class."""
     import modal
 
-    app = modal.App(config.app_name)
+    seen: dict[str, str] = {}
+    for endpoint, plan in plans.items():
+        if plan.class_name in seen:  # Modal would silently keep only one of them
+            raise ConfigError(f"endpoints {seen[plan.class_name]!r} and {endpoint!r} map to the same Modal class "
+                              f"name {plan.class_name!r}; rename one")
+        seen[plan.class_name] = endpoint
+    app = modal.App(name)
     classes: dict[str, Any] = {}
-    for name, plan in plans.items():
-        cls: Any = endpoint_class(plan, inits[name])
+    for endpoint, plan in plans.items():
+        cls: Any = endpoint_class(plan, inits[endpoint])
         if plan.max_inputs > 1:
             cls = modal.concurrent(max_inputs=plan.max_inputs)(cls)
-        classes[name] = app.cls(
-            image=image_for(plan, bundles[name]),
+        classes[endpoint] = app.cls(
+            image=image_for(plan, bundles[endpoint]),
             gpu=plan.gpu,
+            cpu=plan.cpu,
+            memory=plan.memory,
             min_containers=plan.min_containers,
             max_containers=plan.max_containers,
             scaledown_window=plan.scaledown_window,
             timeout=plan.timeout,
-            retries=plan.retries or None,
+            startup_timeout=plan.startup_timeout,
             env=dict(plan.env) or None,
             secrets=_secrets(plan, config),
             serialized=True,
         )(cls)
     return app, classes
-

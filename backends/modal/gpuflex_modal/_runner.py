@@ -1,9 +1,18 @@
 """What runs inside a Modal container: gpuflex's worker runtime, in process, driven call by call.
 
 The Modal class of an endpoint holds one :class:`EndpointRunner`: ``start()`` (from ``@modal.enter``) loads the
-endpoint from the bundle and runs a class's ``setup()`` once per container; ``call()`` and ``stream()`` take the
-same call envelope as every other backend (bytes in) and give back the worker's outcome (bytes out), so a remote
-exception is rebuilt on the caller's side as its own type, with its traceback.
+endpoint from the bundle and runs a class's ``setup()`` once per container; ``run()`` takes the same call envelope
+as every other backend (bytes in) and yields, through Modal's generator output:
+
+* ``("started", worker, started_at, function_call_id)`` as the call begins in this container: the caller's
+  RUNNING, its clock for the call's deadline and cost, and the id it cancels by;
+* ``("chunk", data)`` per generator chunk, as produced;
+* ``("done", status, outcome, finished_at)`` last: status ``"ok"`` or ``"error"``, the worker's outcome.
+
+When Modal cancels the input (a cancel, the caller's deadline) it cancels this generator's task; the runner then
+cancels the user's call in the runtime and waits for it, so async user code stops before the container takes its
+next input. Sync user code runs in a thread, which nothing can interrupt: the caller cancels those calls with
+``terminate_containers`` (Modal stops the container).
 """
 
 from __future__ import annotations
@@ -12,33 +21,62 @@ import asyncio
 import itertools
 import os
 import socket
+import sys
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuflex.backend import Payload
 from gpuflex.worker import WorkerRuntime
 
+from ._plan import BUNDLE_DIR
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["EndpointRunner", "container_id"]
+__all__ = ["EndpointRunner", "bundle_root", "container_id"]
+
+_CANCEL_WAIT_SECONDS = 10.0
+_ids = itertools.count()
 
 
 def container_id() -> str:
     """Modal's id of this container (its task), or host:pid elsewhere."""
     return os.environ.get("MODAL_TASK_ID") or f"{socket.gethostname()}:{os.getpid()}"
 
-_ids = itertools.count()
+
+def bundle_root() -> str:
+    """Where the image put the bundle: beside gpuflex's own source, in the directory this package was added to
+    (``/root`` on Modal)."""
+    return str(Path(__file__).resolve().parents[1] / BUNDLE_DIR)
+
+
+def _current_call() -> str:
+    try:
+        import modal
+
+        return modal.current_function_call_id() or ""
+    except Exception:  # outside a Modal container (the runner's own tests)
+        return ""
 
 
 class EndpointRunner:
-    def __init__(self, init: dict[str, Any]) -> None:
+    def __init__(self, init: dict[str, Any], *, root: str | None = None) -> None:
         # sync callables run in a thread, never on the loop: a sync generator's chunks then leave while it runs.
         # Modal's max_inputs (the endpoint's concurrency) bounds how many calls a container takes at once.
-        self.init = {**init, "concurrency": max(2, int(init.get("concurrency", 1)))}
+        self.init = {**init, "concurrency": max(2, int(init.get("concurrency", 1))),
+                     "bundle_root": root or bundle_root()}
         self.runtime: WorkerRuntime | None = None
         self._inboxes: dict[str, asyncio.Queue[tuple[Any, ...]]] = {}
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "output":  # the user's prints and log records: Modal's log stream carries them
+            _, stream, text = message
+            target = sys.__stdout__ if stream == "stdout" else sys.__stderr__
+            if target is not None:
+                target.write(text if text.endswith("\n") else text + "\n")
+                target.flush()
+            return
         if message[0] in ("chunk", "done", "started"):
             inbox = self._inboxes.get(message[1])
             if inbox is not None:
@@ -49,37 +87,34 @@ class EndpointRunner:
         self.runtime = WorkerRuntime(self.init, self._send)
         return await self.runtime.start()
 
-    def _begin(self, payload: bytes) -> tuple[str, asyncio.Queue[tuple[Any, ...]]]:
+    async def run(self, payload: bytes) -> AsyncIterator[tuple[Any, ...]]:
         if self.runtime is None:
             raise RuntimeError("the endpoint runner was not started (no @modal.enter ran)")
         job_id = f"m{next(_ids)}"
         inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._inboxes[job_id] = inbox
+        started = time.time()
         self.runtime.submit(job_id, Payload.from_bytes(payload))
-        return job_id, inbox
-
-    async def call(self, payload: bytes) -> tuple[str, bytes, str]:
-        """Run one call; return ``(status, outcome, worker)``: status ``"ok"`` or ``"error"``, the outcome
-        serialized, and which container ran it."""
-        job_id, inbox = self._begin(payload)
         try:
-            while True:
-                message = await inbox.get()
-                if message[0] == "done":
-                    return str(message[2]), message[3].to_bytes(), container_id()
-        finally:
-            self._inboxes.pop(job_id, None)
-
-    async def stream(self, payload: bytes) -> AsyncIterator[tuple[str, bytes]]:
-        """Run a generator call: ``("chunk", value)`` per chunk as produced, then ``(status, outcome)``."""
-        job_id, inbox = self._begin(payload)
-        try:
+            yield "started", container_id(), started, _current_call()
             while True:
                 message = await inbox.get()
                 if message[0] == "chunk":
                     yield "chunk", message[2].to_bytes()
                 elif message[0] == "done":
-                    yield str(message[2]), message[3].to_bytes()
+                    outcome = message[3].to_bytes() if message[3] is not None else b""
+                    yield "done", str(message[2]), outcome, time.time()
                     return
+        except BaseException:  # Modal cancelled the input (CancelledError), or the generator was closed
+            await self._stop(job_id)
+            raise
         finally:
             self._inboxes.pop(job_id, None)
+
+    async def _stop(self, job_id: str) -> None:
+        """Cancel the user's call and wait until it has ended (an async one ends at its next await)."""
+        assert self.runtime is not None
+        task = self.runtime.tasks.get(job_id)
+        self.runtime.cancel(job_id)
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=_CANCEL_WAIT_SECONDS)

@@ -1,304 +1,419 @@
 """A fake of Modal's control plane on 127.0.0.1, built on the helper the ``modal`` wheel ships
-(``modal._utils.grpc_testing.patch_mock_servicer``): enough RPCs for the real client's ``app.run()`` and
-``app.deploy()`` to complete, each request recorded so tests can assert exactly what would be created.
+(``modal._utils.grpc_testing.patch_mock_servicer``): the RPCs the real client sends for ``app.run()``,
+``app.deploy()``, ``App.lookup().stop()``, calls and log streams, each request recorded so tests can assert exactly
+what would be created. Every RPC not written here answers UNIMPLEMENTED, as the helper makes it.
 
-Calls run too, the way a container would run them but in this process: ``FunctionMap`` takes an input, the fake
-unpickles the class the client serialized, runs its ``@modal.enter`` methods once (one warm "container" per
-class), calls the method the input names and keeps the result for ``FunctionGetOutputs``; a generator's items go
-out through ``FunctionCallGetDataOut`` and ``FunctionCallCancel`` cancels the call. Large inputs go through a blob
-store on 127.0.0.1 (HTTP PUT/GET, as Modal's S3 URLs); every RPC not written here answers UNIMPLEMENTED, as the
-helper makes it.
+It checks what Modal's servers check where the client does not (each check says how sure the evidence is):
+credentials (``UNAUTHENTICATED``), GPU types and counts per type, function names, inline input sizes, timeouts.
+Containers run as processes of their own (``_fake_workers``); their output, and image build logs, reach the app's
+log stream. Uploaded files (mounts) and blobs are kept, so a container sees exactly what the client mounted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import inspect
+import re
+import shutil
+import tempfile
 import threading
-import traceback
+import time
+from pathlib import Path
 
+from _fake_logs import LogStore
+from _fake_workers import Call, Workers
 from aiohttp import web
 from google.protobuf import empty_pb2
+from grpclib import GRPCError, Status
 from grpclib.server import Server
-from modal._partial_function import _PartialFunctionFlags
-from modal._serialization import deserialize, serialize
-from modal._utils.async_utils import synchronizer
 from modal._utils.grpc_testing import patch_mock_servicer
 from modal_proto import api_grpc, api_pb2
 
 SUCCESS = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
-MAX_INLINE_BYTES = 2 * 2**20  # Modal's limits on inputs sent inline; larger ones go to the blob store
+MAX_INLINE_BYTES = 2 * 2**20  # Modal's limits on inputs sent inline (the client's defaults); larger go to blobs
 MAX_ASYNC_INLINE_BYTES = 8 * 2**10  # for .spawn
+MAX_BLOB_BYTES = 2 * 2**30  # not published by Modal: gpuflex's own limit, checked the same way (unverified)
+# Modal's GPU guide (https://modal.com/docs/guide/gpu): the types it offers and how many fit one container.
+GPU_COUNTS = {"T4": 8, "L4": 8, "A10": 4, "A10G": 4, "L40S": 8, "A100": 8, "A100-40GB": 8, "A100-80GB": 8,
+              "RTX-PRO-6000": 8, "H100": 8, "H100!": 8, "H200": 8, "B200": 8, "B200+": 8, "ANY": 8}
+# Function names: Modal's rule for object names, applied to the class part of "Class.*" (evidence: the client's
+# check_object_name; the server's own rule for function names is not published).
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _invalid(message: str) -> GRPCError:
+    return GRPCError(Status.INVALID_ARGUMENT, message)
 
 
 @patch_mock_servicer
 class FakeModal(api_grpc.ModalClientBase):
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self.requests: list[tuple[str, object]] = []
         self._n = 0
-        self.created: dict[str, object] = {}  # function id -> Function proto
-        self.instances: dict[str, object] = {}  # function id -> the class instance, after its enter methods
-        self.calls: dict[str, _Call] = {}
-        self.executed = 0
+        self.tokens: set[tuple[str, str]] | None = None  # None: any token is accepted
+        self.oauth_refresh_tokens: set[str] = {"rt-test"}
+        self.functions: dict[str, api_pb2.Function] = {}  # function id -> the rank-0 function
+        self.function_apps: dict[str, str] = {}
+        self.apps: dict[str, dict] = {}  # app id -> {"name", "state", "layout", "logs"}
+        self.deployments: dict[tuple[str, str], str] = {}
+        self.named_secrets: dict[str, dict[str, str]] = {}  # what `modal secret create` would have stored
+        self.secret_values: dict[str, dict[str, str]] = {}
+        self.mounts: dict[str, list[api_pb2.MountFile]] = {}
         self.blobs: dict[str, bytes] = {}
         self.blob_url = ""  # set by FakeModalServer
+        self.build = {"seconds": 0.0, "lines": [], "fail": False}  # how the next image build goes
+        self.workers = Workers(self, root)
 
-    def _id(self, prefix: str) -> str:
+    def new_id(self, prefix: str) -> str:
         self._n += 1
         return f"{prefix}-{self._n}"
 
     async def _recv(self, stream):
         request = await stream.recv_message()
         self.requests.append((type(request).__name__.removesuffix("Request"), request))
+        self._authenticate(stream.metadata)
         return request
+
+    def _authenticate(self, metadata) -> None:
+        token = (metadata.get("x-modal-token-id"), metadata.get("x-modal-token-secret"))
+        refresh = metadata.get("x-modal-refresh-token")
+        if refresh and metadata.get("x-modal-oauth-client-id"):
+            if refresh in self.oauth_refresh_tokens:
+                return
+        elif all(token) and (self.tokens is None or token in self.tokens):
+            return
+        raise GRPCError(Status.UNAUTHENTICATED, "Invalid or missing credentials")
 
     def of(self, kind):
         return [request for name, request in self.requests if name == kind]
 
-    async def AppCreate(self, stream):
+    async def _reply(self, stream, message=None):
+        await stream.send_message(message if message is not None else empty_pb2.Empty())
+
+    # -- apps ----------------------------------------------------------------------------------------------------
+
+    def _new_app(self, name: str, state: int) -> str:
+        app_id = self.new_id("ap")
+        self.apps[app_id] = {"name": name, "state": state, "layout": api_pb2.AppLayout(), "logs": LogStore()}
+        return app_id
+
+    def logs(self, app_id: str) -> LogStore:
+        return self.apps[app_id]["logs"]
+
+    def layout(self, app_id: str) -> api_pb2.AppLayout:
+        return self.apps[app_id]["layout"]
+
+    def stopped(self, app_id: str) -> bool:
+        return self.apps[app_id]["state"] == api_pb2.APP_STATE_STOPPED
+
+    async def ClientHello(self, stream):
         await self._recv(stream)
-        await stream.send_message(api_pb2.AppCreateResponse(app_id=self._id("ap")))
+        await self._reply(stream, api_pb2.ClientHelloResponse())
+
+    async def AppCreate(self, stream):
+        request = await self._recv(stream)
+        await self._reply(stream, api_pb2.AppCreateResponse(app_id=self._new_app(request.description,
+                                                                                  request.app_state)))
 
     async def AppGetByDeploymentName(self, stream):
-        await self._recv(stream)  # never deployed before: an empty answer
-        await stream.send_message(api_pb2.AppGetByDeploymentNameResponse())
+        request = await self._recv(stream)
+        app_id = self.deployments.get((request.environment_name or "main", request.name), "")
+        await self._reply(stream, api_pb2.AppGetByDeploymentNameResponse(app_id=app_id))
 
     async def AppGetOrCreate(self, stream):
-        await self._recv(stream)
-        await stream.send_message(api_pb2.AppGetOrCreateResponse(app_id=self._id("ap")))
+        request = await self._recv(stream)
+        key = (request.environment_name or "main", request.app_name)
+        if key not in self.deployments:
+            if request.object_creation_type != api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING:
+                raise GRPCError(Status.NOT_FOUND, f"App '{request.app_name}' not found")
+            self.deployments[key] = self._new_app(request.app_name, api_pb2.APP_STATE_DEPLOYED)
+        await self._reply(stream, api_pb2.AppGetOrCreateResponse(app_id=self.deployments[key]))
+
+    async def AppGetLayout(self, stream):
+        request = await self._recv(stream)
+        await self._reply(stream, api_pb2.AppGetLayoutResponse(app_layout=self.layout(request.app_id)))
+
+    async def AppHeartbeat(self, stream):
+        await stream.recv_message()
+        await self._reply(stream)
+
+    async def AppPublish(self, stream):
+        request = await self._recv(stream)
+        app = self.apps[request.app_id]
+        layout = api_pb2.AppLayout(function_ids=request.function_ids, class_ids=request.class_ids)
+        for function_id in request.function_ids.values():
+            layout.objects.append(api_pb2.Object(object_id=function_id, function_handle_metadata=self._handle(
+                self.functions[function_id])))
+        app["layout"], app["state"] = layout, request.app_state
+        if request.name:
+            self.deployments[("main", request.name)] = request.app_id
+        for function_id in request.function_ids.values():  # min_containers start now
+            await self.workers._scale(function_id)
+        await self._reply(stream, api_pb2.AppPublishResponse(url="https://modal.example/fake"))
+
+    async def _stop(self, app_id: str) -> None:
+        if app_id in self.apps and not self.stopped(app_id):
+            self.apps[app_id]["state"] = api_pb2.APP_STATE_STOPPED
+            await self.workers.stop_app(app_id)
+            self.logs(app_id).close()
+            for key in [k for k, v in self.deployments.items() if v == app_id]:
+                del self.deployments[key]
+
+    async def AppClientDisconnect(self, stream):
+        request = await self._recv(stream)
+        if self.apps.get(request.app_id, {}).get("state") != api_pb2.APP_STATE_DEPLOYED:
+            await self._stop(request.app_id)  # an ephemeral app ends with its client
+        await self._reply(stream)
+
+    async def AppStop(self, stream):
+        request = await self._recv(stream)
+        await self._stop(request.app_id)
+        await self._reply(stream)
+
+    async def AppGetLogs(self, stream):
+        request = await self._recv(stream)
+        await self.logs(request.app_id).serve(stream, request)
 
     async def EnvironmentGetOrCreate(self, stream):
         await self._recv(stream)
         settings = api_pb2.EnvironmentSettings(image_builder_version="2025.06")
-        await stream.send_message(api_pb2.EnvironmentGetOrCreateResponse(
+        await self._reply(stream, api_pb2.EnvironmentGetOrCreateResponse(
             environment_id="en-1", metadata=api_pb2.EnvironmentMetadata(settings=settings)))
 
-    async def FunctionPrecreate(self, stream):
-        await self._recv(stream)
-        await stream.send_message(api_pb2.FunctionPrecreateResponse(function_id=self._id("fu")))
-
-    async def AppHeartbeat(self, stream):
-        await stream.recv_message()
-        await stream.send_message(empty_pb2.Empty())
+    # -- mounts, images, secrets ---------------------------------------------------------------------------------
 
     async def MountGetOrCreate(self, stream):
-        await self._recv(stream)
-        await stream.send_message(api_pb2.MountGetOrCreateResponse(
-            mount_id=self._id("mo"), handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex="0")))
+        request = await self._recv(stream)
+        mount_id = self.new_id("mo")
+        self.mounts[mount_id] = list(request.files)
+        await self._reply(stream, api_pb2.MountGetOrCreateResponse(
+            mount_id=mount_id, handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex="0")))
 
     async def MountBatchedCheckExistence(self, stream):
-        await self._recv(stream)  # every file is "already stored": the mount request still lists them all
-        await stream.send_message(api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=[]))
+        request = await self._recv(stream)
+        missing = [h for h in request.sha256_hex_hashes if not (self.root / "files" / h).exists()]
+        await self._reply(stream, api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=missing))
+
+    async def MountPutFile(self, stream):
+        request = await self._recv(stream)
+        data = self.blobs[request.data_blob_id] if request.data_blob_id else request.data
+        if hashlib.sha256(data).hexdigest() != request.sha256_hex:
+            raise _invalid("file content does not match its sha256")
+        (self.root / "files").mkdir(exist_ok=True)
+        (self.root / "files" / request.sha256_hex).write_bytes(data)
+        await self._reply(stream, api_pb2.MountPutFileResponse(exists=True))
 
     def mounted_files(self):
         return sorted(f.filename for request in self.of("MountGetOrCreate") for f in request.files)
 
-    async def MountPutFile(self, stream):
-        await self._recv(stream)
-        await stream.send_message(api_pb2.MountPutFileResponse(exists=True))
+    def materialise(self, function: api_pb2.Function, home: Path) -> Path:
+        """The container's file system: its mounts under ``home`` (``/root/x`` -> ``home/root/x``)."""
+        for mount_id in function.mount_ids:
+            for file in self.mounts.get(mount_id, []):
+                target = home / file.filename.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.root / "files" / file.sha256_hex, target)
+        (home / "root").mkdir(parents=True, exist_ok=True)
+        return home / "root"
 
     async def ImageGetOrCreate(self, stream):
-        await self._recv(stream)
-        await stream.send_message(api_pb2.ImageGetOrCreateResponse(
-            image_id=self._id("im"),
-            result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)))
+        request = await self._recv(stream)
+        image_id = self.new_id("im")
+        steps = "\n".join(request.image.dockerfile_commands)
+        python = re.search(r"FROM python:(\d+\.\d+)", steps)
+        import sys
+
+        if python and python.group(1) != f"{sys.version_info.major}.{sys.version_info.minor}":
+            raise _invalid(f"the fake runs containers on this Python only, not {python.group(1)}")
+        result = None if self.build["seconds"] or self.build["lines"] else api_pb2.GenericResult(status=SUCCESS)
+        if result is None:
+            asyncio.get_running_loop().create_task(self._build(image_id, request.app_id))
+        await self._reply(stream, api_pb2.ImageGetOrCreateResponse(image_id=image_id, result=result))
+
+    async def _build(self, image_id: str, app_id: str) -> None:
+        """An image build that takes ``build['seconds']`` and prints ``build['lines']`` into the app's logs."""
+        build, store = dict(self.build), self.logs(app_id)
+        self.builds = getattr(self, "builds", {})
+        self.builds[image_id] = None
+        for line in build["lines"]:
+            store.add(api_pb2.TaskLogsBatch(image_id=image_id, task_id=f"ta-build-{image_id}", items=[
+                api_pb2.TaskLogs(data=line + "\n", file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT,
+                                 timestamp=time.time())]))
+        await asyncio.sleep(build["seconds"])
+        status = api_pb2.GenericResult.GENERIC_STATUS_FAILURE if build["fail"] else SUCCESS
+        self.builds[image_id] = api_pb2.GenericResult(status=status, exception="Image build failed"
+                                                      if build["fail"] else "")
+
+    async def ImageJoinStreaming(self, stream):
+        request = await self._recv(stream)
+        deadline = time.monotonic() + request.timeout
+        while self.builds.get(request.image_id) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        result = self.builds.get(request.image_id)
+        await self._reply(stream, api_pb2.ImageJoinStreamingResponse(result=result, entry_id="1")
+                          if result is not None else api_pb2.ImageJoinStreamingResponse())
 
     async def SecretGetOrCreate(self, stream):
+        request = await self._recv(stream)
+        if request.deployment_name:
+            values = self.named_secrets.get(request.deployment_name)
+            if values is None:
+                raise GRPCError(Status.NOT_FOUND, f"Secret '{request.deployment_name}' not found")
+            missing = [key for key in request.required_keys if key not in values]
+            if missing:
+                raise GRPCError(Status.NOT_FOUND, f"Secret is missing key(s): {', '.join(missing)}")
+        else:
+            values = dict(request.env_dict)
+        secret_id = self.new_id("st")
+        self.secret_values[secret_id] = values
+        await self._reply(stream, api_pb2.SecretGetOrCreateResponse(secret_id=secret_id))
+
+    def environment_of(self, function: api_pb2.Function) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for secret_id in function.secret_ids:
+            env.update(self.secret_values.get(secret_id, {}))
+        return env
+
+    # -- functions -----------------------------------------------------------------------------------------------
+
+    async def FunctionPrecreate(self, stream):
         await self._recv(stream)
-        await stream.send_message(api_pb2.SecretGetOrCreateResponse(secret_id=self._id("st")))
+        await self._reply(stream, api_pb2.FunctionPrecreateResponse(function_id=self.new_id("fu")))
+
+    def _check(self, function: api_pb2.Function) -> None:
+        """What Modal's server refuses that the client sends without a check."""
+        name = function.function_name.removesuffix(".*")
+        if not NAME.match(name):
+            raise _invalid(f"Invalid function name {name!r}: names may contain only ASCII letters, digits, "
+                           "'_', '-' and '.', and be at most 64 characters")
+        gpu = function.resources.gpu_config
+        if gpu.gpu_type:
+            kind = gpu.gpu_type.upper()
+            if kind not in GPU_COUNTS:
+                raise _invalid(f"Unknown GPU type {gpu.gpu_type!r}")
+            if not 1 <= gpu.count <= GPU_COUNTS[kind]:
+                raise _invalid(f"{gpu.gpu_type} supports at most {GPU_COUNTS[kind]} GPUs per container, "
+                               f"not {gpu.count}")
+        if not 1 <= function.timeout_secs <= 24 * 3600:
+            raise _invalid(f"timeout must be between 1 s and 24 h, not {function.timeout_secs} s")
+        if function.startup_timeout_secs > 24 * 3600:
+            raise _invalid("startup_timeout must be at most 24 h")
+
+    def _handle(self, function: api_pb2.Function) -> api_pb2.FunctionHandleMetadata:
+        methods = {
+            name: api_pb2.FunctionHandleMetadata(
+                function_name=f"{function.function_name.removesuffix('.*')}.{name}",
+                function_type=definition.function_type, is_method=True, use_method_name=name,
+                max_object_size_bytes=MAX_INLINE_BYTES, max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
+            for name, definition in function.method_definitions.items()
+        }
+        return api_pb2.FunctionHandleMetadata(
+            function_name=function.function_name, function_type=function.function_type,
+            method_handle_metadata=methods, max_object_size_bytes=MAX_INLINE_BYTES,
+            max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
 
     async def FunctionCreate(self, stream):
         request = await self._recv(stream)
-        function = _function_of(request)
-        data = request.function_data if request.HasField("function_data") else api_pb2.FunctionData(
-            ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=function)])
-        function_id = request.existing_function_id or self._id("fu")
-        self.created[function_id] = function
-        methods = {
-            name: api_pb2.FunctionHandleMetadata(function_name=f"{function.function_name.removesuffix('.*')}.{name}",
-                                                 function_type=definition.function_type, is_method=True,
-                                                 use_method_name=name, max_object_size_bytes=MAX_INLINE_BYTES,
-                                                           max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
-            for name, definition in function.method_definitions.items()
-        }
-        await stream.send_message(api_pb2.FunctionCreateResponse(
-            function_id=function_id,
-            handle_metadata=api_pb2.FunctionHandleMetadata(function_name=function.function_name,
-                                                           function_type=function.function_type,
-                                                           method_handle_metadata=methods,
-                                                           max_object_size_bytes=MAX_INLINE_BYTES,
-                                                           max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES),
-            function_data=data))
-
-    # -- blobs ---------------------------------------------------------------------------------------------------
-
-    async def BlobCreate(self, stream):
-        await self._recv(stream)
-        blob_id = self._id("bl")
-        urls = api_pb2.UploadUrlList(items=[f"{self.blob_url}/{blob_id}"])
-        await stream.send_message(api_pb2.BlobCreateResponse(blob_ids=[blob_id], upload_urls=urls))
-
-    async def BlobGet(self, stream):
-        request = await self._recv(stream)
-        await stream.send_message(api_pb2.BlobGetResponse(download_url=f"{self.blob_url}/{request.blob_id}"))
-
-    def _input_args(self, function_input):
-        if function_input.args_blob_id:
-            return self.blobs[function_input.args_blob_id]
-        return function_input.args
-
-    # -- calls ---------------------------------------------------------------------------------------------------
-
-    async def FunctionMap(self, stream):
-        request = await self._recv(stream)
-        call = _Call(self._id("fc"))
-        self.calls[call.id] = call
-        item = request.pipelined_inputs[0]
-        call.task = asyncio.get_running_loop().create_task(self._execute(call, request.function_id, item.input))
-        await stream.send_message(api_pb2.FunctionMapResponse(
-            function_call_id=call.id,
-            pipelined_inputs=[api_pb2.FunctionPutInputsResponseItem(idx=0, input_id=self._id("in"),
-                                                                     input_jwt="jwt")]))
-
-    async def _instance(self, function_id):
-        if function_id not in self.instances:
-            cls = deserialize(self.created[function_id].class_serialized, None)
-            instance = cls()
-            for value in vars(cls).values():
-                impl = synchronizer._translate_in(value) if type(value).__name__ == "PartialFunction" else None
-                if impl is not None and impl.flags & _PartialFunctionFlags.ENTER_POST_SNAPSHOT:
-                    result = impl._get_raw_f()(instance)
-                    if inspect.isawaitable(result):
-                        await result
-            self.instances[function_id] = instance
-        return self.instances[function_id]
-
-    async def _execute(self, call, function_id, function_input):
-        self.executed += 1
-        try:
-            instance = await self._instance(function_id)
-            cls = type(instance)
-            method = synchronizer._translate_in(vars(cls)[function_input.method_name])._get_raw_f()
-            args, kwargs = deserialize(self._input_args(function_input), None)
-            definition = self.created[function_id].method_definitions[function_input.method_name]
-            if definition.function_type == api_pb2.Function.FUNCTION_TYPE_GENERATOR:
-                count = 0
-                async for item in method(instance, *args, **kwargs):
-                    count += 1
-                    call.chunks.append(api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_PICKLE,
-                                                         data=serialize(item), index=count))
-                    call.wake()
-                done = api_pb2.GeneratorDone(items_total=count).SerializeToString()
-                call.finish(api_pb2.GenericResult(status=SUCCESS, data=done), api_pb2.DATA_FORMAT_GENERATOR_DONE)
-            else:
-                value = await method(instance, *args, **kwargs)
-                call.finish(api_pb2.GenericResult(status=SUCCESS, data=serialize(value)), api_pb2.DATA_FORMAT_PICKLE)
-        except asyncio.CancelledError:
-            call.finish(api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_TERMINATED,
-                                              exception="cancelled"), api_pb2.DATA_FORMAT_PICKLE)
-        except Exception as exc:  # what a crashing container reports
-            call.finish(api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
-                                              exception=repr(exc), traceback=traceback.format_exc(),
-                                              data=serialize(exc)), api_pb2.DATA_FORMAT_PICKLE)
-
-    async def FunctionGetOutputs(self, stream):
-        request = await self._recv(stream)
-        call = self.calls[request.function_call_id]
-        if call.result is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(call.done.wait(), timeout=max(0.0, request.timeout))
-        if call.result is None:
-            await stream.send_message(api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=1))
-            return
-        result, data_format = call.result
-        item = api_pb2.FunctionGetOutputsItem(result=result, idx=0, data_format=data_format)
-        await stream.send_message(api_pb2.FunctionGetOutputsResponse(outputs=[item], num_unfinished_inputs=0))
-
-    async def FunctionCallGetDataOut(self, stream):
-        request = await stream.recv_message()
-        call = self.calls[request.function_call_id]
-        sent = request.last_index
-        while True:
-            for chunk in call.chunks[sent:]:
-                await stream.send_message(chunk)
-                sent = chunk.index
-            if call.result is not None and sent >= len(call.chunks):
-                return
-            await call.changed()
-
-    async def FunctionCallCancel(self, stream):
-        request = await self._recv(stream)
-        call = self.calls.get(request.function_call_id)
-        if call is not None and call.task is not None and not call.task.done():
-            call.task.cancel()
-        await stream.send_message(empty_pb2.Empty())
+        if request.HasField("function_data"):
+            ranked = [r.function for r in request.function_data.ranked_functions]
+            data = request.function_data
+        else:
+            ranked = [request.function]
+            data = api_pb2.FunctionData(ranked_functions=[
+                api_pb2.FunctionData.RankedFunction(rank=0, function=request.function)])
+        for function in ranked:
+            self._check(function)
+        function_id = request.existing_function_id or self.new_id("fu")
+        self.functions[function_id] = ranked[0]
+        self.function_apps[function_id] = request.app_id
+        await self._reply(stream, api_pb2.FunctionCreateResponse(
+            function_id=function_id, handle_metadata=self._handle(ranked[0]), function_data=data))
 
     async def ClassCreate(self, stream):
         await self._recv(stream)
-        await stream.send_message(api_pb2.ClassCreateResponse(class_id=self._id("cs")))
+        await self._reply(stream, api_pb2.ClassCreateResponse(class_id=self.new_id("cs")))
 
-    async def AppPublish(self, stream):
-        await self._recv(stream)
-        await stream.send_message(api_pb2.AppPublishResponse(url="https://modal.example/fake"))
-
-    async def AppClientDisconnect(self, stream):
-        await self._recv(stream)
-        await stream.send_message(empty_pb2.Empty())
-
-    async def AppStop(self, stream):
-        await self._recv(stream)
-        await stream.send_message(empty_pb2.Empty())
-
-    def functions(self):
+    def functions_by_name(self):
         """The functions the client created, by name, as the last request sent them."""
         out = {}
         for request in self.of("FunctionCreate"):
-            function = _function_of(request)
+            function = (request.function_data.ranked_functions[0].function if request.HasField("function_data")
+                        else request.function)
             out[function.function_name] = (function, request)
         return out
 
     def dockerfiles(self):
         return [list(request.image.dockerfile_commands) for request in self.of("ImageGetOrCreate")]
 
+    # -- blobs ---------------------------------------------------------------------------------------------------
 
-def _function_of(request):
-    """The function a FunctionCreate request defines (newer clients send it inside ``function_data``)."""
-    if request.HasField("function_data"):
-        return request.function_data.ranked_functions[0].function
-    return request.function
+    async def BlobCreate(self, stream):
+        request = await self._recv(stream)
+        if request.content_length > MAX_BLOB_BYTES:
+            raise _invalid(f"blob of {request.content_length} bytes is over the limit of {MAX_BLOB_BYTES}")
+        blob_id = self.new_id("bl")
+        urls = api_pb2.UploadUrlList(items=[f"{self.blob_url}/{blob_id}"])
+        await self._reply(stream, api_pb2.BlobCreateResponse(blob_ids=[blob_id], upload_urls=urls))
 
+    async def BlobGet(self, stream):
+        request = await self._recv(stream)
+        await self._reply(stream, api_pb2.BlobGetResponse(download_url=f"{self.blob_url}/{request.blob_id}"))
 
-class _Call:
-    """One function call in the fake: its task, its generator chunks and its result."""
+    # -- calls ---------------------------------------------------------------------------------------------------
 
-    def __init__(self, call_id: str) -> None:
-        self.id = call_id
-        self.task: asyncio.Task[None] | None = None
-        self.chunks: list[object] = []
-        self.result: tuple[object, int] | None = None
-        self.done = asyncio.Event()
-        self._changed = asyncio.Event()
+    async def FunctionMap(self, stream):
+        request = await self._recv(stream)
+        if request.function_id not in self.functions or self.stopped(self.function_apps[request.function_id]):
+            raise GRPCError(Status.NOT_FOUND, "Function not found or its app was stopped")
+        inline = MAX_ASYNC_INLINE_BYTES if request.function_call_invocation_type == \
+            api_pb2.FUNCTION_CALL_INVOCATION_TYPE_ASYNC else MAX_INLINE_BYTES
+        call = Call(self.new_id("fc"), request.function_id, self.function_apps[request.function_id])
+        items = []
+        for item in request.pipelined_inputs:
+            if len(item.input.args) > inline:
+                raise _invalid(f"input of {len(item.input.args)} bytes sent inline; the limit is {inline}")
+            input_id = self.new_id("in")
+            await self.workers.submit(call, input_id, item.input, request.function_call_invocation_type)
+            items.append(api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt="jwt"))
+        await self._reply(stream, api_pb2.FunctionMapResponse(function_call_id=call.id, pipelined_inputs=items))
 
-    def wake(self) -> None:
-        self._changed.set()
+    async def FunctionGetOutputs(self, stream):
+        request = await self._recv(stream)
+        call = self.workers.calls[request.function_call_id]
+        deadline = time.monotonic() + max(0.0, request.timeout)
+        while call.result is None and time.monotonic() < deadline:
+            await call.changed.wait(deadline - time.monotonic())
+        if call.result is None:
+            await self._reply(stream, api_pb2.FunctionGetOutputsResponse(num_unfinished_inputs=1))
+            return
+        result, data_format = call.result
+        item = api_pb2.FunctionGetOutputsItem(result=result, idx=0, data_format=data_format)
+        await self._reply(stream, api_pb2.FunctionGetOutputsResponse(outputs=[item], num_unfinished_inputs=0))
 
-    async def changed(self) -> None:
-        await self._changed.wait()
-        self._changed.clear()
+    async def FunctionCallGetDataOut(self, stream):
+        request = await stream.recv_message()
+        call = self.workers.calls[request.function_call_id]
+        sent = request.last_index
+        deadline = time.monotonic() + 55
+        while time.monotonic() < deadline:
+            for chunk in [c for c in call.chunks if c.index > sent]:
+                await stream.send_message(chunk)
+                sent = chunk.index
+            await call.changed.wait(1.0)
 
-    def finish(self, result, data_format) -> None:
-        self.result = (result, data_format)
-        self.done.set()
-        self.wake()
+    async def FunctionCallCancel(self, stream):
+        request = await self._recv(stream)
+        await self.workers.cancel(request.function_call_id, request.terminate_containers)
+        await self._reply(stream)
 
 
 class FakeModalServer:
     """The fake on its own thread and event loop, on 127.0.0.1 and a free port."""
 
     def __init__(self) -> None:
-        self.servicer = FakeModal()
+        self.root = Path(tempfile.mkdtemp(prefix="fake-modal-"))
+        self.servicer = FakeModal(self.root)
         self.loop = asyncio.new_event_loop()
         self.port = 0
         started = threading.Event()
@@ -315,6 +430,10 @@ class FakeModalServer:
         self.thread = threading.Thread(target=run, name="fake-modal", daemon=True)
         self.thread.start()
         started.wait(10)
+
+    def call(self, coro, timeout: float = 30):
+        """Run a coroutine on the fake's loop (to poke at its state from a test)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start_blob_store(self) -> None:
         """Blobs over HTTP on 127.0.0.1: PUT answers the content's md5 as its ETag, as S3 does."""
@@ -344,15 +463,19 @@ class FakeModalServer:
 
     def close(self) -> None:
         async def stop() -> None:
+            await self.servicer.workers.close()
+            for store in (app["logs"] for app in self.servicer.apps.values()):
+                store.close()
             self.server.close()
             await self.server.wait_closed()
             await self.blob_runner.cleanup()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:  # calls still running in the "containers"
+            for task in others:
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+        shutil.rmtree(self.root, ignore_errors=True)

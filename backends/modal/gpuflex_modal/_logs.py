@@ -1,0 +1,59 @@
+"""Worker output from Modal: the app's log stream (``app.logs.stream()``, Modal's public logs API, the stream
+``modal app logs`` follows) forwarded line by line as it arrives.
+
+A line a container printed (stdout, stderr; Modal's own messages about it as ``log``) goes to
+``events.worker_output(endpoint, container, stream, text)``, the endpoint found from the Modal function that
+printed it and the worker being Modal's container (task) id. Lines from no function (image builds) go to the
+``gpuflex.modal`` logger and are kept, the last few, for the error message of a failed build.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ["LogForwarder"]
+
+log = logging.getLogger("gpuflex.modal")
+worker_log = logging.getLogger("gpuflex.worker")
+_STREAMS = {"stdout": "stdout", "stderr": "stderr"}  # Modal's "system" lines become "log"
+
+
+class LogForwarder:
+    """Follows one app's log stream until the app is done."""
+
+    def __init__(self, events: Any, endpoints: Callable[[], Mapping[str, str]]) -> None:
+        self.events = events
+        self.endpoints = endpoints  # Modal function id -> endpoint name, known once the app's objects exist
+        self.build_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.lines = 0
+
+    def emit(self, endpoint: str, worker: str, stream: str, text: str) -> None:
+        report = getattr(self.events, "worker_output", None)
+        if report is not None:
+            report(endpoint, worker, stream, text)
+        else:  # a core without the worker-output event: log the way it would
+            worker_log.info("[%s %s %s] %s", endpoint, worker, stream, text)
+
+    def handle(self, message: str, source: str, context_ids: list[str]) -> None:
+        function = next((i for i in context_ids if i.startswith("fu-")), "")
+        worker = next((i for i in reversed(context_ids) if not i.startswith(("fu-", "fc-", "in-"))), "")
+        endpoint = self.endpoints().get(function) if function else None
+        for text in message.splitlines():
+            if not text.strip():
+                continue
+            self.lines += 1
+            if endpoint is not None:
+                self.emit(endpoint, worker or "?", _STREAMS.get(source, "log"), text)
+            else:
+                self.build_tail.append(text)
+                log.info("[modal %s] %s", worker or "app", text)
+
+    async def follow(self, app: Any) -> None:
+        """Forward the app's log lines until its stream ends (the app stopped)."""
+        async for entry in app.logs.stream.aio():
+            self.handle(entry.message, entry.source, list(entry.context_ids))
