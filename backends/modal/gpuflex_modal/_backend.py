@@ -154,7 +154,7 @@ class ModalBackend(Backend):
         except Exception as exc:
             generation.ended = True
             raise modal_error(exc, generation.logs.build_tail) from exc
-        generation.functions.update(_function_ids(generation.classes))
+        generation.functions.update(await _function_ids(generation.classes))
 
     async def _follow_logs(self, generation: _Generation) -> None:
         while generation.app.app_id is None:  # AppCreate has not answered yet
@@ -348,10 +348,12 @@ class ModalBackend(Backend):
                 await client.__aexit__(None, None, None)
 
 
-def _function_ids(classes: Mapping[str, Any]) -> dict[str, str]:
+async def _function_ids(classes: Mapping[str, Any]) -> dict[str, str]:
     """Modal function id -> endpoint: the id of each class's service function, which names its log lines."""
     out: dict[str, str] = {}
     for endpoint, cls in classes.items():
         with contextlib.suppress(Exception):
-            out[cls().run.object_id] = endpoint
+            method = cls().run
+            await method.hydrate.aio()
+            out[method.object_id] = endpoint
     return out

@@ -6,8 +6,10 @@ Which failure is which follows from whether the call had started in a container 
 * a Modal timeout after the start is the call's ``timeout`` (TIMED_OUT); before it, the container did not start
   within ``startup_timeout`` (FAILED, named so). Modal's servers may report a start-up timeout either way; both
   are handled.
-* any other Modal failure after the start means the container died under the call and Modal gave up
-  rescheduling it: a lost worker (retryable, so the endpoint's ``retries`` apply).
+* any other Modal failure means a container died under the call (or kept dying as it started) and Modal gave up
+  rescheduling it: a lost worker (retryable, so the endpoint's ``retries`` apply). The start item may never have
+  left a container killed at once, so this does not depend on it; a failure whose message speaks of the start-up
+  is named as one and not retried (a retry would wait through the same start-up again).
 * an exception of the user's own before the start was raised by ``setup()`` or the imports: it is re-raised on the
   caller's side as its own type, as a call's exception is.
 """
@@ -43,7 +45,7 @@ def failure(exc: Exception, started_at: float | None, *, started: bool, cancelle
                              **common)
         return JobUpdate(status=JobStatus.FAILED, reason=f"the container did not start within its startup_timeout "
                          f"(Modal: {exc}); raise startup_timeout= if setup() needs longer", **common)
-    if not started:
+    if not started and "start" in str(exc).lower():
         return JobUpdate(status=JobStatus.FAILED, reason=f"Modal could not start a container for the call: "
                          f"{name}: {exc}", **common)
     return JobUpdate(status=JobStatus.FAILED, retryable=True,

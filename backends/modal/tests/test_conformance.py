@@ -4,31 +4,27 @@ entrypoint (tests/_fake_workers.py), so a new run imports the new bundle, as on 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from _fake_modal import FakeModalServer
 from gpuflex_modal import ModalBackend, ModalConfig
 
 import gpuflex
 from gpuflex.testing import CHECKS, run_check
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _fake_modal import FakeModalServer  # noqa: E402
-
 
 @pytest.fixture(scope="module")
-def fake_modal():
+def shared_fake():
     server = FakeModalServer()
     yield server
     server.close()
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
-def test_conformance(check, fake_modal, monkeypatch):
+def test_conformance(check, shared_fake, monkeypatch, tmp_path):
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
     try:
-        run_check(check, lambda: ModalBackend(ModalConfig(server_url=fake_modal.url)))
+        run_check(check, lambda: ModalBackend(ModalConfig(server_url=shared_fake.url)))
     finally:
         gpuflex.shutdown()
