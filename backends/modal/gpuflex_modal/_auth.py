@@ -79,7 +79,7 @@ def modal_credentials() -> ModalCredentials | None:
     oauth = {key: value for key in ("refresh_token", "client_id", "client_secret", "jwt_key")
              if (value := get(f"oauth_{key}")) is not None}
     server_url = get("server_url") or DEFAULT_SERVER_URL
-    common = {"server_url": server_url, "environment": get("environment"), "profile": profile,
+    common: dict[str, Any] = {"server_url": server_url, "environment": get("environment"), "profile": profile,
               "source": f"profile {profile!r} of {path}" if values else "the environment"}
     if (token_id or token_secret) and oauth:
         raise ConfigError("Modal token credentials and OAuth credentials are both configured; keep one "
@@ -104,7 +104,7 @@ def missing_token() -> AuthenticationError:
                                "profiles and OAuth settings the way Modal's client does")
 
 
-async def open_client(credentials: ModalCredentials, server_url: str, timeout: float) -> Any:
+async def open_client(credentials: ModalCredentials, server_url: str, connect_timeout: float) -> Any:
     """A connected Modal client that the server has greeted (``ClientHello``: a bad token fails here)."""
     import anyio
     from modal.client import Client, _OAuthCredentials
@@ -113,14 +113,14 @@ async def open_client(credentials: ModalCredentials, server_url: str, timeout: f
     from gpuflex.errors import BackendUnavailable
 
     oauth = _OAuthCredentials(**credentials.oauth) if credentials.oauth else None
-    client = Client(server_url, api_pb2.CLIENT_TYPE_CLIENT, credentials.token, oauth_credentials=oauth)
+    client: Any = Client(server_url, api_pb2.CLIENT_TYPE_CLIENT, credentials.token, oauth_credentials=oauth)
     try:
-        with anyio.fail_after(timeout):
-            await client.__aenter__()  # type: ignore[no-untyped-call]
+        with anyio.fail_after(connect_timeout):
+            await client.__aenter__()
             await client.hello.aio()
     except TimeoutError:
         await _close(client)
-        raise BackendUnavailable(f"Modal's API at {server_url} did not answer within {timeout:g} s; check the "
+        raise BackendUnavailable(f"Modal's API at {server_url} did not answer within {connect_timeout:g} s; check the "
                                  "network (connect_timeout= waits longer)") from None
     except Exception as exc:
         await _close(client)

@@ -17,12 +17,15 @@ Which failure is which follows from whether the call had started in a container 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from gpuflex import JobStatus
 from gpuflex._envelope import encode_error
 from gpuflex.backend import JobUpdate
 from gpuflex.errors import AuthenticationError, BackendUnavailable, ConfigError, GpuflexError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["failure", "modal_error"]
 
@@ -33,7 +36,7 @@ def _is_modal(exc: BaseException) -> bool:
 
 def failure(exc: Exception, started_at: float | None, *, started: bool, cancelled: bool) -> JobUpdate:
     name, now = type(exc).__name__, time.time()
-    common = {"started_at": started_at, "finished_at": now if started else None}
+    common: dict[str, Any] = {"started_at": started_at, "finished_at": now if started else None}
     if cancelled:
         return JobUpdate(status=JobStatus.CANCELLED, reason="cancelled", **common)
     if not _is_modal(exc):  # the user's setup() or imports raised (Modal rebuilt the exception)

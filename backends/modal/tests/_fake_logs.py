@@ -22,11 +22,12 @@ class Signal:
             self._waiter.set_result(None)
         self._waiter = None
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, seconds: float) -> None:
+        """Until the next ``fire``, or ``seconds`` at most."""
         if self._waiter is None:
             self._waiter = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._waiter), max(0.0, timeout))
+            await asyncio.wait_for(asyncio.shield(self._waiter), max(0.0, seconds))
 
 
 class LogStore:

@@ -15,12 +15,13 @@ import asyncio
 import hashlib
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _fake_logs import LogStore
+from _fake_logs import LogStore, Signal
 from _fake_workers import Call, Workers
 from aiohttp import web
 from google.protobuf import empty_pb2
@@ -63,15 +64,18 @@ class FakeModal(api_grpc.ModalClientBase):
         self.blobs: dict[str, bytes] = {}
         self.blob_url = ""  # set by FakeModalServer
         self.build = {"seconds": 0.0, "lines": [], "fail": False}  # how the next image build goes
+        self.builds: dict[str, api_pb2.GenericResult | None] = {}
+        self.built = Signal()
+        self.advertised_inline_bytes = MAX_INLINE_BYTES  # what the client is told (tests may tell it more)
         self.workers = Workers(self, root)
 
     def new_id(self, prefix: str) -> str:
         self._n += 1
         return f"{prefix}-{self._n}"
 
-    async def _recv(self, stream):
+    async def _recv(self, stream, name: str = ""):
         request = await stream.recv_message()
-        self.requests.append((type(request).__name__.removesuffix("Request"), request))
+        self.requests.append((name or type(request).__name__.removesuffix("Request"), request))
         self._authenticate(stream.metadata)
         return request
 
@@ -108,7 +112,7 @@ class FakeModal(api_grpc.ModalClientBase):
         return self.apps[app_id]["state"] == api_pb2.APP_STATE_STOPPED
 
     async def ClientHello(self, stream):
-        await self._recv(stream)
+        await self._recv(stream, "ClientHello")
         await self._reply(stream, api_pb2.ClientHelloResponse())
 
     async def AppCreate(self, stream):
@@ -222,8 +226,6 @@ class FakeModal(api_grpc.ModalClientBase):
         image_id = self.new_id("im")
         steps = "\n".join(request.image.dockerfile_commands)
         python = re.search(r"FROM python:(\d+\.\d+)", steps)
-        import sys
-
         if python and python.group(1) != f"{sys.version_info.major}.{sys.version_info.minor}":
             raise _invalid(f"the fake runs containers on this Python only, not {python.group(1)}")
         result = None if self.build["seconds"] or self.build["lines"] else api_pb2.GenericResult(status=SUCCESS)
@@ -234,7 +236,6 @@ class FakeModal(api_grpc.ModalClientBase):
     async def _build(self, image_id: str, app_id: str) -> None:
         """An image build that takes ``build['seconds']`` and prints ``build['lines']`` into the app's logs."""
         build, store = dict(self.build), self.logs(app_id)
-        self.builds = getattr(self, "builds", {})
         self.builds[image_id] = None
         for line in build["lines"]:
             store.add(api_pb2.TaskLogsBatch(image_id=image_id, task_id=f"ta-build-{image_id}", items=[
@@ -244,12 +245,13 @@ class FakeModal(api_grpc.ModalClientBase):
         status = api_pb2.GenericResult.GENERIC_STATUS_FAILURE if build["fail"] else SUCCESS
         self.builds[image_id] = api_pb2.GenericResult(status=status, exception="Image build failed"
                                                       if build["fail"] else "")
+        self.built.fire()
 
     async def ImageJoinStreaming(self, stream):
         request = await self._recv(stream)
         deadline = time.monotonic() + request.timeout
         while self.builds.get(request.image_id) is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await self.built.wait(deadline - time.monotonic())
         result = self.builds.get(request.image_id)
         await self._reply(stream, api_pb2.ImageJoinStreamingResponse(result=result, entry_id="1")
                           if result is not None else api_pb2.ImageJoinStreamingResponse())
@@ -305,12 +307,13 @@ class FakeModal(api_grpc.ModalClientBase):
             name: api_pb2.FunctionHandleMetadata(
                 function_name=f"{function.function_name.removesuffix('.*')}.{name}",
                 function_type=definition.function_type, is_method=True, use_method_name=name,
-                max_object_size_bytes=MAX_INLINE_BYTES, max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
+                max_object_size_bytes=self.advertised_inline_bytes,
+                max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
             for name, definition in function.method_definitions.items()
         }
         return api_pb2.FunctionHandleMetadata(
             function_name=function.function_name, function_type=function.function_type,
-            method_handle_metadata=methods, max_object_size_bytes=MAX_INLINE_BYTES,
+            method_handle_metadata=methods, max_object_size_bytes=self.advertised_inline_bytes,
             max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
 
     async def FunctionCreate(self, stream):
@@ -348,17 +351,21 @@ class FakeModal(api_grpc.ModalClientBase):
 
     # -- blobs ---------------------------------------------------------------------------------------------------
 
-    async def BlobCreate(self, stream):
-        request = await self._recv(stream)
+    def blob_create(self, request: api_pb2.BlobCreateRequest) -> api_pb2.BlobCreateResponse:
         if request.content_length > MAX_BLOB_BYTES:
             raise _invalid(f"blob of {request.content_length} bytes is over the limit of {MAX_BLOB_BYTES}")
         blob_id = self.new_id("bl")
         urls = api_pb2.UploadUrlList(items=[f"{self.blob_url}/{blob_id}"])
-        await self._reply(stream, api_pb2.BlobCreateResponse(blob_ids=[blob_id], upload_urls=urls))
+        return api_pb2.BlobCreateResponse(blob_ids=[blob_id], upload_urls=urls)
+
+    def blob_get(self, request: api_pb2.BlobGetRequest) -> api_pb2.BlobGetResponse:
+        return api_pb2.BlobGetResponse(download_url=f"{self.blob_url}/{request.blob_id}")
+
+    async def BlobCreate(self, stream):
+        await self._reply(stream, self.blob_create(await self._recv(stream)))
 
     async def BlobGet(self, stream):
-        request = await self._recv(stream)
-        await self._reply(stream, api_pb2.BlobGetResponse(download_url=f"{self.blob_url}/{request.blob_id}"))
+        await self._reply(stream, self.blob_get(await self._recv(stream)))
 
     # -- calls ---------------------------------------------------------------------------------------------------
 

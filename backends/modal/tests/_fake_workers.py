@@ -32,13 +32,16 @@ import signal
 import sys
 import time
 from collections import deque
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from _fake_logs import Signal
 from google.protobuf import empty_pb2
 from grpclib.server import Server
 from modal._utils.grpc_testing import patch_mock_servicer
 from modal_proto import api_grpc, api_pb2
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 R = api_pb2.GenericResult
 HEARTBEAT_SECONDS = "0.5"  # Modal's client heartbeats every 15 s; the fake's containers every 0.5 s (env setting)
@@ -140,10 +143,10 @@ class ContainerServicer(api_grpc.ModalClientBase):
         await stream.send_message(api_pb2.ContainerStopResponse())
 
     async def BlobCreate(self, stream):
-        await self.workers.control.BlobCreate(stream)
+        await stream.send_message(self.workers.control.blob_create(await stream.recv_message()))
 
     async def BlobGet(self, stream):
-        await self.workers.control.BlobGet(stream)
+        await stream.send_message(self.workers.control.blob_get(await stream.recv_message()))
 
 
 class Workers:

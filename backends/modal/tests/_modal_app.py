@@ -7,9 +7,9 @@ import asyncio
 import gpuflex
 
 
-@gpuflex.endpoint(name="modal_big", gpu=gpuflex.GPU("H100", 2), min_workers=1, max_workers=5, idle_timeout=90,
-                  timeout=120, retries=2, concurrency=4, dependencies=("numpy==2.0.0",), env={"MODE": "fast"},
-                  secrets=("HF_TOKEN",))
+@gpuflex.endpoint(name="modal_big", gpu=gpuflex.GPU("H100", 2), cpu=4, memory=16384, min_workers=1, max_workers=5,
+                  idle_timeout=90, timeout=120, retries=2, concurrency=4, dependencies=("numpy==2.0.0",),
+                  system_dependencies=("ffmpeg",), env={"MODE": "fast"}, secrets=("HF_TOKEN",))
 def big(x: int) -> int:
     return x * 2
 

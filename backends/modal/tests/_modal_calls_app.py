@@ -19,7 +19,9 @@ ENV = {"MC_DIR": DIR}
 
 
 def mark(name: str, text: str = "") -> None:
-    Path(os.environ["MC_DIR"], name).write_text(text)
+    directory = Path(os.environ["MC_DIR"])
+    directory.mkdir(parents=True, exist_ok=True)  # in a remote container, the caller's directory is not there
+    (directory / name).write_text(text)
 
 
 def wait_for(name: str, limit: float = 60.0) -> bool:
@@ -82,9 +84,9 @@ async def async_wait(tag: str) -> str:
 
 
 @gpuflex.endpoint(name="mc_sync_wait", env=ENV)
-def sync_wait(tag: str) -> int:
+def sync_wait(tag: str, seconds: float = 120) -> int:
     mark(f"{tag}-started", str(os.getpid()))
-    time.sleep(120)
+    time.sleep(seconds)
     return os.getpid()
 
 
@@ -117,12 +119,12 @@ def die_always() -> None:
 
 
 @gpuflex.endpoint(name="mc_talk", env=ENV)
-def talk(tag: str) -> str:
-    """Prints, writes to stderr and logs, then waits for the caller to have seen it."""
+def talk(tag: str, wait: float = 60.0) -> str:
+    """Prints, writes to stderr and logs, then waits (up to ``wait`` s) for the caller to have seen it."""
     print(f"{tag} hello from the worker", flush=True)
     print(f"{tag} a line on stderr", file=sys.stderr, flush=True)
     logging.getLogger("user-code").warning("%s a log record", tag)
-    return "seen" if wait_for(f"{tag}-gate") else "not seen"
+    return "seen" if wait_for(f"{tag}-gate", wait) else "not seen"
 
 
 @gpuflex.endpoint(name="embed-v1", env=ENV)
@@ -138,3 +140,18 @@ def embed_underscore() -> str:
 @gpuflex.endpoint(name="café", env=ENV)
 def cafe() -> str:
     return "café"
+
+
+@gpuflex.endpoint(name="mc_echo_bytes", env=ENV)
+def echo_bytes(data: bytes) -> bytes:
+    return data
+
+
+@gpuflex.endpoint(name="mc_any_gpu", gpu="any", env=ENV)
+def any_gpu() -> int:
+    return os.getpid()
+
+
+@gpuflex.endpoint(name="mc_bad_build", dependencies=("gpuflex-no-such-package-4c1d",), env=ENV)
+def bad_build() -> None:
+    """Its image cannot be built: the dependency does not exist."""

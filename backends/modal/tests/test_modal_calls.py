@@ -13,7 +13,6 @@ import _modal_calls_app as mc
 import pytest
 from gpuflex_modal import ModalBackend, ModalConfig
 
-import gpuflex
 from gpuflex import errors
 from gpuflex.testing import backend_in_use, wait_until
 
@@ -153,6 +152,13 @@ def test_a_container_that_always_dies_is_a_lost_worker_after_the_retries(fake_mo
         with pytest.raises(errors.WorkerLost, match="lost"):
             job.result(timeout=120)
         assert job.attempts == 2, "retries=1: one more attempt after Modal gave up on the first"
+
+
+def test_inputs_and_results_over_the_inline_limit_travel_as_blobs(fake_modal):
+    blob = os.urandom(3 * 2**20)  # over Modal's 2 MiB inline limit, both ways
+    with backend_in_use(modal(fake_modal)):
+        assert mc.echo_bytes(blob) == blob
+    assert len(fake_modal.servicer.blobs) >= 2, "the input and the result went through the blob store"
 
 
 # -- names --------------------------------------------------------------------------------------------------------

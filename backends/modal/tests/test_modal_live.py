@@ -1,0 +1,128 @@
+"""Against real Modal: what only the live service can show. Marked ``live`` (they run with ``--run-live``, which
+``nox -s live`` passes) and skipped unless Modal credentials are configured (a token or OAuth settings, in the
+environment or ~/.modal.toml, found as Modal's client finds them). Each test runs ephemeral apps, which stop when
+the test ends; the deploy test stops (tears down) the app it deployed even when it fails. GPUs cost money: only
+``test_live_any_gpu`` asks for one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import _modal_calls_app as mc
+import pytest
+from gpuflex_modal import ModalBackend, ModalConfig
+from gpuflex_modal._auth import modal_credentials
+
+import gpuflex
+from gpuflex import errors
+from gpuflex._client import get_session
+from gpuflex.testing import CHECKS, backend_in_use, run_check, wait_until
+
+
+def _credentials_reason() -> str | None:
+    try:
+        return None if modal_credentials() is not None else "no Modal credentials configured"
+    except errors.GpuflexError as exc:
+        return f"Modal credentials unusable: {exc}"
+
+
+pytestmark = [pytest.mark.live, pytest.mark.skipif(_credentials_reason() is not None,
+                                                   reason=_credentials_reason() or "")]
+LIVE_APP = f"gpuflex-live-{uuid.uuid4().hex[:8]}"
+
+
+def modal(**options):
+    return lambda: ModalBackend(ModalConfig(app_name=LIVE_APP, **options))
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+def test_live_conformance(check):
+    run_check(check, modal())
+
+
+def test_live_setup_longer_than_the_call_timeout():
+    """Modal's startup_timeout is set apart from the call's timeout (1 s here, setup() 3 s)."""
+    with backend_in_use(modal()):
+        job = mc.SlowSetup().spawn("ok")
+        assert job.result(timeout=600) == "ok"
+        assert job.queue_time is not None and job.run_time is not None and job.queue_time > job.run_time, \
+            "the cold start and setup() were counted as the call's run"
+
+
+def test_live_start_up_timeout_is_named_as_such():
+    """However Modal reports a container that does not start in time (a timeout or a failure), it is a start-up
+    failure, not the call's timeout."""
+    with backend_in_use(modal(startup_timeout=5)):
+        with pytest.raises(errors.JobFailed, match="start") as caught:
+            mc.NeverStarts()()
+    assert not isinstance(caught.value, errors.JobTimeout)
+
+
+def test_live_cancel_of_a_sync_call_replaces_its_container():
+    tag = uuid.uuid4().hex[:8]
+    with backend_in_use(modal()):
+        job = mc.sync_wait.spawn(tag)
+        wait_until(lambda: job.status is gpuflex.JobStatus.RUNNING, "the call to start", limit=600)
+        job.cancel()
+        with pytest.raises(errors.JobCancelled):
+            job.result(timeout=120)
+        after = mc.sync_wait.spawn(f"{tag}-after", 0)
+        after.result(timeout=600)
+        assert after.worker != job.worker, "the cancelled call's container took the next input"
+
+
+def test_live_worker_output_arrives_while_the_call_runs(caplog):
+    tag = uuid.uuid4().hex[:8]
+    caplog.set_level("INFO", logger="gpuflex.worker")
+    with backend_in_use(modal()):
+        job = mc.talk.spawn(tag, 60.0)
+        wait_until(lambda: any(f"{tag} hello from the worker" in r.getMessage() for r in caplog.records),
+                   "the worker's print in the caller's log", limit=600)
+        assert not job.done()
+        wait_until(lambda: any(f"{tag} a line on stderr" in r.getMessage() for r in caplog.records),
+                   "the worker's stderr", limit=60)
+        job.result(timeout=120)
+
+
+def test_live_failed_build_names_the_error():
+    with backend_in_use(modal()):
+        with pytest.raises(errors.ConfigError, match="gpuflex-no-such-package-4c1d") as caught:
+            mc.bad_build()
+    assert "build log" in str(caught.value), "the build's own lines are in the error"
+
+
+def test_live_names_modal_takes():
+    with backend_in_use(modal()):
+        assert (mc.embed_dash(), mc.embed_underscore(), mc.cafe()) == ("dash", "underscore", "café")
+
+
+def test_live_large_input_goes_through_blobs():
+    blob = os.urandom(3 * 2**20)
+    with backend_in_use(modal()):
+        assert mc.echo_bytes(blob) == blob
+
+
+def test_live_any_gpu():
+    """'any' is in Modal's protocol but no longer in its GPU guide: check Modal still takes it."""
+    with backend_in_use(modal()):
+        assert isinstance(mc.any_gpu(), int)
+
+
+def test_live_deploy_then_teardown_stops_the_app():
+    import modal as modal_sdk
+
+    name = f"{LIVE_APP}-deployed"
+    backend = ModalBackend(ModalConfig(app_name=name))
+    session = get_session()
+    session.install_backend(backend)
+    try:
+        session.run(backend.deploy(mc.pid.spec, session.bundle_for(mc.pid)))
+        session.run(backend.publish())
+        assert modal_sdk.App.lookup(name).app_id
+    finally:
+        session.run(backend.teardown())
+        session.run(session.remove_backend(backend))
+    with pytest.raises(modal_sdk.exception.NotFoundError):
+        modal_sdk.App.lookup(name)
