@@ -139,7 +139,7 @@ class ModalBackend(Backend):
         """Create the app's objects (``create``: entering ``app.run()`` or ``app.deploy``), with its log stream
         followed from the moment Modal gives the app an id, and within ``build_timeout`` when one is set."""
         assert self.task_group is not None
-        generation.logs = LogForwarder(self.events, lambda: generation.functions)
+        generation.logs = LogForwarder(self.events, lambda: generation.functions, generation.app.name or "app")
         if self.config.stream_output:
             self.task_group.start_soon(self._follow_logs, generation)
         try:

@@ -20,9 +20,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gpuflex import JobStatus
-from gpuflex._envelope import encode_error
 from gpuflex.backend import JobUpdate
 from gpuflex.errors import AuthenticationError, BackendUnavailable, ConfigError, GpuflexError
+from gpuflex.worker import encode_error
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -1,16 +1,16 @@
 """Worker output from Modal: the app's log stream (``app.logs.stream()``, Modal's public logs API, the stream
 ``modal app logs`` follows) forwarded line by line as it arrives.
 
-A line a container printed (stdout, stderr; Modal's own messages about it as ``log``) goes to
-``events.worker_output(endpoint, container, stream, text)``, the endpoint found from the Modal function that
-printed it and the worker being Modal's container (task) id. Lines from no function (image builds) go to the
-``gpuflex.modal`` logger and are kept, the last few, for the error message of a failed build.
+A line a container printed (stdout, stderr; a log record, which the container marks with ``LOG_MARK``; Modal's
+own messages about the container as ``log``) goes to ``events.worker_output(endpoint, container, stream, text)``,
+the endpoint found from the Modal function that printed it and the worker being Modal's container (task) id.
+Lines from no function (image builds) go the same way, marked with the app's name and ``image-build``, and the last
+few are kept for the error message of a failed build.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,26 +18,20 @@ if TYPE_CHECKING:
 
 __all__ = ["LogForwarder"]
 
-log = logging.getLogger("gpuflex.modal")
-worker_log = logging.getLogger("gpuflex.worker")
+from ._runner import LOG_MARK
+
 _STREAMS = {"stdout": "stdout", "stderr": "stderr"}  # Modal's "system" lines become "log"
 
 
 class LogForwarder:
     """Follows one app's log stream until the app is done."""
 
-    def __init__(self, events: Any, endpoints: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(self, events: Any, endpoints: Callable[[], Mapping[str, str]], app: str) -> None:
         self.events = events
+        self.app = app
         self.endpoints = endpoints  # Modal function id -> endpoint name, known once the app's objects exist
         self.build_tail: collections.deque[str] = collections.deque(maxlen=20)
         self.lines = 0
-
-    def emit(self, endpoint: str, worker: str, stream: str, text: str) -> None:
-        report = getattr(self.events, "worker_output", None)
-        if report is not None:
-            report(endpoint, worker, stream, text)
-        else:  # a core without the worker-output event: log the way it would
-            worker_log.info("[%s %s %s] %s", endpoint, worker, stream, text)
 
     def handle(self, message: str, source: str, context_ids: list[str]) -> None:
         function = next((i for i in context_ids if i.startswith("fu-")), "")
@@ -47,11 +41,14 @@ class LogForwarder:
             if not text.strip():
                 continue
             self.lines += 1
+            stream = _STREAMS.get(source, "log")
+            if text.startswith(LOG_MARK):
+                stream, text = "log", text[len(LOG_MARK):]
             if endpoint is not None:
-                self.emit(endpoint, worker or "?", _STREAMS.get(source, "log"), text)
+                self.events.worker_output(endpoint, worker or "?", stream, text)
             else:
                 self.build_tail.append(text)
-                log.info("[modal %s] %s", worker or "app", text)
+                self.events.worker_output(self.app, "image-build", stream, text)
 
     async def follow(self, app: Any) -> None:
         """Forward the app's log lines until its stream ends (the app stopped)."""

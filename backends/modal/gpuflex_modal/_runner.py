@@ -34,7 +34,11 @@ from ._plan import BUNDLE_DIR
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["EndpointRunner", "bundle_root", "container_id"]
+__all__ = ["LOG_MARK", "EndpointRunner", "bundle_root", "container_id"]
+
+#: Written before each log record on the container's stderr, so the caller can tell records from stderr text
+#: (Modal's log stream carries only stdout and stderr): U+2063 INVISIBLE SEPARATOR, unseen in Modal's dashboard.
+LOG_MARK = "\u2063"
 
 _CANCEL_WAIT_SECONDS = 10.0
 _ids = itertools.count()
@@ -63,8 +67,10 @@ def _current_call() -> str:
 class EndpointRunner:
     def __init__(self, init: dict[str, Any], *, root: str | None = None) -> None:
         # sync callables run in a thread, never on the loop: a sync generator's chunks then leave while it runs.
-        # Modal's max_inputs (the endpoint's concurrency) bounds how many calls a container takes at once.
-        self.init = {**init, "concurrency": max(2, int(init.get("concurrency", 1))),
+        # Modal's max_inputs (concurrency x max_batch_size) bounds how many calls a container takes at once; a
+        # batched endpoint's batches run in threads anyway, and its concurrency bounds the batches at once.
+        concurrency = int(init.get("concurrency", 1))
+        self.init = {**init, "concurrency": concurrency if init.get("batch") else max(2, concurrency),
                      "bundle_root": root or bundle_root()}
         self.runtime: WorkerRuntime | None = None
         self._inboxes: dict[str, asyncio.Queue[tuple[Any, ...]]] = {}
@@ -74,7 +80,9 @@ class EndpointRunner:
             _, stream, text = message
             target = sys.__stdout__ if stream == "stdout" else sys.__stderr__
             if target is not None:
-                target.write(text if text.endswith("\n") else text + "\n")
+                marked = "".join(f"{LOG_MARK}{line}\n" for line in text.split("\n")) if stream == "log" \
+                    else text + "\n"
+                target.write(marked)
                 target.flush()
             return
         if message[0] in ("chunk", "done", "started"):

@@ -8,6 +8,8 @@ Modal, test_modal_live.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import sys
 import time
@@ -23,13 +25,33 @@ from gpuflex_modal._runner import EndpointRunner
 import gpuflex
 from gpuflex import errors
 from gpuflex._bundle import build_bundle
-from gpuflex.client._session import get_session
 from gpuflex._envelope import decode_outcome, encode_call
 from gpuflex.backend import Payload
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use
 from gpuflex.worker import worker_init
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+@contextlib.contextmanager
+def collect_worker_output():
+    """The records of the gpuflex.worker logger while the block runs."""
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler, logger = Collect(logging.DEBUG), logging.getLogger("gpuflex.worker")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
 
 
 def deploy(backend, *endpoints):
@@ -128,7 +150,7 @@ def test_app_run_creates_exactly_the_planned_classes(fake_modal, monkeypatch):
     assert all(local_value not in str(request) for _, request in fake_modal.servicer.requests)
     mounted = fake_modal.servicer.mounted_files()
     assert "/root/gpuflex-bundle/tests/_modal_app.py" in mounted, "the bundle is shipped as local source"
-    assert any(f.endswith("/gpuflex/_worker.py") for f in mounted), "gpuflex's runtime is shipped with it"
+    assert any(f.endswith("/gpuflex/runtime/_runner.py") for f in mounted), "gpuflex's runtime is shipped with it"
 
 
 def test_a_missing_modal_secret_is_a_clear_error(fake_modal):
@@ -236,14 +258,16 @@ def test_image_pipeline_builds_its_modal_app_unchanged(fake_modal):
 # -- image builds -------------------------------------------------------------------------------------------------
 
 
-def test_build_logs_reach_the_user_and_a_failed_build_says_why(fake_modal, caplog):
+def test_build_logs_reach_the_user_and_a_failed_build_says_why(fake_modal):
     fake_modal.servicer.build.update(lines=["Collecting numpy==2.0.0", "ERROR: No matching distribution found"],
                                      fail=True)
-    caplog.set_level("INFO", logger="gpuflex.modal")
-    with backend_in_use(lambda: ModalBackend(ModalConfig(server_url=fake_modal.url))):
+    with collect_worker_output() as records, backend_in_use(lambda: ModalBackend(ModalConfig(
+            server_url=fake_modal.url, app_name="gpuflex-builds"))):
         with pytest.raises(errors.ConfigError, match="No matching distribution found"):
             app.small("x")
-    assert any("Collecting numpy" in r.getMessage() for r in caplog.records), "the build log was not forwarded"
+    line = next((r for r in records if "Collecting numpy" in r.getMessage()), None)
+    assert line is not None, "the build log was not forwarded"
+    assert "[gpuflex-builds image-build]" in line.getMessage()
 
 
 def test_image_builds_are_waited_for_as_long_as_build_timeout_says(fake_modal):

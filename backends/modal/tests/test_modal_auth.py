@@ -10,7 +10,7 @@ from gpuflex_modal import ModalBackend, ModalConfig
 from gpuflex_modal._auth import modal_credentials
 
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use
 
 PROFILES = """

@@ -190,13 +190,13 @@ class _Lines(logging.Handler):
 @pytest.fixture
 def worker_lines():
     handler = _Lines()
-    for name in ("gpuflex.worker", "gpuflex.modal"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
+    logger = logging.getLogger("gpuflex.worker")
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     yield handler
-    for name in ("gpuflex.worker", "gpuflex.modal"):
-        logging.getLogger(name).removeHandler(handler)
+    logger.removeHandler(handler)
+    logger.setLevel(saved)
 
 
 def test_worker_output_reaches_the_caller_while_the_call_runs(fake_modal, marks, tag, worker_lines):
@@ -207,8 +207,12 @@ def test_worker_output_reaches_the_caller_while_the_call_runs(fake_modal, marks,
         assert not job.done(), "the lines arrived while the call was still running"
         (marks / f"{tag}-gate").touch()
         assert job.result(timeout=60) == "seen"
+    mine = {(r.gpuflex_stream, r.getMessage().split("] ", 1)[-1]) for r in worker_lines.records
+            if tag in r.getMessage()}
+    assert {("stdout", f"{tag} hello from the worker"), ("stderr", f"{tag} a line on stderr"),
+            ("log", f"WARNING user-code: {tag} a log record")} <= mine
     line = next(r for r in worker_lines.records if f"{tag} hello from the worker" in r.getMessage())
-    assert "mc_talk" in line.getMessage() and "ta-" in line.getMessage(), "marked with endpoint and container"
+    assert line.gpuflex_endpoint == "mc_talk" and line.gpuflex_worker.startswith("ta-"), "endpoint and container"
 
 
 def test_a_setup_traceback_reaches_the_caller(fake_modal, worker_lines):

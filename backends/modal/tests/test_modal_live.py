@@ -1,12 +1,14 @@
-"""Against real Modal: what only the live service can show. Marked ``live`` (they run with ``--run-live``, which
-``nox -s live`` passes) and skipped unless Modal credentials are configured (a token or OAuth settings, in the
-environment or ~/.modal.toml, found as Modal's client finds them). Each test runs ephemeral apps, which stop when
-the test ends; the deploy test stops (tears down) the app it deployed even when it fails. GPUs cost money: only
-``test_live_any_gpu`` asks for one.
+"""Against real Modal: what only the live service can show (the conformance suite itself runs from tests/live).
+
+Marked ``live`` (they run with ``--run-live``, which ``nox -s live`` passes) and skipped unless Modal credentials
+are configured (a token or OAuth settings, in the environment or ~/.modal.toml, found as Modal's client finds
+them). Each test runs ephemeral apps, which stop when the test ends; the deploy test stops (tears down) the app it
+deployed even when it fails. GPUs cost money: only ``test_live_any_gpu`` asks for one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -17,8 +19,8 @@ from gpuflex_modal._auth import modal_credentials
 
 import gpuflex
 from gpuflex import errors
-from gpuflex._client import get_session
-from gpuflex.testing import CHECKS, backend_in_use, run_check, wait_until
+from gpuflex.client._session import get_session
+from gpuflex.testing import backend_in_use, wait_until
 
 
 def _credentials_reason() -> str | None:
@@ -35,11 +37,6 @@ LIVE_APP = f"gpuflex-live-{uuid.uuid4().hex[:8]}"
 
 def modal(**options):
     return lambda: ModalBackend(ModalConfig(app_name=LIVE_APP, **options))
-
-
-@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
-def test_live_conformance(check):
-    run_check(check, modal())
 
 
 def test_live_setup_longer_than_the_call_timeout():
@@ -73,17 +70,22 @@ def test_live_cancel_of_a_sync_call_replaces_its_container():
         assert after.worker != job.worker, "the cancelled call's container took the next input"
 
 
-def test_live_worker_output_arrives_while_the_call_runs(caplog):
+def test_live_worker_output_arrives_while_the_call_runs():
     tag = uuid.uuid4().hex[:8]
-    caplog.set_level("INFO", logger="gpuflex.worker")
-    with backend_in_use(modal()):
-        job = mc.talk.spawn(tag, 60.0)
-        wait_until(lambda: any(f"{tag} hello from the worker" in r.getMessage() for r in caplog.records),
-                   "the worker's print in the caller's log", limit=600)
-        assert not job.done()
-        wait_until(lambda: any(f"{tag} a line on stderr" in r.getMessage() for r in caplog.records),
-                   "the worker's stderr", limit=60)
-        job.result(timeout=120)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("gpuflex.worker").addHandler(handler)
+    try:
+        with backend_in_use(modal()):
+            job = mc.talk.spawn(tag, 60.0)
+            for text in ("hello from the worker", "a line on stderr", "a log record"):
+                wait_until(lambda text=text: any(f"{tag} {text}" in r.getMessage() for r in records),
+                           f"the worker's {text!r} in the caller's log", limit=600)
+            assert not job.done(), "the lines arrived while the call ran"
+            job.result(timeout=120)
+    finally:
+        logging.getLogger("gpuflex.worker").removeHandler(handler)
 
 
 def test_live_failed_build_names_the_error():
