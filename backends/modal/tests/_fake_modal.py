@@ -12,28 +12,25 @@ log stream. Uploaded files (mounts) and blobs are kept, so a container sees exac
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _fake_logs import LogStore, Signal
-from _fake_workers import Call, Workers
-from aiohttp import web
+from _fake_container import Call
+from _fake_logs import LogStore
+from _fake_store import StoreRPCs, invalid, start_blob_store
+from _fake_workers import Workers
 from google.protobuf import empty_pb2
 from grpclib import GRPCError, Status
 from grpclib.server import Server
 from modal._utils.grpc_testing import patch_mock_servicer
 from modal_proto import api_grpc, api_pb2
 
-SUCCESS = api_pb2.GenericResult.GENERIC_STATUS_SUCCESS
 MAX_INLINE_BYTES = 2 * 2**20  # Modal's limits on inputs sent inline (the client's defaults); larger go to blobs
 MAX_ASYNC_INLINE_BYTES = 8 * 2**10  # for .spawn
-MAX_BLOB_BYTES = 2 * 2**30  # not published by Modal: gpuflex's own limit, checked the same way (unverified)
 # Modal's GPU guide (https://modal.com/docs/guide/gpu): the types it offers and how many fit one container.
 GPU_COUNTS = {"T4": 8, "L4": 8, "A10": 4, "A10G": 4, "L40S": 8, "A100": 8, "A100-40GB": 8, "A100-80GB": 8,
               "RTX-PRO-6000": 8, "H100": 8, "H100!": 8, "H200": 8, "B200": 8, "B200+": 8, "ANY": 8}
@@ -42,13 +39,10 @@ GPU_COUNTS = {"T4": 8, "L4": 8, "A10": 4, "A10G": 4, "L40S": 8, "A100": 8, "A100
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _invalid(message: str) -> GRPCError:
-    return GRPCError(Status.INVALID_ARGUMENT, message)
-
-
 @patch_mock_servicer
-class FakeModal(api_grpc.ModalClientBase):
+class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = root
         self.requests: list[tuple[str, object]] = []
         self._n = 0
@@ -58,14 +52,6 @@ class FakeModal(api_grpc.ModalClientBase):
         self.function_apps: dict[str, str] = {}
         self.apps: dict[str, dict] = {}  # app id -> {"name", "state", "layout", "logs"}
         self.deployments: dict[tuple[str, str], str] = {}
-        self.named_secrets: dict[str, dict[str, str]] = {}  # what `modal secret create` would have stored
-        self.secret_values: dict[str, dict[str, str]] = {}
-        self.mounts: dict[str, list[api_pb2.MountFile]] = {}
-        self.blobs: dict[str, bytes] = {}
-        self.blob_url = ""  # set by FakeModalServer
-        self.build = {"seconds": 0.0, "lines": [], "fail": False}  # how the next image build goes
-        self.builds: dict[str, api_pb2.GenericResult | None] = {}
-        self.built = Signal()
         self.advertised_inline_bytes = MAX_INLINE_BYTES  # what the client is told (tests may tell it more)
         self.workers = Workers(self, root)
 
@@ -185,98 +171,6 @@ class FakeModal(api_grpc.ModalClientBase):
         await self._reply(stream, api_pb2.EnvironmentGetOrCreateResponse(
             environment_id="en-1", metadata=api_pb2.EnvironmentMetadata(settings=settings)))
 
-    # -- mounts, images, secrets ---------------------------------------------------------------------------------
-
-    async def MountGetOrCreate(self, stream):
-        request = await self._recv(stream)
-        mount_id = self.new_id("mo")
-        self.mounts[mount_id] = list(request.files)
-        await self._reply(stream, api_pb2.MountGetOrCreateResponse(
-            mount_id=mount_id, handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex="0")))
-
-    async def MountBatchedCheckExistence(self, stream):
-        request = await self._recv(stream)
-        missing = [h for h in request.sha256_hex_hashes if not (self.root / "files" / h).exists()]
-        await self._reply(stream, api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=missing))
-
-    async def MountPutFile(self, stream):
-        request = await self._recv(stream)
-        data = self.blobs[request.data_blob_id] if request.data_blob_id else request.data
-        if hashlib.sha256(data).hexdigest() != request.sha256_hex:
-            raise _invalid("file content does not match its sha256")
-        (self.root / "files").mkdir(exist_ok=True)
-        (self.root / "files" / request.sha256_hex).write_bytes(data)
-        await self._reply(stream, api_pb2.MountPutFileResponse(exists=True))
-
-    def mounted_files(self):
-        return sorted(f.filename for request in self.of("MountGetOrCreate") for f in request.files)
-
-    def materialise(self, function: api_pb2.Function, home: Path) -> Path:
-        """The container's file system: its mounts under ``home`` (``/root/x`` -> ``home/root/x``)."""
-        for mount_id in function.mount_ids:
-            for file in self.mounts.get(mount_id, []):
-                target = home / file.filename.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(self.root / "files" / file.sha256_hex, target)
-        (home / "root").mkdir(parents=True, exist_ok=True)
-        return home / "root"
-
-    async def ImageGetOrCreate(self, stream):
-        request = await self._recv(stream)
-        image_id = self.new_id("im")
-        steps = "\n".join(request.image.dockerfile_commands)
-        python = re.search(r"FROM python:(\d+\.\d+)", steps)
-        if python and python.group(1) != f"{sys.version_info.major}.{sys.version_info.minor}":
-            raise _invalid(f"the fake runs containers on this Python only, not {python.group(1)}")
-        result = None if self.build["seconds"] or self.build["lines"] else api_pb2.GenericResult(status=SUCCESS)
-        if result is None:
-            asyncio.get_running_loop().create_task(self._build(image_id, request.app_id))
-        await self._reply(stream, api_pb2.ImageGetOrCreateResponse(image_id=image_id, result=result))
-
-    async def _build(self, image_id: str, app_id: str) -> None:
-        """An image build that takes ``build['seconds']`` and prints ``build['lines']`` into the app's logs."""
-        build, store = dict(self.build), self.logs(app_id)
-        self.builds[image_id] = None
-        for line in build["lines"]:
-            store.add(api_pb2.TaskLogsBatch(image_id=image_id, task_id=f"ta-build-{image_id}", items=[
-                api_pb2.TaskLogs(data=line + "\n", file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT,
-                                 timestamp=time.time())]))
-        await asyncio.sleep(build["seconds"])
-        status = api_pb2.GenericResult.GENERIC_STATUS_FAILURE if build["fail"] else SUCCESS
-        self.builds[image_id] = api_pb2.GenericResult(status=status, exception="Image build failed"
-                                                      if build["fail"] else "")
-        self.built.fire()
-
-    async def ImageJoinStreaming(self, stream):
-        request = await self._recv(stream)
-        deadline = time.monotonic() + request.timeout
-        while self.builds.get(request.image_id) is None and time.monotonic() < deadline:
-            await self.built.wait(deadline - time.monotonic())
-        result = self.builds.get(request.image_id)
-        await self._reply(stream, api_pb2.ImageJoinStreamingResponse(result=result, entry_id="1")
-                          if result is not None else api_pb2.ImageJoinStreamingResponse())
-
-    async def SecretGetOrCreate(self, stream):
-        request = await self._recv(stream)
-        if request.deployment_name:
-            values = self.named_secrets.get(request.deployment_name)
-            if values is None:
-                raise GRPCError(Status.NOT_FOUND, f"Secret '{request.deployment_name}' not found")
-            missing = [key for key in request.required_keys if key not in values]
-            if missing:
-                raise GRPCError(Status.NOT_FOUND, f"Secret is missing key(s): {', '.join(missing)}")
-        else:
-            values = dict(request.env_dict)
-        secret_id = self.new_id("st")
-        self.secret_values[secret_id] = values
-        await self._reply(stream, api_pb2.SecretGetOrCreateResponse(secret_id=secret_id))
-
-    def environment_of(self, function: api_pb2.Function) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for secret_id in function.secret_ids:
-            env.update(self.secret_values.get(secret_id, {}))
-        return env
-
     # -- functions -----------------------------------------------------------------------------------------------
 
     async def FunctionPrecreate(self, stream):
@@ -287,20 +181,20 @@ class FakeModal(api_grpc.ModalClientBase):
         """What Modal's server refuses that the client sends without a check."""
         name = function.function_name.removesuffix(".*")
         if not NAME.match(name):
-            raise _invalid(f"Invalid function name {name!r}: names may contain only ASCII letters, digits, "
+            raise invalid(f"Invalid function name {name!r}: names may contain only ASCII letters, digits, "
                            "'_', '-' and '.', and be at most 64 characters")
         gpu = function.resources.gpu_config
         if gpu.gpu_type:
             kind = gpu.gpu_type.upper()
             if kind not in GPU_COUNTS:
-                raise _invalid(f"Unknown GPU type {gpu.gpu_type!r}")
+                raise invalid(f"Unknown GPU type {gpu.gpu_type!r}")
             if not 1 <= gpu.count <= GPU_COUNTS[kind]:
-                raise _invalid(f"{gpu.gpu_type} supports at most {GPU_COUNTS[kind]} GPUs per container, "
+                raise invalid(f"{gpu.gpu_type} supports at most {GPU_COUNTS[kind]} GPUs per container, "
                                f"not {gpu.count}")
         if not 1 <= function.timeout_secs <= 24 * 3600:
-            raise _invalid(f"timeout must be between 1 s and 24 h, not {function.timeout_secs} s")
+            raise invalid(f"timeout must be between 1 s and 24 h, not {function.timeout_secs} s")
         if function.startup_timeout_secs > 24 * 3600:
-            raise _invalid("startup_timeout must be at most 24 h")
+            raise invalid("startup_timeout must be at most 24 h")
 
     def _handle(self, function: api_pb2.Function) -> api_pb2.FunctionHandleMetadata:
         methods = {
@@ -346,27 +240,6 @@ class FakeModal(api_grpc.ModalClientBase):
             out[function.function_name] = (function, request)
         return out
 
-    def dockerfiles(self):
-        return [list(request.image.dockerfile_commands) for request in self.of("ImageGetOrCreate")]
-
-    # -- blobs ---------------------------------------------------------------------------------------------------
-
-    def blob_create(self, request: api_pb2.BlobCreateRequest) -> api_pb2.BlobCreateResponse:
-        if request.content_length > MAX_BLOB_BYTES:
-            raise _invalid(f"blob of {request.content_length} bytes is over the limit of {MAX_BLOB_BYTES}")
-        blob_id = self.new_id("bl")
-        urls = api_pb2.UploadUrlList(items=[f"{self.blob_url}/{blob_id}"])
-        return api_pb2.BlobCreateResponse(blob_ids=[blob_id], upload_urls=urls)
-
-    def blob_get(self, request: api_pb2.BlobGetRequest) -> api_pb2.BlobGetResponse:
-        return api_pb2.BlobGetResponse(download_url=f"{self.blob_url}/{request.blob_id}")
-
-    async def BlobCreate(self, stream):
-        await self._reply(stream, self.blob_create(await self._recv(stream)))
-
-    async def BlobGet(self, stream):
-        await self._reply(stream, self.blob_get(await self._recv(stream)))
-
     # -- calls ---------------------------------------------------------------------------------------------------
 
     async def FunctionMap(self, stream):
@@ -379,7 +252,7 @@ class FakeModal(api_grpc.ModalClientBase):
         items = []
         for item in request.pipelined_inputs:
             if len(item.input.args) > inline:
-                raise _invalid(f"input of {len(item.input.args)} bytes sent inline; the limit is {inline}")
+                raise invalid(f"input of {len(item.input.args)} bytes sent inline; the limit is {inline}")
             input_id = self.new_id("in")
             await self.workers.submit(call, input_id, item.input, request.function_call_invocation_type)
             items.append(api_pb2.FunctionPutInputsResponseItem(idx=item.idx, input_id=input_id, input_jwt="jwt"))
@@ -443,26 +316,7 @@ class FakeModalServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _start_blob_store(self) -> None:
-        """Blobs over HTTP on 127.0.0.1: PUT answers the content's md5 as its ETag, as S3 does."""
-        blobs = self.servicer.blobs
-
-        async def put(request: web.Request) -> web.Response:
-            data = await request.read()
-            blobs[request.match_info["blob_id"]] = data
-            return web.Response(headers={"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
-
-        async def get(request: web.Request) -> web.Response:
-            return web.Response(body=blobs[request.match_info["blob_id"]])
-
-        app = web.Application(client_max_size=2**31)
-        app.router.add_put("/blob/{blob_id}", put)
-        app.router.add_get("/blob/{blob_id}", get)
-        self.blob_runner = web.AppRunner(app)
-        await self.blob_runner.setup()
-        site = web.TCPSite(self.blob_runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.blob_runner.addresses[0][1]
-        self.servicer.blob_url = f"http://127.0.0.1:{port}/blob"
+        self.servicer.blob_url, self.blob_runner = await start_blob_store(self.servicer.blobs)
 
     @property
     def url(self) -> str:
