@@ -155,6 +155,7 @@ class ModalBackend(Backend):
             generation.ended = True
             raise modal_error(exc, generation.logs.build_tail) from exc
         generation.functions.update(await _function_ids(generation.classes))
+        generation.logs.mapped()
 
     async def _follow_logs(self, generation: _Generation) -> None:
         while generation.app.app_id is None:  # AppCreate has not answered yet

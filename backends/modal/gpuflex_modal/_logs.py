@@ -32,11 +32,23 @@ class LogForwarder:
         self.endpoints = endpoints  # Modal function id -> endpoint name, known once the app's objects exist
         self.build_tail: collections.deque[str] = collections.deque(maxlen=20)
         self.lines = 0
+        self.known = False  # the mapping is complete: until then a function's lines wait (a warm container's)
+        self._waiting: list[tuple[str, str, list[str]]] = []
+
+    def mapped(self) -> None:
+        """The function ids are known now: forward the lines that waited for them."""
+        self.known = True
+        waiting, self._waiting = self._waiting, []
+        for entry in waiting:
+            self.handle(*entry)
 
     def handle(self, message: str, source: str, context_ids: list[str]) -> None:
         function = next((i for i in context_ids if i.startswith("fu-")), "")
         worker = next((i for i in reversed(context_ids) if not i.startswith(("fu-", "fc-", "in-"))), "")
         endpoint = self.endpoints().get(function) if function else None
+        if function and endpoint is None and not self.known:
+            self._waiting.append((message, source, context_ids))
+            return
         for text in message.splitlines():
             if not text.strip():
                 continue

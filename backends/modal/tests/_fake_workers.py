@@ -285,3 +285,6 @@ class Workers:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for container in self.containers.values():  # the exit watchers close them, unless cancelled first
+            if container.server is not None:
+                container.server.close()
