@@ -307,7 +307,7 @@ class ModalBackend(Backend):
         try:
             return modal_price(endpoint, self.plan(endpoint))
         except ConfigError as exc:
-            return Price(source=f"not runnable on Modal: {exc}")
+            return Price(billing="unknown", source=f"not runnable on Modal: {exc}")
 
     async def teardown(self, endpoint: str | None = None) -> None:
         """``gpuflex teardown``: stop this process's runs and the app ``gpuflex deploy`` deployed under

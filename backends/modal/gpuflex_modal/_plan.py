@@ -164,7 +164,7 @@ def modal_price(spec: EndpointSpec, plan: ModalPlan) -> Price:
         names = list(ANY_POOL) if spec.gpu.is_any else [m.modal_name for m in spec.gpu.models if m.modal_name]
         prices = {name: price for name in names if (price := _gpu_price(name)) is not None}
         if not prices:
-            return Price(source=f"no Modal list price known for {', '.join(names)}")
+            return Price(billing="unknown", source=f"no Modal list price known for {', '.join(names)}")
         dearest = max(prices, key=lambda name: prices[name][0])  # an upper bound over the acceptable choices
         per_second += prices[dearest][0] * spec.gpu.count
         parts.insert(0, f"{'any' if spec.gpu.is_any else '|'.join(names)} x{spec.gpu.count} at {dearest}'s price")

@@ -356,3 +356,8 @@ def test_runner_streams_generators_and_keeps_class_state():
         assert results == [101, 106]
 
     asyncio.run(main())
+
+
+def test_an_endpoint_modal_cannot_run_has_no_price_rather_than_a_free_one():
+    price = ModalBackend().price(gpuflex.endpoint(name="m_nowhere", gpu="RTX4090")(lambda: None).spec)
+    assert price.billing == "unknown" and "not runnable on Modal" in price.source
