@@ -29,13 +29,15 @@ pytestmark = pytest.mark.live
 
 
 def _modal_configured() -> bool:
-    return bool(os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")) or (
-        Path.home() / ".modal.toml").exists()
+    """Tokens in the environment, or a profile (token or OAuth login) in Modal's config file."""
+    config = Path(os.environ.get("MODAL_CONFIG_PATH") or Path.home() / ".modal.toml")
+    return bool(os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")) or config.exists()
 
 
+# Live runs create under names of their own, so the final sweep never touches a user's real deployments.
 TARGETS: dict[str, tuple[bool, dict[str, Any]]] = {
-    "serverless": (bool(os.environ.get("RUNPOD_API_KEY")), {}),
-    "modal": (_modal_configured(), {}),
+    "serverless": (bool(os.environ.get("RUNPOD_API_KEY")), {"name_prefix": "gpuflex-live-"}),
+    "modal": (_modal_configured(), {"app_name": "gpuflex-live"}),
     "pod": (bool(os.environ.get("GPUFLEX_LIVE_SSH_HOSTS")),
             {"hosts": [h for h in os.environ.get("GPUFLEX_LIVE_SSH_HOSTS", "").split(",") if h]}),
 }
