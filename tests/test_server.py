@@ -146,10 +146,68 @@ def test_bad_base64_gets_422(server):
     assert "data" in response.json()["message"]
 
 
-@pytest.mark.parametrize("raw", [b'{"name": ', b"[1, 2]", b'"ada"', b"\xff\xfe", b"null"])
-def test_malformed_bodies_get_4xx_never_5xx(server, raw):
+@pytest.mark.parametrize(("raw", "status"), [(b'{"name": ', 400), (b"\xff\xfe", 400), (b'{"name": NaN}', 400),
+                                             (b"[1, 2]", 422), (b'"ada"', 422), (b"null", 422)])
+def test_malformed_bodies_get_400_and_bodies_that_do_not_fit_422(server, raw, status):
     response = server.client.post("/greet", content=raw, headers={"content-type": "application/json"})
-    assert 400 <= response.status_code < 500, response.text
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == ("MalformedJSON" if status == 400 else "ValidationError")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/add", {"a": 0, "b": False}, "b"),  # a JSON boolean is not a number
+        ("/greet", {"name": "ada", "times": True}, "times"),
+        ("/greet", {"name": 5}, "name"),  # a number is not a string
+        ("/mean", {"values": [False]}, "values.0"),  # [false] is not [0.0]
+        ("/greet", {"name": "ada", "times": 1.5}, "times"),
+        ("/reverse_bytes", {"data": 5}, "data"),
+    ],
+)
+def test_validation_is_strict(server, path, body, field):
+    response = server.client.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["message"]
+
+
+def test_json_numbers_are_one_type(server):
+    assert server.client.post("/greet", json={"name": "ada", "times": 2.0}).json() == "hello ada hello ada"
+    assert server.client.post("/mean", json={"values": [1, 2.5]}).json() == 1.75
+
+
+def test_a_nan_result_has_no_json_form(server):
+    response = server.client.post("/ratio", json={"a": 1, "b": 0})
+    assert response.status_code == 500, response.text
+    assert response.json()["error"] == "NotJsonable" and "nan" in response.json()["message"]
+    job_id = server.client.post("/ratio/jobs", json={"a": 1, "b": 0}).json()["id"]
+    assert _wait_job(server.client, job_id)["error"]["error"] == "NotJsonable"
+
+
+def test_a_result_that_cannot_be_sent_back_is_500_not_503(server):
+    response = server.client.post("/make_lock")
+    assert response.status_code == 500, response.text
+    assert response.json()["error"] == "SerializationError"
+    assert "lock" in response.json()["message"]
+
+
+def test_setup_that_raises_says_so_and_is_logged(server):
+    response = server.client.post("/Broken", json={"x": 1})
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["error"] == "ZeroDivisionError"
+    assert "Broken.setup() raised ZeroDivisionError: division by zero" in body["message"]
+    log = _poll(lambda: "self.scale = 1 / 0" in server.output() and server.output(), "the traceback in the log")
+    assert "POST /Broken" in log and "answered 502" in log and ", in setup" in log
+
+
+def test_the_endpoints_exception_is_logged_with_its_remote_traceback(server):
+    server.client.post("/fail", json={"message": "logged-boom"})
+    log = _poll(lambda: "logged-boom" in server.output() and server.output(), "the failure in the log")
+    assert "raise ValueError(message)" in log
+    job_id = server.client.post("/fail/jobs", json={"message": "job-boom"}).json()["id"]
+    _wait_job(server.client, job_id)
+    _poll(lambda: "job-boom" in server.output(), "the job's failure in the log")
 
 
 def test_form_encoded_json_is_read_as_json(server):
@@ -226,6 +284,34 @@ def test_unknown_job_is_404(server, method, path):
     assert response.json()["error"] == "NotFound"
 
 
+def test_unknown_route_answers_the_error_shape(server):
+    response = server.client.post("/no_such_endpoint", json={})
+    assert response.status_code == 404
+    assert response.json()["error"] == "NotFound"
+    response = server.client.get("/greet")
+    assert response.status_code == 405 and "POST" in response.headers["allow"]
+    assert response.json()["error"] == "MethodNotAllowed"
+
+
+def test_openapi_lists_every_status_with_its_body(server):
+    spec = server.client.get("/openapi.json").json()
+    paths = spec["paths"]
+    call = paths["/greet"]["post"]["responses"]
+    assert set(call) == {"200", "400", "402", "409", "413", "422", "500", "502", "503", "504"}
+    assert set(paths["/greet/jobs"]["post"]["responses"]) == {"202", "400", "402", "413", "422", "503"}
+    assert set(paths["/jobs/{job_id}"]["get"]["responses"]) == {"200", "404"}
+    assert set(paths["/jobs/{job_id}/stream"]["get"]["responses"]) == {"200", "404", "409"}
+    assert set(paths["/jobs/{job_id}/cancel"]["post"]["responses"]) == {"200", "404"}
+    for item in paths.values():
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                assert response["content"], (status, operation["operationId"])
+                if status >= "400":
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorBody"}
+    assert set(paths["/count"]["post"]["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+
+
 def test_openapi_lists_every_route(server):
     spec = server.client.get("/openapi.json").json()
     paths = set(spec["paths"])
@@ -261,7 +347,10 @@ def test_token_required_on_every_route_but_health(tmp_path):
         good = {"Authorization": "Bearer s3cret"}
         response = client.post("/greet", json={"name": "x"}, headers=good)
         assert response.status_code == 200 and response.json() == "hello x"
-        assert client.get("/openapi.json", headers=good).status_code == 200
+        spec = client.get("/openapi.json", headers=good).json()
+        assert "401" in spec["paths"]["/greet"]["post"]["responses"]
+        assert spec["paths"]["/greet"]["post"]["security"] == [{"bearer": []}]
+        assert "security" not in spec["paths"]["/health"]["get"]
     finally:
         srv.stop()
 
@@ -369,3 +458,26 @@ def test_the_watcher_reacts_to_sources_and_project_files_only(tmp_path):
     for name in ("serve.out", "server.log", "results.json", "out/index.html", "image.png"):
         assert not keep(Change.modified, str(tmp_path / name)), name
     assert not keep(Change.modified, str(tmp_path / ".venv" / "lib" / "site.py"))
+
+
+CONTRACT_APP = ROOT / "tests" / "apps" / "contract_app.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_schemathesis_finds_nothing(tmp_path):
+    """Fuzz a server with every kind of endpoint from its own OpenAPI document, every check on (strict
+    validation, documented statuses and bodies, auth enforced), with a fixed seed and bounded examples."""
+    srv = Server(CONTRACT_APP, tmp_path / "server.log", "--no-reload", "--token", "s3cret",
+                 env={"GPUFLEX_HOME": str(tmp_path / "home")})
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "schemathesis.cli", "run", f"{srv.url}/openapi.json", "--checks", "all",
+             "--header", "Authorization: Bearer s3cret", "--max-examples", "10", "--seed", "1", "--workers", "1",
+             "--generation-database", "none", "--no-color", "--request-timeout", "60"],
+            capture_output=True, text=True, timeout=280, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"},
+        )
+    finally:
+        srv.stop()
+    assert result.returncode == 0, result.stdout[-12000:] + result.stderr[-3000:] + srv.output()[-3000:]
+    assert "No issues found" in result.stdout

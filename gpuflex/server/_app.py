@@ -9,8 +9,11 @@ Routes (``<name>`` is the endpoint's name; a class endpoint's methods are ``/<na
   events: one ``data:`` line of JSON per chunk, then ``event: end`` or ``event: error``); ``POST /jobs/<id>/cancel``.
 * ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs``.
 
-Bad input gets 422 naming the field; an unknown job 404. Errors of accepted calls are listed in
-:mod:`gpuflex.server._jobs` (502 when the endpoint's own code raised). Only JSON comes in: never pickle.
+A body that is not JSON gets 400; JSON that does not fit the signature (validated strictly: a boolean is not a
+number) 422 naming the field; an unknown job 404. Errors of accepted calls are listed in
+:mod:`gpuflex.server._jobs` (502 when the endpoint's own code raised); :mod:`gpuflex.server._openapi` writes every
+status into the OpenAPI document. Failures that answer a 5xx are logged (``gpuflex.server``) with the remote
+traceback. Only JSON comes in: never pickle.
 Bound to anything but loopback, the server needs a token, and every route but ``/health`` then requires
 ``Authorization: Bearer <token>``.
 """
@@ -19,23 +22,24 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import inspect
 import ipaddress
+import logging
 import os
-from typing import TYPE_CHECKING, Annotated, Any
+import traceback
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import Body, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+import pydantic
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRouter
-from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from .._apps import load_app
-from ..errors import ConfigError
-from ._jobs import error_body, error_status, job_json, sse
-from ._schema import Route, to_jsonable
+from ..errors import ConfigError, GpuflexError
+from ._jobs import error_body, error_status, job_json, remote_traceback, sse
+from ._openapi import build_openapi
+from ._schema import NotJson, to_jsonable
 from ._state import ServerState
 
 if TYPE_CHECKING:
@@ -46,20 +50,70 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
     from .._job import Job
+    from ._schema import Route
 
 __all__ = ["create_app", "is_loopback"]
 
+logger = logging.getLogger("gpuflex.server")
+DESCRIPTION = ("Endpoints of a gpuflex app. Bodies are JSON, validated strictly against each function's type hints "
+               "(bytes as base64). Every answer that is not a success is {\"error\": type, \"message\": ...}.")
 
-class JobId(BaseModel):
-    id: str
+
+def _server_logger() -> logging.Logger:
+    """``gpuflex.server`` on stderr when the app configured no logging of its own (``gpuflex serve``)."""
+    if not logger.handlers and not logging.getLogger().handlers and not getattr(logger, "_gpuflex_default", False):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:    [gpuflex] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger._gpuflex_default = True  # type: ignore[attr-defined]
+    return logger
 
 
-def _error(exc: BaseException) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=error_status(exc))
+def log_failure(what: str, exc: BaseException, status: int) -> None:
+    """Log a call that answered a 5xx: with the remote traceback when the endpoint's code raised."""
+    if status < 500:
+        return
+    tb = remote_traceback(exc)
+    if tb is None and status in (500, 502):
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    body = error_body(exc)
+    text = f"{what} answered {status} {body['error']}: {body['message']}"
+    _server_logger().error(text + (f"\nRemote traceback:\n{tb.rstrip()}" if tb else ""))
+
+
+def _error(exc: BaseException, route: Route, job: Job | None = None) -> JSONResponse:
+    status = error_status(exc)
+    log_failure(f"POST {route.path}" + (f" (job {job.id})" if job is not None else ""), exc, status)
+    return JSONResponse(error_body(exc, route.endpoint.name), status_code=status)
 
 
 def _not_found(job_id: str) -> JSONResponse:
     return JSONResponse({"error": "NotFound", "message": f"no job {job_id!r} on this server"}, status_code=404)
+
+
+def _plain(error: Any) -> dict[str, Any]:
+    """One of pydantic's errors as JSON (context values that JSON cannot carry as strings)."""
+    plain = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"],
+             "input": to_jsonable_or_str(error.get("input"))}
+    if error.get("ctx"):
+        plain["ctx"] = {str(k): to_jsonable_or_str(v) for k, v in error["ctx"].items()}
+    return plain
+
+
+def to_jsonable_or_str(value: Any) -> Any:
+    try:
+        return to_jsonable(value)
+    except Exception:
+        return str(value)
+
+
+def _bad_body(exc: pydantic.ValidationError) -> JSONResponse:
+    """422 for JSON that does not fit the signature; the message names each field."""
+    errors = [_plain(error) for error in exc.errors(include_url=False)]
+    parts = [f"{'.'.join(str(x) for x in error['loc']) or 'body'}: {error['msg']}" for error in errors]
+    body = {"error": "ValidationError", "message": "; ".join(parts), "detail": errors}
+    return JSONResponse(body, status_code=422)
 
 
 async def _events(job: Job, *, cancel_on_close: bool) -> AsyncIterator[str]:
@@ -67,7 +121,7 @@ async def _events(job: Job, *, cancel_on_close: bool) -> AsyncIterator[str]:
         async for chunk in job.aiter_chunks():
             yield sse(to_jsonable(chunk))
     except Exception as exc:
-        yield sse(error_body(exc), event="error")
+        yield sse(error_body(exc, job.endpoint), event="error")
         return
     finally:
         if cancel_on_close and not job.done():
@@ -75,70 +129,70 @@ async def _events(job: Job, *, cancel_on_close: bool) -> AsyncIterator[str]:
     yield sse({"status": job.status.value}, event="end")
 
 
-def _body_param(route: Route) -> inspect.Parameter:
-    if route.body_required:
-        return inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[route.model, Body()])
-    return inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[route.model | None, Body()])
-
-
-def _with_body(handler: Any, route: Route) -> Any:
-    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
-    handler.__signature__ = inspect.Signature([request, _body_param(route)], return_annotation=Response)
-    return handler
+async def _start(state: ServerState, route: Route, request: Request) -> Job | Response:
+    try:
+        body = route.parse(await request.body())
+    except NotJson as exc:
+        return JSONResponse({"error": "MalformedJSON", "message": f"the body is not JSON: {exc}"}, status_code=400)
+    except pydantic.ValidationError as exc:
+        return _bad_body(exc)
+    try:
+        return state.spawn(route, body)
+    except GpuflexError as exc:
+        return _error(exc, route)
+    except TypeError as exc:  # the arguments do not bind to the signature (checked before sending)
+        return JSONResponse({"error": "ValidationError", "message": str(exc)}, status_code=422)
 
 
 def _call_handler(state: ServerState, route: Route) -> Any:
-    async def call(request: Request, body: BaseModel | None = None) -> Response:
-        try:
-            job = state.spawn(route, body)
-        except Exception as exc:
-            return _error(exc)
+    async def call(request: Request) -> Response:
+        job = await _start(state, route, request)
+        if isinstance(job, Response):
+            return job
         if route.kind.streams:
             if "text/event-stream" in request.headers.get("accept", ""):
                 return StreamingResponse(_events(job, cancel_on_close=True), media_type="text/event-stream")
             try:
                 return JSONResponse([to_jsonable(chunk) async for chunk in job.aiter_chunks()])
             except Exception as exc:
-                return _error(exc)
+                return _error(exc, route, job)
         try:
             return JSONResponse(to_jsonable(await job.aresult()))
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, route, job)
 
-    return _with_body(call, route)
+    return call
+
+
+async def _log_when_failed(job: Job, route: Route) -> None:
+    """A job started through ``/jobs``: log its failure as a call's would be."""
+    try:
+        await job.aresult()
+    except Exception as exc:
+        log_failure(f"job {job.id} of {route.label}", exc, error_status(exc))
 
 
 def _submit_handler(state: ServerState, route: Route) -> Any:
-    async def submit(request: Request, body: BaseModel | None = None) -> Response:
-        try:
-            job = state.spawn(route, body)
-        except Exception as exc:
-            return _error(exc)
+    async def submit(request: Request) -> Response:
+        job = await _start(state, route, request)
+        if isinstance(job, Response):
+            return job
         state.jobs.add(job, route)
+        if state.tasks is not None:
+            state.tasks.start_soon(_log_when_failed, job, route)
         return JSONResponse({"id": job.id}, status_code=202)
 
-    return _with_body(submit, route)
-
-
-def _response_model(route: Route) -> Any:
-    if route.result_type is Any:
-        return None
-    return list[route.result_type] if route.kind.streams else route.result_type  # type: ignore[name-defined]
+    return submit
 
 
 def bind_routes(app: FastAPI, state: ServerState, static: list[Any]) -> None:
     """Point the app's endpoint routes at ``state.routes`` (at start, and after each hot reload)."""
     router = APIRouter()
     for route in state.routes:
-        tag = route.endpoint.name
-        summary = f"Call {route.label} ({route.kind.value})"
-        router.add_api_route(route.path, _call_handler(state, route), methods=["POST"], tags=[tag],
-                             summary=summary, description=route.doc or "", name=f"call_{route.label}",
-                             response_model=_response_model(route))
-        router.add_api_route(f"{route.path}/jobs", _submit_handler(state, route), methods=["POST"], tags=[tag],
-                             summary=f"Start {route.label} as a job", name=f"submit_{route.label}",
-                             response_model=JobId, status_code=202)
+        router.add_api_route(route.path, _call_handler(state, route), methods=["POST"],
+                             name=f"call_{route.label}")
+        router.add_api_route(f"{route.path}/jobs", _submit_handler(state, route), methods=["POST"],
+                             name=f"submit_{route.label}")
     app.router.routes = [*static, *router.routes]  # one assignment: requests see the old or the new set
     app.openapi_schema = None
 
@@ -161,33 +215,17 @@ class _TokenGuard:
         await self.app(scope, receive, send)
 
 
-class _JsonBodies:
-    """Read every POST body as JSON whatever its content type (``curl -d`` sends form encoding): this server
-    takes nothing else, and a body that is not JSON still gets a 422."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        await self.app(scope, receive, send)
+_HTTP_ERRORS = {404: "NotFound", 405: "MethodNotAllowed"}
 
 
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    parts = []
-    for error in errors:
-        loc = [str(x) for x in error.get("loc", ()) if x != "body"]
-        if error.get("type") == "json_invalid":
-            reason = error.get("ctx", {}).get("error", "")
-            parts.append(f"body: malformed JSON at position {'.'.join(loc) or '0'}: {reason}")
-        else:
-            parts.append(f"{'.'.join(loc) or 'body'}: {error.get('msg', 'invalid')}")
-    body = {"error": "ValidationError", "message": "; ".join(parts), "detail": jsonable_encoder(errors)}
-    return JSONResponse(body, status_code=422)
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, a method the route does not take) in the server's error shape."""
+    assert isinstance(exc, HTTPException)
+    name = _HTTP_ERRORS.get(exc.status_code, "HTTPError")
+    message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+    if exc.status_code == 405:
+        message += f"; it takes {exc.headers.get('Allow', '') if exc.headers else ''}"
+    return JSONResponse({"error": name, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(module_path: str | Path, *, token: str | None = None, backend: str | None = None,
@@ -197,39 +235,49 @@ def create_app(module_path: str | Path, *, token: str | None = None, backend: st
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not reload:
-            yield
-            return
-        from ._reload import Reloader
-
-        reloader = Reloader(state, lambda: bind_routes(app, state, static), console)
-        stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(reloader.watch, stop)
-            yield
-            stop.set()
+            state.tasks = tg
+            stop = anyio.Event()
+            if reload:
+                from ._reload import Reloader
 
-    app = FastAPI(title=f"gpuflex: {state.loaded.path.name}", lifespan=lifespan,
-                  description="Endpoints of a gpuflex app. Errors raised by an endpoint's code answer 502 with "
-                  '{"error": type, "message": ...}.')
+                reloader = Reloader(state, lambda: bind_routes(app, state, static), console)
+                tg.start_soon(reloader.watch, stop)
+            try:
+                yield
+            finally:
+                stop.set()
+                state.tasks = None
+                tg.cancel_scope.cancel()
+
+    title = f"gpuflex: {state.loaded.path.name}"
+    app = FastAPI(title=title, lifespan=lifespan, description=DESCRIPTION)
     app.state.gpuflex = state
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(_JsonBodies)
+    app.add_exception_handler(HTTPException, _http_error)
     if token:
         app.add_middleware(_TokenGuard, token=token)
 
-    @app.get("/health", tags=["server"])
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "app": str(state.loaded.path), "backend": state.backend or "default",
-                "endpoints": sorted(state.loaded.endpoints), "routes": [r.path for r in state.routes],
-                "reloads": state.reloads, "pid": os.getpid()}
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(title=title, description=DESCRIPTION, routes=state.routes,
+                                               token=bool(token))
+        return app.openapi_schema
 
-    @app.get("/jobs/{job_id}", tags=["jobs"])
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({
+            "status": "ok", "app": str(state.loaded.path), "backend": state.backend or "default",
+            "endpoints": sorted(state.loaded.endpoints), "routes": [r.path for r in state.routes],
+            "reloads": state.reloads, "pid": os.getpid()})
+
+    @app.get("/jobs/{job_id}")
     async def get_job(job_id: str) -> Response:
         entry = state.jobs.get(job_id)
         return _not_found(job_id) if entry is None else JSONResponse(job_json(entry))
 
-    @app.get("/jobs/{job_id}/stream", tags=["jobs"])
+    @app.get("/jobs/{job_id}/stream")
     async def stream_job(job_id: str) -> Response:
         entry = state.jobs.get(job_id)
         if entry is None:
@@ -240,7 +288,7 @@ def create_app(module_path: str | Path, *, token: str | None = None, backend: st
         entry.streamed = True
         return StreamingResponse(_events(entry.job, cancel_on_close=False), media_type="text/event-stream")
 
-    @app.post("/jobs/{job_id}/cancel", tags=["jobs"])
+    @app.post("/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> Response:
         entry = state.jobs.get(job_id)
         if entry is None:

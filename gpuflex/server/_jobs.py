@@ -1,35 +1,48 @@
 """The dev server's view of jobs: the ones it started (kept alive here, since the session only holds weak
 references), their JSON form, and how errors map to HTTP statuses.
 
-Statuses for a call that was accepted but did not produce a result:
+Statuses for a call that was accepted but did not produce a result (the body is always
+``{"error": <type name>, "message": ...}``):
 
-* 502 ``{"error": type, "message": ...}``: the endpoint's own code raised (the exception's type name).
+* 502: the endpoint's own code raised (the exception's type name); a class's ``setup()`` that raised says so in
+  the message.
 * 504: the job ran past the endpoint's timeout (``JobTimeout``).
 * 409: the job was cancelled (``JobCancelled``).
 * 402: the budget (``--max-cost``) refused it (``QuotaExceeded``).
 * 413: the arguments are over the backend's payload limit (``PayloadTooLarge``).
+* 500: the result cannot be sent back: it does not pickle (``SerializationError``), or it has no JSON form (NaN,
+  infinity, an object JSON cannot carry: ``NotJsonable``).
 * 503: gpuflex or the backend could not run it (a lost worker, a backend that is down, a bad configuration).
-* 500: the result has no JSON form.
 
-Bad input never reaches a backend: it gets a 422 naming the field.
+Bad input never reaches a backend: it gets a 400 (not JSON) or a 422 (JSON that does not fit) naming the field.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import GpuflexError, JobCancelled, JobTimeout, PayloadTooLarge, QuotaExceeded, RemoteError
+from ..errors import (
+    GpuflexError,
+    JobCancelled,
+    JobTimeout,
+    PayloadTooLarge,
+    QuotaExceeded,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+)
 from ._schema import NotJsonable, to_jsonable
 
 if TYPE_CHECKING:
     from .._job import Job
     from ._schema import Route
 
-__all__ = ["JobEntry", "JobTable", "error_body", "error_status", "job_json", "sse"]
+__all__ = ["JobEntry", "JobTable", "error_body", "error_status", "job_json", "remote_traceback", "sse"]
 
 
 @attrs.define(eq=False)
@@ -64,7 +77,9 @@ class JobTable:
 
 
 def error_status(exc: BaseException) -> int:
-    if isinstance(exc, NotJsonable):
+    if isinstance(exc, PayloadTooLarge):
+        return 413
+    if isinstance(exc, NotJsonable | SerializationError):
         return 500
     if isinstance(exc, JobTimeout):
         return 504
@@ -72,17 +87,38 @@ def error_status(exc: BaseException) -> int:
         return 409
     if isinstance(exc, QuotaExceeded):
         return 402
-    if isinstance(exc, PayloadTooLarge):
-        return 413
     if isinstance(exc, GpuflexError) and not isinstance(exc, RemoteError):
         return 503
     return 502  # the endpoint's code raised
 
 
-def error_body(exc: BaseException) -> dict[str, str]:
+def remote_traceback(exc: BaseException) -> str | None:
+    """The traceback of a remote exception, as the worker formatted it."""
+    cause = exc.__cause__
+    return cause.tb if isinstance(cause, RemoteTraceback) else None
+
+
+# a frame of the worker runtime, then (further down the stack) a frame named setup in a file outside gpuflex
+_SETUP_FRAME = re.compile(r'File "[^"]*gpuflex[/\\]runtime[/\\][^"]*", line \d+, in \w+\n'
+                          r'(?:.*\n)*?  File "(?![^"]*gpuflex[/\\]runtime[/\\])[^"]*", line \d+, in setup\n')
+
+
+def raised_in_setup(exc: BaseException) -> bool:
+    """Whether a remote exception came out of a class endpoint's ``setup()``, called by the worker runtime while
+    the worker started."""
+    tb = remote_traceback(exc)
+    return tb is not None and _SETUP_FRAME.search(tb) is not None
+
+
+def error_body(exc: BaseException, endpoint: str | None = None) -> dict[str, str]:
     if isinstance(exc, RemoteError):
-        return {"error": exc.type_name.rsplit(".", 1)[-1], "message": exc.remote_message}
-    return {"error": type(exc).__name__, "message": str(exc)}
+        name, message = exc.type_name.rsplit(".", 1)[-1], exc.remote_message
+    else:
+        name, message = type(exc).__name__, str(exc)
+    if raised_in_setup(exc):
+        where = f"{endpoint}.setup()" if endpoint else "setup()"
+        message = f"{where} raised {name}: {message} (setup() runs once per worker, before its first call)"
+    return {"error": name, "message": message}
 
 
 def job_json(entry: JobEntry) -> dict[str, Any]:
@@ -99,7 +135,7 @@ def job_json(entry: JobEntry) -> dict[str, Any]:
         try:
             value = job.result(timeout=0)
         except Exception as exc:
-            data["error"] = error_body(exc)
+            data["error"] = error_body(exc, job.endpoint)
         else:
             if not entry.route.kind.streams:
                 try:

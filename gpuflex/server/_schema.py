@@ -1,8 +1,9 @@
 """JSON in and out for the dev server: a pydantic model per callable built from its signature and type hints,
 and results turned into JSON.
 
-``bytes`` travel as standard base64 strings both ways. A parameter whose type pydantic cannot validate is
-accepted as any JSON value; a parameter without a hint likewise.
+Validation is strict and follows JSON's types: a boolean is not a number, a number is not a string, ``[false]`` is
+not ``[0.0]``, and a number must be finite. ``bytes`` travel as standard base64 strings both ways. A parameter whose
+type pydantic cannot validate is accepted as any JSON value; a parameter without a hint likewise.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import collections.abc
 import dataclasses
 import enum
 import inspect
+import json
 import math
 import re
 import types
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from .._job import Job
     from ..client._endpoint import Endpoint
 
-__all__ = ["NotJsonable", "Route", "routes_for", "to_jsonable"]
+__all__ = ["NotJson", "NotJsonable", "Route", "routes_for", "to_jsonable"]
 
 
 def _decode_b64(value: Any) -> Any:
@@ -42,8 +44,10 @@ def _decode_b64(value: Any) -> Any:
     return value
 
 
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 B64Bytes = Annotated[
-    bytes, BeforeValidator(_decode_b64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})
+    bytes, BeforeValidator(_decode_b64),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN}),
 ]
 
 
@@ -67,6 +71,24 @@ def json_type(tp: Any) -> Any:
         return tp.copy_with(new)
     except Exception:
         return tp
+
+
+def _hints(fn: Any) -> dict[str, Any]:
+    """``fn``'s type hints; one that does not resolve (a name imported only under ``TYPE_CHECKING``, say) is left
+    out alone, rather than losing every other hint with it."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        pass
+    hints = {}
+    namespace = getattr(fn, "__globals__", {})
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        holder = types.SimpleNamespace(__annotations__={name: annotation})
+        try:
+            hints[name] = typing.get_type_hints(holder, namespace, include_extras=True)[name]
+        except Exception:
+            continue
+    return hints
 
 
 def _validatable(tp: Any) -> Any:
@@ -124,6 +146,12 @@ class Route:
     def body_required(self) -> bool:
         return any(f.is_required() for f in self.model.model_fields.values())
 
+    def parse(self, raw: bytes) -> BaseModel:
+        """The call's arguments from a request body (an empty body is ``{}``), validated strictly as JSON.
+        Raises :class:`NotJson` for a body that is not JSON, :class:`pydantic.ValidationError` for one that does
+        not fit."""
+        return self.model.model_validate_json(normalize_json(raw) if raw.strip() else b"{}")
+
     def arguments(self, body: BaseModel | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
         body = body if body is not None else self.model()
         args: list[Any] = []
@@ -144,6 +172,33 @@ class Route:
         return self.endpoint._spawn(self.method, args, kwargs, streaming=self.kind.streams)
 
 
+class NotJson(ValueError):
+    """A request body that is not JSON (NaN and Infinity are not JSON either)."""
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotJson(f"{text} is out of range for a number")
+    return int(value) if value.is_integer() else value
+
+
+def _no_constant(name: str) -> Any:
+    raise NotJson(f"{name} is not JSON")
+
+
+def normalize_json(raw: bytes) -> bytes:
+    """``raw`` parsed and written again with JSON's one number type: a number with no fraction (``5.0``, ``1e3``)
+    is an integer, as JSON Schema says, so it fits an ``int`` parameter (a ``float`` one takes integers too)."""
+    try:
+        value = json.loads(raw, parse_float=_number, parse_constant=_no_constant)
+    except NotJson:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise NotJson(str(exc)) from None
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def _camel(text: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9a-zA-Z]+", text) if part)
 
@@ -156,10 +211,7 @@ def _build(ep: Endpoint[Any, Any], method: str | None) -> Route:
         fn = getattr(raw, attr)
         skip = 0 if isinstance(inspect.getattr_static(raw, attr), staticmethod | classmethod) else 1
     kind = ep.spec.kind_of(method)
-    try:
-        hints = typing.get_type_hints(fn, include_extras=True)
-    except Exception:
-        hints = {}
+    hints = _hints(fn)
     signature = inspect.signature(fn)
     fields: dict[str, Any] = {}
     params: list[_Param] = []
@@ -183,7 +235,7 @@ def _build(ep: Endpoint[Any, Any], method: str | None) -> Route:
         params.append(_Param(field, p.name, "pos" if by_position else "kw"))
     label = ep.name + (f"_{method}" if method else "")
     model = pydantic.create_model(
-        f"{_camel(label)}Input", __config__=ConfigDict(extra=extra), **fields
+        f"{_camel(label)}Input", __config__=ConfigDict(extra=extra, strict=True, allow_inf_nan=False), **fields
     )
     path = f"/{ep.name}" + (f"/{method}" if method else "")
     return Route(ep, method, kind, path, model, tuple(params), _result_type(hints, kind.streams, batched),
@@ -203,12 +255,15 @@ class NotJsonable(TypeError):
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON data for ``value``: bytes as base64, models and dataclasses as objects, arrays as lists,
-    non-finite floats as null."""
+    """Plain JSON data for ``value``: bytes as base64, models and dataclasses as objects, arrays as lists.
+    Raises :class:`NotJsonable` for what JSON cannot carry, NaN and infinities included."""
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if not math.isfinite(value):
+            raise NotJsonable(f"the endpoint returned {value!r}, which has no JSON form (JSON has no NaN or "
+                              "infinity): return None, a string or a finite number instead")
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, dict):

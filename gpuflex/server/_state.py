@@ -10,6 +10,7 @@ from ._jobs import JobTable
 from ._schema import Route, routes_for
 
 if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
     from pydantic import BaseModel
 
     from .._apps import LoadedApp
@@ -28,6 +29,7 @@ class ServerState:
         self.jobs = JobTable()
         self.called: set[str] = set()  # endpoints called since start: hot reload redeploys them right away
         self.reloads = 0
+        self.tasks: TaskGroup | None = None  # the server's own tasks, while it runs (set by its lifespan)
 
     def spawn(self, route: Route, body: BaseModel | None) -> Job:
         with use(self.backend) if self.backend else contextlib.nullcontext():

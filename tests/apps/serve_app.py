@@ -3,6 +3,7 @@ from the bundle). Only the standard library and gpuflex are imported, to keep wo
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -56,3 +57,27 @@ class Counter:
 
     def scaled(self, x: int, factor: int = 2) -> int:
         return x * factor
+
+
+@gpuflex.endpoint
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+@gpuflex.endpoint
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")  # NaN has no JSON form
+
+
+@gpuflex.endpoint
+def make_lock() -> object:
+    return threading.Lock()  # cannot be pickled to come back
+
+
+@gpuflex.endpoint
+class Broken:
+    def setup(self) -> None:
+        self.scale = 1 / 0
+
+    def __call__(self, x: int) -> int:
+        return x * self.scale
