@@ -88,6 +88,9 @@ class Job:
         self.worker: str | None = None
         self.reason: str | None = None
         self.cost = Cost()
+        # per-second billing: what the worker bills idle after this job if no call follows within its idle
+        # timeout; once per burst of calls, not per call (gpuflex costs and the cost meter count it that way)
+        self.tail = Cost()
         self.chunks: ChunkChannel | None = ChunkChannel() if streaming else None
         self._future: concurrent.futures.Future[JobUpdate] = concurrent.futures.Future()
         self._canceller: Callable[[], concurrent.futures.Future[None]] | None = None

@@ -255,10 +255,11 @@ class Bundle:
 class Price:
     """What one worker of an endpoint costs, and how the backend bills it.
 
-    ``billing`` is one of ``"free"``, ``"per-second"`` (execution time, rounded up to ``increment`` seconds, plus
-    ``tail_seconds`` of idle time after each job when the worker is not kept warm) or ``"uptime"`` (hourly rate
-    times how long the worker or host is up, split over the jobs it ran), or ``"unknown"`` when the vendor
-    publishes no price for this hardware: nothing is counted, and reports say so rather than show it as free.
+    ``billing`` is one of ``"free"``, ``"per-second"`` (execution time, rounded up to ``increment`` seconds; a
+    worker not kept warm also bills ``tail_seconds`` of idle time after the last call of a burst, once per burst),
+    ``"uptime"`` (hourly rate times how long the worker or host is up, split over the jobs it ran), or
+    ``"unknown"`` when the vendor publishes no price for this hardware: nothing is counted, and reports say so
+    rather than show it as free.
     """
 
     usd_per_hour: float = 0.0

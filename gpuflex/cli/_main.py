@@ -7,8 +7,10 @@ Heavy imports (FastAPI, uvicorn, the app itself) happen inside the commands that
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import runpy
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -23,6 +25,7 @@ from ..errors import GpuflexError
 
 if TYPE_CHECKING:
     from .._apps import LoadedApp
+    from .._ledger import JobLedger
 
 __all__ = ["app", "main"]
 
@@ -81,6 +84,15 @@ def _load(path: Path) -> LoadedApp:
         raise typer.Exit(1) from None
 
 
+def _install_ledger() -> JobLedger:
+    from .._ledger import install_ledger
+
+    try:
+        return install_ledger()
+    except GpuflexError as exc:
+        _fail(str(exc), 2)
+
+
 def _budget(max_cost: float | None) -> None:
     if max_cost is not None:
         from ..client._session import get_session
@@ -114,9 +126,7 @@ def serve(
     except GpuflexError as exc:
         _fail(str(exc), 2)
     _check_backend(backend)
-    from .._ledger import install_ledger
-
-    install_ledger()
+    _install_ledger()
     _budget(max_cost)
     if backend:
         os.environ["GPUFLEX_BACKEND"] = backend
@@ -161,10 +171,9 @@ def run(
     Example: gpuflex run pipeline.py --backend local -- --prompt "cats"
     """
     _check_backend(backend)
-    from .._ledger import install_ledger
     from ..client._session import shutdown
 
-    ledger = install_ledger()
+    ledger = _install_ledger()
     _budget(max_cost)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(app_file), *(args or [])]
@@ -261,35 +270,58 @@ def teardown(
         _fail(str(exc))
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _ledger_records(**query: Any) -> list[dict[str, Any]]:
+    from .._ledger import read_ledger
+
+    try:
+        return read_ledger(**query)
+    except sqlite3.Error as exc:
+        from .._ledger import ledger_path
+
+        _fail(f"cannot read the job ledger {ledger_path()}: {exc}")
+
+
+def _nothing_yet() -> None:
+    from .._ledger import ledger_path
+
+    out.print(f"No jobs recorded yet in {escape(str(ledger_path()))}; jobs run through `gpuflex serve` or "
+              "`gpuflex run` are recorded there.")
+
+
 @app.command()
 def jobs(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many recent jobs to show.")] = 20,
     endpoint: Annotated[str | None, typer.Option(help="Only this endpoint's jobs.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Recent jobs recorded by `gpuflex serve` and `gpuflex run` (in $GPUFLEX_HOME/jobs.jsonl)."""
-    from .._ledger import ledger_path, read_ledger
+    """Recent jobs recorded by `gpuflex serve` and `gpuflex run` (in $GPUFLEX_HOME/jobs.db)."""
     from ._report import jobs_table
 
-    records = [r for r in read_ledger() if endpoint is None or r.get("endpoint") == endpoint]
-    if not records:
-        out.print(f"No jobs recorded yet in {escape(str(ledger_path()))}; jobs run through `gpuflex serve` or "
-                  "`gpuflex run` are recorded there.")
-        return
-    out.print(jobs_table(records[-limit:]))
+    records = _ledger_records(endpoint=endpoint, limit=limit)
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    elif not records:
+        _nothing_yet()
+    else:
+        out.print(jobs_table(records, out.width))
 
 
 @app.command()
-def costs() -> None:
-    """Calls, GPU-seconds and dollars per endpoint, for every job in the ledger."""
-    from .._ledger import ledger_path, read_ledger
-    from ._report import costs_table
+def costs(as_json: JsonOpt = False) -> None:
+    """Calls, compute seconds and dollars per endpoint for every job in the ledger, with the idle tails of
+    per-second workers (once per burst of calls)."""
+    from ._report import costs_json, costs_table
 
-    records = read_ledger()
-    if not records:
-        out.print(f"No jobs recorded yet in {escape(str(ledger_path()))}; jobs run through `gpuflex serve` or "
-                  "`gpuflex run` are recorded there.")
-        return
-    out.print(costs_table(records))
+    records = _ledger_records()
+    if as_json:
+        sys.stdout.write(json.dumps(costs_json(records), indent=2) + "\n")
+    elif not records:
+        _nothing_yet()
+    else:
+        out.print(costs_table(records, out.width))
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import attrs
 from .. import _plugins
 from .._bundle import build_bundle
 from .._config import BackendChoice, resolve_backend
-from .._costs import BudgetGuard, CostMeter, job_cost
+from .._costs import BudgetGuard, CostMeter, job_cost, tail_cost
 from .._job import LOOP_THREAD_NAME, Job
 from .._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
 from .._registry import get_registry
@@ -280,7 +280,8 @@ class Session:
                 raise
             return
         gpus = spec.gpu.count if spec.gpu else 0
-        self.meter.record(spec.name, job.cost, gpus)
+        self.meter.record(spec.name, job.cost, gpus, tail=job.tail, worker=update.worker or job.worker,
+                          started_at=update.started_at or job.started_at, finished_at=update.finished_at or time.time())
         job._finish(update)
         _plugins.call_hook("gpuflex_job_finished", job=job)
 
@@ -313,6 +314,7 @@ class Session:
                 finished = update.finished_at or time.time()
                 seconds = update.billed_seconds if update.billed_seconds is not None else finished - started
                 job.cost = job.cost + job_cost(price, run_seconds=max(0.0, seconds))
+                job.tail = tail_cost(price)  # billed once per burst, not per call: see CostMeter
             retry = (
                 update.status is JobStatus.FAILED
                 and attempt <= spec.retries
