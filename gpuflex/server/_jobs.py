@@ -98,16 +98,18 @@ def remote_traceback(exc: BaseException) -> str | None:
     return cause.tb if isinstance(cause, RemoteTraceback) else None
 
 
-# a frame of the worker runtime, then (further down the stack) a frame named setup in a file outside gpuflex
-_SETUP_FRAME = re.compile(r'File "[^"]*gpuflex[/\\]runtime[/\\][^"]*", line \d+, in \w+\n'
-                          r'(?:.*\n)*?  File "(?![^"]*gpuflex[/\\]runtime[/\\])[^"]*", line \d+, in setup\n')
+_FRAME = re.compile(r'^  File "(?P<file>[^"]*)", line \d+, in (?P<name>\S+)$', re.MULTILINE)
+_RUNTIME = re.compile(r"gpuflex[/\\](?:runtime|workerpool)[/\\]")
 
 
 def raised_in_setup(exc: BaseException) -> bool:
-    """Whether a remote exception came out of a class endpoint's ``setup()``, called by the worker runtime while
-    the worker started."""
+    """Whether a remote exception came out of a class endpoint's ``setup()``: the outermost frame of the user's
+    code (below the worker runtime's, if the traceback shows them) is ``setup``."""
     tb = remote_traceback(exc)
-    return tb is not None and _SETUP_FRAME.search(tb) is not None
+    if tb is None:
+        return False
+    user = [m["name"] for m in _FRAME.finditer(tb) if not _RUNTIME.search(m["file"])]
+    return bool(user) and user[0] == "setup"
 
 
 def error_body(exc: BaseException, endpoint: str | None = None) -> dict[str, str]:
