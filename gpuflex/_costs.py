@@ -34,7 +34,7 @@ def _billed(price: Price, seconds: float) -> float:
 def job_cost(price: Price, *, run_seconds: float, queue_seconds: float = 0.0) -> Cost:
     """What one job's own run cost under ``price``'s billing rule.
 
-    * ``free``: nothing.
+    * ``free``: nothing; ``unknown`` (no published price): nothing counted, the rule says why.
     * ``per-second``: execution time rounded up to the billing increment (RunPod, Modal). The idle tail a worker
       bills after its last call is not part of any one job: see :func:`tail_cost`.
     * ``uptime``: the job's share of an hourly machine: its running time at the hourly rate (local, pods). Idle
@@ -157,6 +157,7 @@ class LedgerSummary:
     cpu_seconds: float = 0.0
     billed_seconds: float = 0.0
     usd: float = 0.0
+    unpriced: int = 0  # calls under billing "unknown": no published price, nothing counted
     bursts: int = 0
     idle_seconds: float = 0.0
     idle_gpu_seconds: float = 0.0
@@ -185,6 +186,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[LedgerSummary]:
         else:
             row.cpu_seconds += billed
         row.usd += float(r.get("cost_usd") or 0.0)
+        row.unpriced += r.get("billing") == "unknown"
         if r.get("tail_seconds"):
             by_worker.setdefault((*key, str(r.get("worker") or "")), []).append(r)
     for (endpoint, backend, _worker), calls in by_worker.items():

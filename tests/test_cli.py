@@ -357,7 +357,7 @@ def test_jobs_and_costs_take_json(busy_home, tmp_path):
                                           "generate_image_with_a_long_descriptive_name_1"], env=env).output)
     assert [r["id"] for r in only] == ["j1", "j3"]
     costs = json.loads(runner.invoke(app, ["costs", "--json"], env=env).output)
-    assert costs["total"] == {"calls": 5, "failed": 2, "usd": 2.5, "idle_usd": 0.0}
+    assert costs["total"] == {"calls": 5, "failed": 2, "unpriced_calls": 0, "usd": 2.5, "idle_usd": 0.0}
     assert {e["endpoint"] for e in costs["endpoints"]} == {"generate_image_with_a_long_descriptive_name_0",
                                                           "generate_image_with_a_long_descriptive_name_1"}
     assert runner.invoke(app, ["jobs", "--json"], env={"GPUFLEX_HOME": str(tmp_path / "empty")}).output == "[]\n"
@@ -410,3 +410,39 @@ def test_plan_shows_the_idle_tail_once_per_burst_beside_a_realistic_per_call_fig
     assert text.count("idle tail") == 2  # its own line, and in the per-1,000 line
     assert "$0.02 once per burst, not per call" in text
     assert "$1.06 in one burst" in text and "worst case $21.00 if every call comes alone" in text
+
+
+def _render(table, width=80):
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def test_no_published_price_is_shown_as_unknown_never_as_free(project):
+    from gpuflex import Price
+    from gpuflex._apps import load_app
+    from gpuflex._plugins import get_plugin_manager, hookimpl
+    from gpuflex.cli._report import costs_table, jobs_table, plan, plan_table
+
+    class Unpriced:
+        @hookimpl
+        def gpuflex_price(self, spec, backend, default):
+            return Price(billing="unknown", source="no published price for CPU workers")
+
+    plugin = Unpriced()
+    get_plugin_manager().register(plugin)
+    try:
+        row = plan(load_app(project / "app.py"), "local", 1.0)[0]
+    finally:
+        get_plugin_manager().unregister(plugin)
+    text = _render(plan_table(row, 1.0), width=120)
+    assert "unknown: no published price for CPU workers" in text and "$0" not in text
+    unknown = {"endpoint": "cpu", "backend": "runpod", "status": "COMPLETED", "finished_at": 1.0, "billing": "unknown",
+               "cost_usd": 0.0, "billed_seconds": 2.0, "id": "j1"}
+    priced = {**unknown, "endpoint": "gpu", "billing": "per-second", "cost_usd": 0.004, "id": "j2"}
+    text = _render(costs_table([unknown, priced]))
+    assert next(line for line in text.splitlines() if line.startswith("cpu")).rstrip().endswith("unknown")
+    assert "$0.004 + ?" in text  # the total: some calls not counted
+    assert "unknown" in _render(jobs_table([unknown]))

@@ -125,6 +125,14 @@ def plan_table(row: PlanRow, seconds_per_call: float) -> Table:
     table.add_row("dependencies", ", ".join(spec.dependencies) or "none")
     if spec.system_dependencies:
         table.add_row("system packages", ", ".join(spec.system_dependencies))
+    if price.billing == "unknown":  # no published price: say so, never show it as free
+        table.add_row("price", "unknown" + (f": {price.source}" if price.source else "")
+                      + "; set one with the gpuflex_price hook")
+        for name in ("per call", "idle cost", "per 1,000 calls"):
+            table.add_row(name, "unknown")
+        for note in row.notes:
+            table.add_row("note", note)
+        return table
     table.add_row("price", f"{usd(price.usd_per_hour)}/hour per worker, billed {price.billing}"
                   + (f" ({price.source})" if price.source else ""))
     table.add_row("per call", f"{usd(row.per_call.usd)} ({row.per_call.billed_seconds:g} s billed for "
@@ -207,7 +215,8 @@ def jobs_table(records: list[dict[str, Any]], width: int = 80) -> Table:
     columns = [_Col("id"), _Col("endpoint", flex=1), _Col("backend"), _Col("status"), _Col("finished"),
                _Col("ran s", right=True), _Col("cost", right=True), _Col("reason", flex=1)]
     rows = [([str(r.get("id")), str(r.get("endpoint")), str(r.get("backend")), str(r.get("status")),
-              _when(r.get("finished_at")), _seconds(r.get("run_time")), usd(float(r.get("cost_usd") or 0)),
+              _when(r.get("finished_at")), _seconds(r.get("run_time")),
+              "unknown" if r.get("billing") == "unknown" else usd(float(r.get("cost_usd") or 0)),
               " ".join(str(r.get("reason") or "").split())], None) for r in records]
     return _fit(f"last {len(records)} job(s)", columns, rows, width)
 
@@ -227,6 +236,13 @@ def _compute(gpu_seconds: float, cpu_seconds: float) -> str:
     return " + ".join(parts)
 
 
+def _priced(value: float, unpriced: int, calls: int) -> str:
+    """Dollars, "unknown" when no call had a known price, "$x + ?" when some had none."""
+    if unpriced and unpriced == calls:
+        return "unknown"
+    return usd(value) + (" + ?" if unpriced else "")
+
+
 def costs_table(records: list[dict[str, Any]], width: int = 80) -> Table:
     """Per endpoint and backend: calls, compute (GPU-seconds, or CPU-seconds for work on the CPU), billed seconds
     and dollars, then the idle tails of per-second workers on a line of their own (once per burst)."""
@@ -234,16 +250,22 @@ def costs_table(records: list[dict[str, Any]], width: int = 80) -> Table:
     columns = [_Col("endpoint", flex=1, footer="total"), _Col("backend"),
                _Col("calls", right=True, footer=str(sum(r.calls for r in summary))),
                _Col("failed", right=True, footer=str(sum(r.failed for r in summary))), _Col("compute", right=True),
-               _Col("billed s", right=True), _Col("cost", right=True, footer=usd(sum(r.total_usd for r in summary)))]
+               _Col("billed s", right=True),
+               _Col("cost", right=True, footer=_priced(sum(r.total_usd for r in summary),
+                                                       sum(r.unpriced for r in summary),
+                                                       sum(r.calls for r in summary)))]
     rows: list[tuple[list[str], str | None]] = []
     for r in summary:
         rows.append(([r.endpoint, r.backend, str(r.calls), str(r.failed), _compute(r.gpu_seconds, r.cpu_seconds),
-                      _amount(r.billed_seconds), usd(r.usd)], None))
+                      _amount(r.billed_seconds), _priced(r.usd, r.unpriced, r.calls)], None))
         if r.bursts or r.idle_usd:
             rows.append(([f"  idle tail x{r.bursts}", r.backend, "", "",
                           _compute(r.idle_gpu_seconds, 0.0) if r.idle_gpu_seconds else "-", _amount(r.idle_seconds),
                           usd(r.idle_usd)], "dim"))
-    return _fit("costs per endpoint", columns, rows, width)
+    title = "costs per endpoint"
+    if any(r.unpriced for r in summary):
+        title += " (unknown, ?: no published price, not counted)"
+    return _fit(title, columns, rows, width)
 
 
 def costs_json(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -251,5 +273,6 @@ def costs_json(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "endpoints": [{**attrs.asdict(r), "total_usd": r.total_usd} for r in rows],
         "total": {"calls": sum(r.calls for r in rows), "failed": sum(r.failed for r in rows),
+                  "unpriced_calls": sum(r.unpriced for r in rows),
                   "usd": sum(r.total_usd for r in rows), "idle_usd": sum(r.idle_usd for r in rows)},
     }

@@ -2,7 +2,7 @@
 
 It is written here rather than inferred by FastAPI, because the endpoint routes read and validate their bodies
 themselves (strictly, as JSON: see :mod:`gpuflex.server._schema`), and because the statuses of a call come from
-:func:`gpuflex.server._jobs.error_status`, which FastAPI cannot see. ``tests/test_server_contract.py`` fuzzes a
+:func:`gpuflex.server._jobs.error_status`, which FastAPI cannot see. ``tests/test_server.py`` fuzzes a
 server with schemathesis against this document.
 """
 

@@ -1,8 +1,8 @@
-"""Every kind of endpoint the dev server serves, for the schemathesis run in tests/test_server_contract.py: sync and
-async functions, a generator and an async generator, a class with sync and async methods, bytes in and out,
-optional arguments, constrained values, a dataclass, a literal. Each one answers any input its schema allows
-(sizes are bounded where the work would grow with them), so the fuzzer may expect a 2xx for every valid body.
-Only the standard library and gpuflex are imported, to keep worker start-up fast."""
+"""Every kind of endpoint the dev server serves, for the schemathesis run in tests/test_server.py: sync and async
+functions, a generator and an async generator, a batched function, a class with sync, async and generator methods,
+bytes in and out, optional arguments, constrained values, a dataclass, a literal. Each one answers any input its
+schema allows (sizes are bounded where the work would grow with them), so the fuzzer may expect a 2xx for every
+valid body. Only the standard library and gpuflex are imported, to keep worker start-up fast."""
 
 from __future__ import annotations
 
@@ -70,6 +70,12 @@ async def letters(word: Annotated[str, Field(max_length=16)]) -> AsyncIterator[s
     for letter in word:
         await asyncio.sleep(0)
         yield letter
+
+
+@gpuflex.endpoint(max_batch_size=4, batch_wait_ms=5)
+def double(values: list[int]) -> list[int]:
+    """Batched: HTTP callers send one item and get one back."""
+    return [2 * v for v in values]
 
 
 @gpuflex.endpoint
