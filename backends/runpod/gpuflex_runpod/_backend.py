@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -18,15 +20,16 @@ from gpuflex.backend import Backend, Call, JobUpdate, Payload
 from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge
 from gpuflex.worker import worker_init
 
+from ._bootstrap import runtime_ref
 from ._config import RunPodConfig
 from ._control import ControlPlane, deploy_hash, execution_timeout_ms
 from ._errors import RunPodApi, find_api_key, map_errors
 from ._pricing import serverless_price
 from ._protocol import (
     PROTOCOL_VERSION,
-    b64decode_payload,
     b64encode_payload,
     init_to_json,
+    join_parts,
     missing_bundle,
     parse_error,
     zip_bundle,
@@ -35,9 +38,13 @@ from ._protocol import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from gpuflex import Bundle, EndpointSpec, Price
 
 __all__ = ["RunPodBackend"]
+
+output_logger = logging.getLogger("gpuflex.worker")
 
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod's limit on one /run request body
 _STATUSES = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING, "RUNNING": JobStatus.RUNNING,
@@ -63,10 +70,17 @@ class _Job:
     execution_timeout: float | None = None
     submitted_at: float = attrs.field(factory=time.time)
     moved: anyio.Event = attrs.field(factory=anyio.Event)  # set when resent (new remote id) or finished
+    seen: int = 0  # items of the job's output already read from /stream
+    chunk_parts: list[str] = attrs.field(factory=list)
+    chunks: MemoryObjectSendStream[Payload] | None = None  # generator calls: chunks for ``stream``
+    quiet_since: float = attrs.field(factory=time.time)  # last sign of progress while queued (queue_timeout)
+    progress: tuple[int, ...] | None = None
+    output: Any = None  # the job's aggregated output, once it completed
 
     def move(self) -> None:
         self.moved.set()
         self.moved = anyio.Event()
+        self.seen, self.chunk_parts = 0, []
 
 
 class RunPodBackend(Backend):
@@ -88,6 +102,7 @@ class RunPodBackend(Backend):
         self.deployed: dict[str, _Deployment] = {}
         self.jobs: dict[str, _Job] = {}
         self._bundle_refs: dict[str, dict[str, Any]] = {}
+        self._chunk_streams: dict[str, MemoryObjectReceiveStream[Payload]] = {}
         self._listing: list[dict[str, Any]] | None = None
         self._closed = False
         self._published = False  # gpuflex deploy: the endpoints outlive this instance
@@ -141,8 +156,7 @@ class RunPodBackend(Backend):
             raise BackendUnavailable("the serverless backend is closed")
         ref = await anyio.to_thread.run_sync(self._bundle_ref, bundle)
         init = init_to_json(worker_init(endpoint, bundle, report_started=False, bundle_root="."))
-        request = {"version": PROTOCOL_VERSION, "init": init, "bundle": ref,
-                   "dependencies": list(endpoint.dependencies)}
+        request = {"version": PROTOCOL_VERSION, "init": init, "bundle": ref, "runtime": runtime_ref()}
         digest = deploy_hash(endpoint, self.config)
         current = self.deployed.get(endpoint.name)
         if current is not None and current.digest == digest:
@@ -210,11 +224,14 @@ class RunPodBackend(Backend):
         job.remote_id = await self._run(job, inline=inline)
         handle = f"{job.endpoint_id}/{job.remote_id}"
         self.jobs[handle] = job
+        if kind.streams:
+            job.chunks, self._chunk_streams[handle] = anyio.create_memory_object_stream[Payload](math.inf)
         return handle
 
     async def _run(self, job: _Job, *, inline: bool) -> str:
         """``POST /run`` for one call; returns RunPod's job id."""
-        request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]}}
+        request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]},
+                                              "runtime": {"hash": job.request["runtime"]["hash"]}}
         body: dict[str, Any] = {"input": {"gpuflex": request}}
         if job.execution_timeout:
             body["policy"] = {"executionTimeout": execution_timeout_ms(job.execution_timeout)}
@@ -251,6 +268,8 @@ class RunPodBackend(Backend):
             job.submitted_at = time.time()
             job.move()
             return JobUpdate(status=JobStatus.QUEUED)
+        if job is not None:
+            job.output = body.get("output")
         return self._update(handle, body)
 
     def _update(self, handle: str, body: dict[str, Any]) -> JobUpdate:
@@ -266,9 +285,9 @@ class RunPodBackend(Backend):
                            billed_seconds=billed if status.is_terminal else None)
         if status is JobStatus.COMPLETED:
             items = body.get("output")
-            last = items[-1] if isinstance(items, list) and items else None
-            if isinstance(last, dict) and "result" in last:
-                return attrs.evolve(update, outcome=b64decode_payload(last["result"]))
+            results, _ = join_parts(items if isinstance(items, list) else [], "result")
+            if results:
+                return attrs.evolve(update, outcome=Payload.from_bytes(results[-1]))
             return attrs.evolve(update, status=JobStatus.FAILED, reason="the RunPod worker returned no gpuflex "
                                                                       "result (is the image gpuflex's worker?)")
         if status is JobStatus.FAILED:
@@ -285,72 +304,104 @@ class RunPodBackend(Backend):
         return update
 
     async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
-        """Poll ``/status`` with backoff; fail a job stuck IN_QUEUE past ``queue_timeout``, naming the health."""
+        """Poll ``/status`` while the job is queued, then ``/stream`` (the worker's output lines and a generator's
+        chunks, as they come) until it ends; the final ``/status`` carries the result. A job queued longer than
+        ``queue_timeout`` with no sign of progress on its endpoint fails with the endpoint's health."""
         job = self.jobs.get(handle)
         delay, last = 0.02, None
         while True:
-            update = await self.status(handle)
+            if job is not None and last is JobStatus.RUNNING:
+                endpoint_id, job_id = self._remote(handle)
+                with self._errors(f"stream job {job_id}"):
+                    response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"),
+                                                      pace="status")
+                body = response.json() if response.status_code != 404 else {"status": "FAILED"}
+                fresh = [item.get("output") for item in body.get("stream") or [] if isinstance(item, dict)]
+                self._take(job, fresh)
+                state = _STATUSES.get(str(body.get("status")), JobStatus.RUNNING)
+                update = await self.status(handle) if state.is_terminal else JobUpdate(status=state)
+                if fresh:
+                    delay = 0.02
+            else:
+                update = await self.status(handle)
             if update.status.is_terminal:
+                if job is not None and isinstance(job.output, list):  # what /stream had not shown yet
+                    self._take(job, job.output[job.seen:])
                 self._forget(handle)
                 yield update
                 return
             if update.status is not last:
                 last = update.status
                 yield update
-            waited = time.time() - (job.submitted_at if job else time.time())
-            if update.status is JobStatus.QUEUED and self.config.queue_timeout is not None \
-                    and waited > self.config.queue_timeout:
-                stuck = await self._stuck(handle, waited)
-                self._forget(handle)
-                yield stuck
-                return
+            if update.status is JobStatus.QUEUED and job is not None and self.config.queue_timeout is not None \
+                    and time.time() - job.quiet_since > self.config.queue_timeout:
+                stuck = await self._stuck(handle, job)
+                if stuck is not None:
+                    self._forget(handle)
+                    yield stuck
+                    return
             await anyio.sleep(delay)
             delay = min(delay * 1.5, self.config.poll_interval_max)
+
+    def _take(self, job: _Job, items: list[Any]) -> None:
+        """Deliver what the worker streamed: output lines to the caller's log, chunks to ``stream``."""
+        job.seen += len(items)
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if "lines" in item:
+                for stream, text in item["lines"]:
+                    self._worker_output(job.endpoint, str(item.get("worker") or "?"), str(stream), str(text))
+            elif "chunk_part" in item:
+                job.chunk_parts.append(item["chunk_part"])
+            elif "chunk" in item and job.chunks is not None:
+                data = base64.b64decode("".join([*job.chunk_parts, item["chunk"]]))
+                job.chunk_parts = []
+                job.chunks.send_nowait(Payload.from_bytes(data))
+
+    def _worker_output(self, endpoint: str, worker: str, stream: str, text: str) -> None:
+        emit = getattr(self.events, "worker_output", None)
+        if emit is not None:
+            emit(endpoint, worker, stream, text)
+        else:
+            output_logger.info("[%s %s %s] %s", endpoint, worker, stream, text)
 
     def _forget(self, handle: str) -> None:
         job = self.jobs.pop(handle, None)
         if job is not None:
             job.move()
+            if job.chunks is not None:
+                job.chunks.close()
 
-    async def _stuck(self, handle: str, waited: float) -> JobUpdate:
+    async def _stuck(self, handle: str, job: _Job) -> JobUpdate | None:
+        """None when the endpoint shows progress (a worker starting or busy, jobs finishing): the job is only
+        waiting its turn or for a cold start, and the clock starts again. Else cancel it and say why."""
         endpoint_id = self._remote(handle)[0]
         with self._errors("read the endpoint's health"):
             health = (await self.api.request("GET", self._url(endpoint_id, "health"))).json()
+        workers, jobs = health.get("workers") or {}, health.get("jobs") or {}
+        progress = (int(jobs.get("completed", 0)) + int(jobs.get("failed", 0)), int(jobs.get("inProgress", 0)))
+        busy = any(int(workers.get(k, 0)) for k in ("initializing", "running")) or progress[1] > 0
+        if busy or (job.progress is not None and progress != job.progress):
+            job.progress, job.quiet_since = progress, time.time()
+            return None
+        job.progress = progress
+        waited = time.time() - job.submitted_at
         await self.cancel(handle)
         return JobUpdate(status=JobStatus.FAILED, reason=(
-            f"stuck IN_QUEUE on RunPod for {waited:.0f} s (queue_timeout); endpoint health: {json.dumps(health)}. "
-            "Workers that never become ready usually mean a crash-looping image (see the endpoint's logs); "
-            "none at all means no GPU stock in the chosen pools or workersMax reached"))
+            f"stuck IN_QUEUE on RunPod for {waited:.0f} s, {self.config.queue_timeout:g} s of them (queue_timeout) "
+            f"with no worker starting or running a job; endpoint health: {json.dumps(health)}. Workers that start "
+            "and die usually mean a crash-looping image (see the endpoint's logs); none at all means no GPU stock "
+            "in the chosen pools, or a workersMax of 0 (RunPod lowers it on endpoints idle for a week)"))
 
     async def stream(self, handle: str) -> AsyncIterator[Payload]:
-        delay = 0.02
-        while True:
-            endpoint_id, job_id = self._remote(handle)  # a resubmission (bundle resent) changes the job id
-            with self._errors(f"stream job {job_id}"):
-                response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"), pace="status")
-            if response.status_code == 404:
-                return
-            body = response.json()
-            items = body.get("stream") or []
-            for item in items:
-                output = item.get("output") if isinstance(item, dict) else None
-                if isinstance(output, dict) and "chunk" in output:
-                    yield b64decode_payload(output["chunk"])
-            if not items:
-                if body.get("status") == "FAILED":
-                    # maybe a worker without the bundle: ``updates`` either resends the call (a new job id to
-                    # follow) or reports the end (and forgets the job)
-                    job = self.jobs.get(handle)
-                    if job is not None and job.remote_id == job_id:
-                        await job.moved.wait()
-                    if job is not None and job.remote_id != job_id:
-                        continue
-                if _STATUSES.get(str(body.get("status")), JobStatus.QUEUED).is_terminal:
-                    return
-                await anyio.sleep(delay)
-                delay = min(delay * 1.5, self.config.poll_interval_max)
-            else:
-                delay = 0.02
+        """A generator call's chunks, as ``updates`` reads them from ``/stream``."""
+        receive = self._chunk_streams.pop(handle, None)
+        if receive is None:
+            return
+        async with receive:
+            async for chunk in receive:
+                yield chunk
 
     async def cancel(self, handle: str) -> None:
         endpoint_id, job_id = self._remote(handle)

@@ -22,7 +22,12 @@ class RunPodConfig:
         RunPod's). Point it at the emulator (``http://127.0.0.1:8765``) to develop offline.
     :param job_api_url: the job API (``.../v2``; default ``$RUNPOD_ENDPOINT_BASE_URL``, else ``<api_url>/v2`` when
         ``api_url`` is changed, else ``https://api.runpod.ai/v2``).
-    :param image: the worker image (built from ``backends/runpod/Dockerfile``).
+    :param image: the worker image; ``None``: RunPod's public ``runpod/pytorch`` image for GPU endpoints and
+        ``runpod/base`` for CPU ones (both carry Python 3.9 to 3.13). Any image with a Python (or uv) works: the
+        start command installs what the worker needs once per worker, or once per network volume. A build of
+        ``backends/runpod/Dockerfile`` has it all baked in (the faster cold start).
+    :param network_volume_id: a RunPod network volume to attach (mounted at ``/runpod-volume``): the workers' Python
+        environment, the runtime and the bundles are cached there, so a new worker skips the install.
     :param name_prefix: prefix of every endpoint this backend creates; a later run adopts endpoints with its names
         and ``teardown()`` removes every endpoint carrying the prefix (leftovers of killed runs included).
     :param delete_on_close: delete the endpoints this instance deployed when it closes (development); set False
@@ -56,7 +61,8 @@ class RunPodConfig:
     api_key: str | None = attrs.field(default=None, repr=False)
     api_url: str = attrs.field(factory=lambda: os.environ.get("RUNPOD_API_BASE_URL") or DEFAULT_API_URL)
     job_api_url: str | None = attrs.field(factory=lambda: os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or None)
-    image: str = "gpuflex/runpod-worker:0.1.0-py3.11"
+    image: str | None = None
+    network_volume_id: str | None = None
     name_prefix: str = "gpuflex-dev-"
     delete_on_close: bool = True
     scaler_type: str = attrs.field(default="REQUEST_COUNT",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuflex.errors import BackendError, ConfigError
 
+from ._bootstrap import boot_env, boot_source, image_for, python_version, runtime_ref, start_command
 from ._errors import RunPodHTTPError
 from ._hardware import cpu_disk_limit, gpu_ids, serverless_pools
 from ._pricing import idle_timeout
@@ -74,8 +75,8 @@ def execution_timeout_ms(timeout: float | None) -> int:
     return math.ceil((timeout + EXECUTION_ALLOWANCE) * 1000)
 
 
-def _template_env(spec: EndpointSpec, deploy_hash: str) -> list[dict[str, str]]:
-    env = dict(spec.env)
+def _template_env(spec: EndpointSpec, config: RunPodConfig, deploy_hash: str) -> list[dict[str, str]]:
+    env = {**boot_env(spec, config), **spec.env}
     missing = [name for name in spec.secrets if name not in os.environ]
     if missing:
         raise ConfigError(f"endpoint {spec.name!r} needs the secret(s) {', '.join(missing)}, which are not set in "
@@ -88,7 +89,9 @@ def _template_env(spec: EndpointSpec, deploy_hash: str) -> list[dict[str, str]]:
 
 def deploy_hash(spec: EndpointSpec, config: RunPodConfig) -> str:
     """Changes when anything sent to RunPod changes (the spec's deploy settings or this backend's options)."""
-    data = [spec.config_hash(), config.image, config.scaler_type, config.scaler_value, config.flashboot,
+    boot = hashlib.sha256(boot_source().encode()).hexdigest()
+    data = [spec.config_hash(), image_for(spec, config), config.network_volume_id, python_version(),
+            runtime_ref()["hash"], boot, config.scaler_type, config.scaler_value, config.flashboot,
             config.cpu_instance, config.container_disk_gb, config.default_idle_timeout, config.locations]
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
@@ -109,15 +112,17 @@ def endpoint_input(spec: EndpointSpec, config: RunPodConfig, *, name: str, diges
         "flashBootType": "FLASHBOOT" if config.flashboot else "OFF",
         "template": {
             "name": f"{name}-{digest}",
-            "imageName": config.image,
+            "imageName": image_for(spec, config),
             "containerDiskInGb": disk_gb,
-            "dockerArgs": "",
-            "env": _template_env(spec, digest),
+            "dockerArgs": start_command(python_version()),
+            "env": _template_env(spec, config, digest),
         },
         **hardware,
     }
     if config.locations is not None:
         data["locations"] = config.locations
+    if config.network_volume_id:
+        data["networkVolumeId"] = config.network_volume_id
     return data
 
 

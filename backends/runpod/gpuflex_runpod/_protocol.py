@@ -3,18 +3,25 @@ handler yields. Shared by the client (``_backend``) and the worker (``worker``);
 
 Job input (never empty, so RunPod never drops it)::
 
-    {"gpuflex": {"version": 1, "init": <worker init, JSON-safe>, "bundle": {"hash", "zip" | "path"},
-                 "dependencies": [...], "payload": <base64 call envelope, which names the method>}}
+    {"gpuflex": {"version": 2, "init": <worker init, JSON-safe>, "bundle": {"hash", "zip" | "path"},
+                 "runtime": {"hash", "zip"?}, "payload": <base64 call envelope, which names the method>,
+                 "blocking": <bool>}}
 
-Handler items (the handler is an async generator; with ``return_aggregate_stream`` the job's output is the
-list of every item, and each item is also posted to ``/stream``)::
+``runtime`` is gpuflex's own code (see ``_bootstrap.runtime_ref``): inline in the same jobs as an inline bundle.
 
-    {"chunk": <base64>}            one chunk of a generator endpoint
-    {"result": <base64>}           the call's return value, last
+Handler items (the handler is an async generator; with ``return_aggregate_stream`` the job's output is the list of
+every item, and each item is also posted to ``/stream``, whose items RunPod caps at 1 MB each and whose aggregate
+it caps at ~10 MB, so data is cut into parts of ``PART_BYTES`` and a job's items stay under ``AGGREGATE_BUDGET``)::
+
+    {"lines": [[stream, text], ...], "worker": id}   what the worker printed or logged ("stdout", "stderr", "log")
+    {"chunk_part": <base64>}, ..., {"chunk": <base64>}   one chunk of a generator endpoint (parts, then the last)
+    {"result_part": <base64>}, ..., {"result": <base64>} the call's return value, last
     {"error": "<JSON string>"}     ends the job FAILED; the JSON holds {"gpuflex_outcome": <base64>, "message"}
-                                   for the user's exception (or a worker start failure), or
-                                   {"gpuflex_bundle_missing": <hash>} when the job named the bundle by hash only
-                                   and this worker lacks it (the client resubmits the call with the bundle inline)
+                                   for the user's exception (or a worker start failure, or PayloadTooLarge), or
+                                   {"gpuflex_bundle_missing": <hash>} when the job named the bundle or the runtime
+                                   by hash only and this worker lacks it (the client resubmits with both inline), or
+                                   {"gpuflex_version_mismatch": {"caller", "worker"}} from a worker without the
+                                   caller's Python
 """
 
 from __future__ import annotations
@@ -27,12 +34,17 @@ import zipfile
 from typing import TYPE_CHECKING, Any
 
 from gpuflex.backend import Payload
+from gpuflex.errors import PayloadTooLarge, VersionMismatch
 
 if TYPE_CHECKING:
     from gpuflex import Bundle
 
 __all__ = [
+    "AGGREGATE_BUDGET",
     "PROTOCOL_VERSION",
+    "ResultTooLarge",
+    "WorkerPythonMismatch",
+    "join_parts",
     "b64decode_payload",
     "b64encode_payload",
     "init_from_json",
@@ -42,9 +54,29 @@ __all__ = [
     "zip_bundle",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 OUTCOME_KEY = "gpuflex_outcome"
 MISSING_KEY = "gpuflex_bundle_missing"
+MISMATCH_KEY = "gpuflex_version_mismatch"
+STREAM_ITEM_LIMIT = 1_000_000  # RunPod: "Maximum size for a single streamed payload chunk is 1 MB"
+AGGREGATE_LIMIT = 10_000_000  # RunPod: the aggregated output is held to the 10 MB payload limit
+PART_BYTES = 512 * 1024  # raw bytes per streamed part (base64: ~700 KB, under the stream cap)
+AGGREGATE_BUDGET = AGGREGATE_LIMIT - 500_000  # what one job's items may use, leaving room for the JSON around them
+OUTPUT_BUDGET = 1_000_000  # printed output forwarded per call; the rest stays in the worker's log
+
+
+class ResultTooLarge(PayloadTooLarge):
+    """What a job yields is over RunPod's cap on a job's result (a ``PayloadTooLarge`` that survives pickling)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.size, self.limit, self.backend)
+
+
+class WorkerPythonMismatch(VersionMismatch):
+    """The image has no interpreter of the caller's Python (a ``VersionMismatch`` that survives pickling)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.what, self.local, self.remote)
 
 
 def b64encode_payload(payload: Payload) -> str:
@@ -84,6 +116,22 @@ def zip_bundle(bundle: Bundle) -> bytes:
     return out.getvalue()
 
 
+def join_parts(items: list[Any], key: str) -> tuple[list[bytes], list[Any]]:
+    """Reassemble ``key`` values cut into ``<key>_part`` items; also return the items that are neither."""
+    values: list[bytes] = []
+    others: list[Any] = []
+    pending: list[str] = []
+    for item in items:
+        if isinstance(item, dict) and f"{key}_part" in item:
+            pending.append(item[f"{key}_part"])
+        elif isinstance(item, dict) and key in item:
+            values.append(base64.b64decode("".join([*pending, item[key]])))
+            pending = []
+        else:
+            others.append(item)
+    return values, others
+
+
 def missing_bundle(error: Any) -> str | None:
     """The hash a worker asked for, when a job failed only because it named a bundle the worker lacks."""
     try:
@@ -104,6 +152,13 @@ def parse_error(error: Any) -> tuple[Payload | None, str]:
         return None, text
     if isinstance(data, dict) and isinstance(data.get(OUTCOME_KEY), str):
         return b64decode_payload(data[OUTCOME_KEY]), str(data.get("message", ""))
+    if isinstance(data, dict) and isinstance(data.get(MISMATCH_KEY), dict):
+        from gpuflex._envelope import encode_error
+
+        found = data[MISMATCH_KEY]
+        error = WorkerPythonMismatch("Python", str(found.get("caller")), f"{found.get('worker')} (the RunPod image "
+                                     "has no interpreter of the caller's version, nor uv to install one)")
+        return encode_error(error), str(data.get("message"))
     if isinstance(data, dict) and "error_message" in data:  # the runpod SDK's own shape for a handler crash
         return None, f"{data.get('error_type', 'error')}: {data['error_message']}"
     return None, text

@@ -1,26 +1,26 @@
 """The RunPod handler: gpuflex's worker runtime inside RunPod's own worker loop (``runpod.serverless.start``).
 
-``python -m gpuflex_runpod.worker`` is the generic image's command. Each job carries one call in gpuflex's envelope
-plus the bundle it needs, by hash: inline (a zip, for small bundles) or as a path on a shared volume. Bundles are
-unpacked once per hash into ``$GPUFLEX_RUNPOD_CACHE`` (default ``~/.cache/gpuflex/runpod``) and the runtime
-reloads in place when a job names a new hash (hot reload). Dependencies are installed once per set.
+:mod:`._boot` starts the loop and hands every job to :func:`handler` (this module rides in the jobs with gpuflex,
+see :mod:`._bootstrap`). Each job carries one call in gpuflex's envelope plus the bundle it needs, by hash: inline
+(a zip, for small bundles) or as a path on a shared volume. Bundles are unpacked once per hash into
+``$GPUFLEX_RUNPOD_CACHE`` and the runtime reloads in place when a job names a new hash (hot reload). The
+endpoint's dependencies were installed before the loop started, outside any job's time.
 
-The handler is an async generator, so RunPod streams every item it yields (see :mod:`._protocol`): generator
-endpoints stream their chunks, every other call yields its result once. Sync functions run in a thread, so the
-SDK's loop keeps answering pings and per-job stop signals while they run.
+The handler is an async generator, so RunPod streams every item it yields (see :mod:`._protocol`): the function's
+printed lines and log records as they happen, a generator's chunks, and the result, each item under RunPod's 1 MB
+stream cap and all of them together under its ~10 MB result cap (a result or stream that cannot fit fails the call
+with ``PayloadTooLarge``; output past a per-call budget is cut, with a note). Sync functions run in a thread, so
+the SDK's loop keeps answering pings and per-job stop signals while they run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,7 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 from gpuflex.worker import IN_WORKER_ENV, WorkerRuntime, encode_error
 
-from ._protocol import MISSING_KEY, OUTCOME_KEY, PROTOCOL_VERSION, b64decode_payload, b64encode_payload, init_from_json
+from ._protocol import (
+    AGGREGATE_BUDGET,
+    MISSING_KEY,
+    OUTCOME_KEY,
+    OUTPUT_BUDGET,
+    PART_BYTES,
+    PROTOCOL_VERSION,
+    ResultTooLarge,
+    b64decode_payload,
+    b64encode_payload,
+    init_from_json,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -70,38 +81,6 @@ class BundleMissing(Exception):
     """The job named a bundle by hash only, and this worker does not have it: the client resends it inline."""
 
 
-def ensure_dependencies(requirements: list[str]) -> None:
-    """Install ``requirements`` once per set (a marker file per hash); skip when they are already satisfied."""
-    if not requirements:
-        return
-    digest = hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()[:16]
-    marker = cache_dir() / "deps" / digest
-    if marker.exists() or _satisfied(requirements):
-        return
-    uv = shutil.which("uv")
-    command = ([uv, "pip", "install", "--python", sys.executable] if uv
-               else [sys.executable, "-m", "pip", "install", "--quiet"])
-    subprocess.run([*command, *requirements], check=True, stdout=sys.stderr)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-
-
-def _satisfied(requirements: list[str]) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.requirements import Requirement
-
-    for text in requirements:
-        requirement = Requirement(text)
-        try:
-            installed = version(requirement.name)
-        except PackageNotFoundError:
-            return False
-        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
-            return False
-    return True
-
-
 class HandlerState:
     """One endpoint's runtime in this worker process, and the messages of the calls it runs."""
 
@@ -111,16 +90,48 @@ class HandlerState:
         self.lock = asyncio.Lock()
         self.inboxes: dict[str, asyncio.Queue[tuple[Any, ...]]] = {}
         self.loaded: asyncio.Future[tuple[Any, ...]] | None = None
+        self.output: list[list[str]] = []  # printed lines and log records not yet sent with a job
+        self.output_bytes = 0
+        self.output_dropped = 0
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """The runtime's outgoing messages (always on this loop): per-call ones go to the call's inbox."""
+        """The runtime's outgoing messages (always on this loop): per-call ones go to the call's inbox; output
+        lines wait for the oldest running call to carry them (or for the next call)."""
         if message[0] in ("ready", "fatal"):
             if self.loaded is not None and not self.loaded.done():
                 self.loaded.set_result(message)
             return
+        if message[0] == "output":
+            self.add_output(str(message[1]), str(message[2]))
+            return
         inbox = self.inboxes.get(message[1])
         if inbox is not None:
             inbox.put_nowait(message)
+
+    def add_output(self, stream: str, text: str) -> None:
+        if self.output_bytes + len(text) > OUTPUT_BUDGET:  # nobody is taking them: keep the newest call's worth
+            self.output_dropped += 1
+            return
+        self.output.append([stream, text])
+        self.output_bytes += len(text) + 16
+        if self.inboxes:
+            next(iter(self.inboxes.values())).put_nowait(("output",))
+
+    def take_output(self, budget: int) -> tuple[list[list[str]], int]:
+        """Lines to send now, at most ``budget`` bytes of them; the rest is dropped (and counted)."""
+        lines, used = [], 0
+        for stream, text in self.output:
+            if used + len(text) + 16 > budget:
+                self.output_dropped += 1
+                continue
+            lines.append([stream, text])
+            used += len(text) + 16
+        self.output, self.output_bytes = [], 0
+        if self.output_dropped:
+            lines.append(["stderr", f"[gpuflex] {self.output_dropped} more line(s) of output were not forwarded "
+                                    "(over the per-call output budget); the worker's log has them"])
+            self.output_dropped = 0
+        return lines, used
 
     async def ensure_loaded(self, request: dict[str, Any]) -> Payload | None:
         """Load (or hot-reload) the bundle the job names; return an error outcome when that fails."""
@@ -130,7 +141,6 @@ class HandlerState:
                 return None
             try:
                 root = await asyncio.to_thread(materialise_bundle, bundle)
-                await asyncio.to_thread(ensure_dependencies, list(request.get("dependencies", [])))
             except BundleMissing:
                 raise
             except BaseException as exc:
@@ -164,38 +174,96 @@ def _error_item(outcome: Payload, message: str) -> dict[str, str]:
     return {"error": json.dumps({OUTCOME_KEY: b64encode_payload(outcome), "message": message})}
 
 
-async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
+def _too_large(size: int, what: str) -> dict[str, str]:
+    error = ResultTooLarge(size, AGGREGATE_BUDGET, f"serverless ({what}: RunPod keeps at most ~10 MB per job)")
+    return _error_item(encode_error(error), str(error))
+
+
+class _Budget:
+    """What one job has yielded so far: RunPod keeps every item in the job's aggregated output (~10 MB at most)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+        self.output = 0
+
+    def split(self, key: str, data: bytes) -> list[dict[str, Any]] | None:
+        """``data`` as items under RunPod's 1 MB stream cap (``<key>_part`` pieces, then ``key``); None when
+        they would not fit in what is left of the job's aggregate."""
+        text = base64.b64encode(data).decode("ascii")
+        if self.used + len(text) + 64 > AGGREGATE_BUDGET:
+            return None
+        step = PART_BYTES * 4 // 3
+        pieces = [text[i:i + step] for i in range(0, len(text), step)] or [""]
+        self.used += len(text) + 32 * len(pieces)
+        return [{f"{key}_part": piece} for piece in pieces[:-1]] + [{key: pieces[-1]}]
+
+
+def _lines_item(budget: _Budget) -> dict[str, Any] | None:
+    if not _state.output and not _state.output_dropped:
+        return None
+    room = max(0, min(OUTPUT_BUDGET - budget.output, AGGREGATE_BUDGET // 4 - budget.output))
+    lines, used = _state.take_output(room)
+    budget.output += used
+    budget.used += used + 64
+    return {"lines": lines, "worker": os.environ.get("RUNPOD_POD_ID", "")} if lines else None
+
+
+async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Run one gpuflex call from a RunPod job, yielding the items described in :mod:`._protocol`."""
     request = (job.get("input") or {}).get("gpuflex")
     if not isinstance(request, dict) or request.get("version") != PROTOCOL_VERSION:
         yield {"error": f"not a gpuflex job (protocol {PROTOCOL_VERSION} expected): the input lacks 'gpuflex'"}
         return
-    try:
-        failure = await _state.ensure_loaded(request)
-    except BundleMissing as exc:
-        yield {"error": json.dumps({MISSING_KEY: str(exc), "message": f"this worker does not have bundle {exc}"})}
-        return
-    if failure is not None:
-        yield _error_item(failure, "the worker could not load the endpoint")
-        return
-    runtime = _state.runtime
-    assert runtime is not None
     call_id = str(job["id"])
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    _state.inboxes[call_id] = inbox
+    _state.inboxes[call_id] = inbox  # before loading: setup() prints go out with this job
+    budget = _Budget()
     try:
-        payload = b64decode_payload(request["payload"])
-        runtime.submit(call_id, payload)  # the runtime decodes the call itself (with the method from the payload)
+        try:
+            failure = await _state.ensure_loaded(request)
+        except BundleMissing as exc:
+            yield {"error": json.dumps({MISSING_KEY: str(exc), "message": f"this worker does not have bundle {exc}"})}
+            return
+        if (lines := _lines_item(budget)) is not None:
+            yield lines
+        if failure is not None:
+            yield _error_item(failure, "the worker could not load the endpoint")
+            return
+        runtime = _state.runtime
+        assert runtime is not None
+        async for item in _run_call(runtime, call_id, request, inbox, budget):
+            yield item
+    finally:
+        _state.inboxes.pop(call_id, None)
+
+
+async def _run_call(runtime: WorkerRuntime, call_id: str, request: dict[str, Any],
+                    inbox: asyncio.Queue[tuple[Any, ...]], budget: _Budget) -> AsyncIterator[dict[str, Any]]:
+    try:
+        runtime.submit(call_id, b64decode_payload(request["payload"]))  # the runtime decodes the call itself
         while True:
             message = await inbox.get()
+            if (lines := _lines_item(budget)) is not None:
+                yield lines
             if message[0] == "chunk":
-                yield {"chunk": b64encode_payload(message[2])}
+                items = budget.split("chunk", message[2].to_bytes())
+                if items is None:
+                    runtime.cancel(call_id)
+                    yield _too_large(budget.used + len(message[2].to_bytes()) * 4 // 3, "the streamed chunks")
+                    return
+                for item in items:
+                    yield item
                 continue
             if message[0] != "done":
                 continue
             _, _, status, outcome = message
             if status == "ok":
-                yield {"result": b64encode_payload(outcome)}
+                items = budget.split("result", outcome.to_bytes())
+                if items is None:
+                    yield _too_large(budget.used + len(outcome.to_bytes()) * 4 // 3, "the result")
+                    return
+                for item in items:
+                    yield item
             elif status == "error":
                 yield _error_item(outcome, "the function raised an exception")
             else:
@@ -208,8 +276,6 @@ async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
         if request.get("blocking"):
             asyncio.get_running_loop().call_later(0.05, os._exit, 75)
         raise
-    finally:
-        _state.inboxes.pop(call_id, None)
 
 
 def main() -> None:

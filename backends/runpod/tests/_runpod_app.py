@@ -36,3 +36,40 @@ PRIVATE_CACHE = os.environ.setdefault("GPUFLEX_TEST_PRIVATE_CACHE", tempfile.mkd
 @gpuflex.endpoint(name="rp_private_cache", max_workers=1, env={"GPUFLEX_RUNPOD_CACHE": PRIVATE_CACHE})
 def private_pid() -> int:
     return os.getpid()
+
+
+@gpuflex.endpoint(name="rp_blob", max_workers=1, timeout=60)
+def blob(size: int) -> bytes:
+    return b"x" * size
+
+
+@gpuflex.endpoint(name="rp_chunks", max_workers=1, timeout=60)
+def chunks(sizes: list[int]):
+    for size in sizes:
+        yield bytes([size % 251]) * size
+
+
+#: a local package whose build sleeps: installing it takes longer than the endpoint's timeout
+SLOW_PACKAGE = os.environ.setdefault("GPUFLEX_TEST_SLOW_PACKAGE", tempfile.mkdtemp(prefix="gpuflex-slowdep-"))
+
+
+@gpuflex.endpoint(name="rp_with_deps", max_workers=1, timeout=4,
+                  dependencies=[f"gpuflex-slowdep @ file://{SLOW_PACKAGE}"])
+def uses_slow_dependency() -> str:
+    import gpuflex_slowdep
+
+    return str(gpuflex_slowdep.VALUE)
+
+
+@gpuflex.endpoint(name="rp_talk", max_workers=1)
+async def talk(lines: list[str]) -> int:
+    """Hands lines to the worker's output channel as the core's output capture does (``("output", stream, text)``
+    through the runtime's send), so the transport is tested on its own."""
+    import asyncio
+
+    from gpuflex_runpod import worker
+
+    for text in lines:
+        worker._state.send(("output", "stdout", text))
+        await asyncio.sleep(0.05)
+    return len(lines)

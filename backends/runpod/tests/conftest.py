@@ -14,11 +14,21 @@ def emulator_key():
     return secrets.token_hex(12)
 
 
+#: every test endpoint attaches this (emulated) network volume: workers build their Python environment on it once
+#: per session, as endpoints sharing a volume do on RunPod; tests of a bare container disk set it to None
+TEST_VOLUME = "gpuflex-test-volume"
+
+
 @pytest.fixture(scope="session")
-def emulator_url(tmp_path_factory, emulator_key):
-    logs = tmp_path_factory.mktemp("emulator-logs")
-    cache = tmp_path_factory.mktemp("worker-cache")
-    with start_emulator(api_key=emulator_key, log_dir=logs, env={"GPUFLEX_RUNPOD_CACHE": str(cache)}) as url:
+def emulator_logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("emulator-logs")
+
+
+@pytest.fixture(scope="session")
+def emulator_url(emulator_logs, emulator_key):
+    """Workers start as on RunPod: from RunPod's image (emulated: a bare Python, uv and sh), bootstrapping RunPod's
+    SDK from the package index through a uv cache kept between sessions."""
+    with start_emulator(api_key=emulator_key, log_dir=emulator_logs) as url:
         yield url
 
 
@@ -28,7 +38,8 @@ def make_backend(emulator_url, emulator_key):
     with their warm workers (as a later run adopts leftovers)."""
 
     def make(**options):
-        settings = {"api_url": emulator_url, "api_key": emulator_key, "delete_on_close": False, **options}
+        settings = {"api_url": emulator_url, "api_key": emulator_key, "delete_on_close": False,
+                    "network_volume_id": TEST_VOLUME, **options}
         return RunPodBackend(RunPodConfig(**settings))
 
     return make

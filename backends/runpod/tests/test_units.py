@@ -170,19 +170,33 @@ def test_pacer_allows_a_one_second_burst_then_spaces_requests(monkeypatch):
     assert _errors.Pacer(per_second=0).per_second == 0  # 0 disables pacing
 
 
-def test_worker_installs_dependencies_only_when_missing(monkeypatch, tmp_path):
-    from gpuflex_runpod import worker
+def test_boot_knows_what_the_interpreter_already_has():
+    from gpuflex_runpod import _boot
 
-    monkeypatch.setenv("GPUFLEX_RUNPOD_CACHE", str(tmp_path))
-    assert worker._satisfied(["attrs>=20", "httpx"]) and not worker._satisfied(["attrs<1"])
-    assert not worker._satisfied(["surely-not-installed-gpuflex-probe"])
-    ran = []
-    monkeypatch.setattr(worker.subprocess, "run", lambda command, **kw: ran.append(command))
-    worker.ensure_dependencies(["attrs>=20"])  # satisfied: nothing to install
-    assert ran == []
-    worker.ensure_dependencies(["surely-not-installed-gpuflex-probe==1.0"])
-    worker.ensure_dependencies(["surely-not-installed-gpuflex-probe==1.0"])  # once per set: the marker remembers
-    assert len(ran) == 1 and ran[0][-1] == "surely-not-installed-gpuflex-probe==1.0"
+    assert _boot.satisfied("attrs>=20") and _boot.satisfied("httpx") and not _boot.satisfied("attrs<1")
+    assert not _boot.satisfied("surely-not-installed-gpuflex-probe")
+    assert not _boot.satisfied("gpuflex-probe @ file:///nowhere")
+
+
+def test_template_starts_from_a_public_image_with_a_quote_free_start_command():
+    import json
+
+    from gpuflex_runpod import _bootstrap
+    from gpuflex_runpod._control import endpoint_input
+
+    data = endpoint_input(echo.spec, RunPodConfig(api_key="k"), name="n", digest="d")
+    template = data["template"]
+    assert template["imageName"] == _bootstrap.DEFAULT_CPU_IMAGE and template["imageName"].startswith("runpod/")
+    args = template["dockerArgs"]
+    assert args.startswith("sh -c '") and args.endswith("'") and "'" not in args[7:-1]
+    env = {item["key"]: item["value"] for item in template["env"]}
+    assert json.loads(env["GPUFLEX_REQUIREMENTS"])[0] == "runpod==1.12.0"
+    assert env["RUNPOD_MIN_MEMORY_GB"] == "2"  # cpu3c-2-4: the SDK's 4 GB check would never pass
+    import base64
+    import gzip
+
+    assert gzip.decompress(base64.b64decode(env["GPUFLEX_BOOT"])) == Path(_bootstrap.__file__).with_name(
+        "_boot.py").read_bytes()
 
 
 def test_inline_bundle_unpacks_once_and_a_bare_hash_is_reported_missing(monkeypatch, tmp_path):

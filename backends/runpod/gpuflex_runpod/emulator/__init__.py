@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["Emulator", "build_app", "main", "start_emulator"]
 
 READY_LINE = "gpuflex RunPod emulator listening on "
+DEFAULT_PACKAGE_CACHE = Path.home() / ".cache" / "gpuflex" / "runpod-emulator" / "uv"
 
 
 class _EmulatorServer(uvicorn.Server):
@@ -57,14 +58,16 @@ class _EmulatorServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(*, host: str, port: int, api_key: str, log_dir: Path, worker_command: list[str] | None) -> None:
+def serve(*, host: str, port: int, api_key: str, log_dir: Path, worker_command: list[str] | None,
+          images: dict[str, Path] | None = None, package_cache: Path | None = None) -> None:
     """Bind, print the ready line with the real port, and serve until interrupted."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)  # accept connections from the moment the ready line is printed
     base_url = f"http://{host}:{sock.getsockname()[1]}"
-    emulator = Emulator(api_key=api_key, base_url=base_url, log_dir=log_dir, worker_command=worker_command)
+    emulator = Emulator(api_key=api_key, base_url=base_url, log_dir=log_dir, worker_command=worker_command,
+                        images=images, package_cache=package_cache)
     config = uvicorn.Config(build_app(emulator), log_level="warning", timeout_graceful_shutdown=1,
                             timeout_keep_alive=30)
     server = _EmulatorServer(config, emulator)
@@ -84,9 +87,19 @@ def main(argv: list[str] | None = None) -> None:
                              "printed once)")
     parser.add_argument("--log-dir", type=Path, default=None, help="where worker logs go (default: a temp dir)")
     parser.add_argument("--worker-command", default=None,
-                        help="the command a worker runs when the template has no dockerArgs "
-                             "(default: python -m gpuflex_runpod.worker)")
+                        help="the command a worker runs when the template has no dockerArgs (the image's CMD; "
+                             "default: python -m gpuflex_runpod.worker with the emulator's own Python)")
+    parser.add_argument("--image", action="append", default=[], metavar="NAME=DIR",
+                        help="an image workers may use: DIR/bin (or DIR) is their PATH (repeatable)")
+    parser.add_argument("--package-cache", type=Path, default=DEFAULT_PACKAGE_CACHE,
+                        help=f"the uv cache workers install packages through (default {DEFAULT_PACKAGE_CACHE})")
     args = parser.parse_args(argv)
+    images = {}
+    for item in args.image:
+        name, sep, where = item.partition("=")
+        if not sep:
+            parser.error(f"--image takes NAME=DIR, not {item!r}")
+        images[name] = Path(where)
     api_key = args.api_key
     if not api_key:
         api_key = secrets.token_urlsafe(18)
@@ -94,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="gpuflex-runpod-emulator-"))
     command = shlex.split(args.worker_command) if args.worker_command else None
     try:
-        serve(host=args.host, port=args.port, api_key=api_key, log_dir=log_dir, worker_command=command)
+        serve(host=args.host, port=args.port, api_key=api_key, log_dir=log_dir, worker_command=command,
+              images=images, package_cache=args.package_cache)
     except KeyboardInterrupt:
         pass
 
@@ -109,11 +123,17 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def start_emulator(*, api_key: str, log_dir: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run the emulator in a child process on a free loopback port; yield its base URL; stop it afterwards."""
+def start_emulator(*, api_key: str, log_dir: Path | None = None, env: dict[str, str] | None = None,
+                   images: dict[str, Path] | None = None, package_cache: Path | None = None) -> Iterator[str]:
+    """Run the emulator in a child process on a free loopback port; yield its base URL; stop it afterwards.
+    ``env`` is the emulator's own environment (its workers get a fresh one)."""
     command = [sys.executable, "-m", "gpuflex_runpod.emulator", "--port", "0", "--api-key", api_key]
     if log_dir is not None:
         command += ["--log-dir", str(log_dir)]
+    if package_cache is not None:
+        command += ["--package-cache", str(package_cache)]
+    for name, where in (images or {}).items():
+        command += ["--image", f"{name}={where}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
                                start_new_session=True, preexec_fn=_die_with_parent)
     try:

@@ -27,6 +27,11 @@ __all__ = ["build_app"]
 
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod: 10 MB per /run request, 20 MB per /runsync
 RUNSYNC_LIMIT_BYTES = 20 * 1024 * 1024
+# What a worker may send back. RunPod: "Maximum size for a single streamed payload chunk is 1 MB"; a job's result
+# (the aggregated stream included) is held to the 10 MB payload limit, and job-done answers 400 past it (the SDK
+# only logs that, and the job stays IN_PROGRESS until its execution timeout).
+STREAM_ITEM_LIMIT_BYTES = 1_000_000
+RESULT_LIMIT_BYTES = 10_000_000
 LONG_POLL_SECONDS = 5.0
 STREAM_HOLD_SECONDS = 1.0
 _WORKER_ROUTE = re.compile(r"/(job-take|job-take-batch|job-done|job-stream|job-stop|ping)/")
@@ -207,9 +212,10 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
     def worker_of(endpoint_id: str, worker_id: str, request: Request) -> EmulatedWorker | None:
         endpoint = endpoint_or_none(endpoint_id)
         worker = endpoint.workers.get(worker_id) if endpoint else None
-        if worker is None or _key_of(request) != worker.key:
+        if endpoint is None or worker is None or _key_of(request) != worker.key:
             return None
-        worker.state = "ready"
+        if worker.state != "ready":
+            worker.state, endpoint.crashes = "ready", 0
         return worker
 
     async def take(endpoint_id: str, worker_id: str, request: Request, count: int) -> list[dict[str, Any]] | None:
@@ -237,8 +243,11 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
         jobs = await take(endpoint_id, worker_id, request, max(1, batch_size))
         return JSONResponse(jobs) if jobs else Response(status_code=204)
 
-    async def result_body(request: Request) -> dict[str, Any]:
-        data = json.loads(await request.body())  # JSON, although the SDK labels it form-encoded
+    async def result_body(request: Request, limit: int) -> dict[str, Any] | JSONResponse:
+        raw = await request.body()
+        if len(raw) > limit:
+            return _error(400, f"Bad Request: the body of {len(raw)} bytes is over the {limit:,}-byte limit")
+        data = json.loads(raw)  # JSON, although the SDK labels it form-encoded
         return data if isinstance(data, dict) else {"output": data}
 
     @app.post("/v2/{endpoint_id}/job-done/{worker_id}/{job_id}")
@@ -246,7 +255,10 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
         worker, job = worker_of(endpoint_id, worker_id, request), emu.jobs.get(job_id)
         if worker is None or job is None:
             return _error(404, "unknown worker or job")
-        emu.job_done(worker, job, await result_body(request))
+        body = await result_body(request, RESULT_LIMIT_BYTES)
+        if isinstance(body, JSONResponse):
+            return body
+        emu.job_done(worker, job, body)
         return JSONResponse({})
 
     @app.post("/v2/{endpoint_id}/job-stream/{worker_id}/{job_id}")
@@ -254,7 +266,9 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
         worker, job = worker_of(endpoint_id, worker_id, request), emu.jobs.get(job_id)
         if worker is None or job is None:
             return _error(404, "unknown worker or job")
-        body = await result_body(request)
+        body = await result_body(request, STREAM_ITEM_LIMIT_BYTES)
+        if isinstance(body, JSONResponse):
+            return body
         if job.status == "IN_PROGRESS" and job.worker_id == worker.id and "output" in body:
             job.stream.append(body["output"])
             job.changed.notify()

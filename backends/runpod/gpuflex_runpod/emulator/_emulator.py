@@ -7,6 +7,7 @@ import functools
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ._images import Images, flavour_memory_failure, fresh_env
 from ._state import TERMINAL, EmulatedEndpoint, EmulatedJob, EmulatedWorker, new_job_id
 
 if TYPE_CHECKING:
@@ -55,10 +57,14 @@ class Emulator:
     """RunPod Serverless on this machine. ``base_url`` is where workers reach the webhooks (``http://host:port``)."""
 
     def __init__(self, *, api_key: str, base_url: str, log_dir: Path, worker_command: list[str] | None = None,
-                 stop_grace: float = STOP_GRACE_SECONDS) -> None:
+                 stop_grace: float = STOP_GRACE_SECONDS, images: dict[str, Path] | None = None,
+                 package_cache: Path | None = None, volumes: Path | None = None) -> None:
         self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.log_dir = log_dir
+        self.images = Images(log_dir / "images", images)
+        self.package_cache = package_cache
+        self.volumes = volumes or log_dir / "volumes"  # one directory per network volume id
         self.worker_command = worker_command or [sys.executable, "-m", "gpuflex_runpod.worker"]
         self.stop_grace = stop_grace
         self.endpoints: dict[str, EmulatedEndpoint] = {}
@@ -147,8 +153,11 @@ class Emulator:
         assert self.task_group is not None, "the emulator is not running"
         self.task_group.start_soon(func, *args)
 
-    def _worker_env(self, endpoint: EmulatedEndpoint, worker: EmulatedWorker) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    def _worker_env(self, endpoint: EmulatedEndpoint, worker: EmulatedWorker, path: Path) -> dict[str, str]:
+        """A fresh container's environment (see :mod:`._images`), the template's env, and RunPod's variables."""
+        volume_id = endpoint.settings.get("networkVolumeId")
+        env = fresh_env(path, self.log_dir / "containers" / worker.id, self.package_cache,
+                        self.volumes / str(volume_id) if volume_id else None)
         env.update({str(item["key"]): str(item["value"]) for item in endpoint.template.get("env") or []})
         v2 = f"{self.base_url}/v2/{endpoint.id}"
         env.update({
@@ -176,14 +185,25 @@ class Emulator:
     async def _run_worker(self, endpoint: EmulatedEndpoint, worker: EmulatedWorker) -> None:
         args = endpoint.template.get("dockerArgs") or ""
         command = shlex.split(args) if args.strip() else self.worker_command
+        path, note = await anyio.to_thread.run_sync(self.images.bin_for, str(endpoint.template.get("imageName")))
+        env = self._worker_env(endpoint, worker, path)
         if sys.platform == "linux":  # the worker dies with the emulator, however the emulator ends
             command = [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), *command]
+            if not os.path.isabs(command[4]):  # the image's program, as the container would find it
+                command[4] = shutil.which(command[4], path=env["PATH"]) or command[4]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{endpoint.id}-{worker.id}.log"
         code: int | None = None
         try:
             with open(log_path, "ab") as log:  # noqa: ASYNC230 - opened once per worker process
-                process = await anyio.open_process(command, env=self._worker_env(endpoint, worker), stdin=None,
+                failure = flavour_memory_failure(endpoint.settings, env)
+                for line in (note, failure):
+                    if line:
+                        log.write(f"{line}\n".encode())
+                if failure:
+                    code = 1
+                    return
+                process = await anyio.open_process(command, env=env, stdin=None,
                                                    stdout=log, stderr=log, start_new_session=True)
                 worker.process = process
                 self.worker_pids[worker.id] = process.pid
@@ -197,6 +217,12 @@ class Emulator:
     def _worker_gone(self, endpoint: EmulatedEndpoint, worker: EmulatedWorker, code: int | None) -> None:
         endpoint.workers.pop(worker.id, None)
         self.worker_pids.pop(worker.id, None)
+        shutil.rmtree(self.log_dir / "containers" / worker.id, ignore_errors=True)  # its container disk
+        if worker.state == "initializing" and not worker.stopping:  # died before asking for work: back off
+            endpoint.crashes += 1
+            endpoint.restart_at = time.monotonic() + min(10.0, 0.5 * 2 ** endpoint.crashes)
+        worker.stopping = True  # a job-take it still has open must not hand it a job now
+        worker.stop_signal.notify()
         for job_id in worker.jobs:
             job = self.jobs.get(job_id)
             if job is not None and job.status == "IN_PROGRESS":
@@ -244,6 +270,8 @@ class Emulator:
                 worker.stopping = True
                 self._spawn(self.stop_worker, worker)
             missing = endpoint.wanted_workers(self.jobs, now) - len(endpoint.live_workers())
+            if now < endpoint.restart_at:  # workers crash at start: RunPod retries them less and less often
+                continue
             for _ in range(max(0, missing)):
                 self.start_worker(endpoint)
 
@@ -275,7 +303,7 @@ class Emulator:
                 "ready": sum(1 for w in live if w.state == "ready"),
                 "running": sum(1 for w in live if w.jobs),
                 "throttled": 0,
-                "unhealthy": 0,
+                "unhealthy": endpoint.crashes,
             },
         }
 

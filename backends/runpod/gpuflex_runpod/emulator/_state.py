@@ -99,6 +99,8 @@ class EmulatedEndpoint:
     completed: int = 0
     failed: int = 0
     retried: int = 0
+    crashes: int = 0  # workers in a row that died before asking for a job (reset when one asks)
+    restart_at: float = 0.0
     changed: Notifier = attrs.field(factory=Notifier)
 
     # -- settings, with RunPod's defaults for what the caller left out ------------------------------------------
