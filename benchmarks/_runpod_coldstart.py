@@ -49,7 +49,7 @@ def main() -> None:
     key = secrets.token_hex(8)
     work = Path(tempfile.mkdtemp(prefix="gpuflex-coldstart-"))
     image = baked_image(work / "baked")
-    modes = {"bootstrap": {"network_volume_id": None}, "volume": {"network_volume_id": "bench-volume"},
+    modes = {"bootstrap": {"network_volume_id": None}, "volume": {"network_volume_id": "emuvol0001"},
              "baked": {"image": "gpuflex/baked:py", "network_volume_id": None}}
     with start_emulator(api_key=key, log_dir=work / "logs", images={"gpuflex/baked:py": image}) as url:
         timings: dict[str, list[float]] = {mode: [] for mode in modes}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import math
 import shutil
 import time
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RunPodBackend"]
 
-output_logger = logging.getLogger("gpuflex.worker")
 
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod's limit on one /run request body
 _STATUSES = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING, "RUNNING": JobStatus.RUNNING,
@@ -91,6 +89,7 @@ class RunPodBackend(Backend):
     config_cls: ClassVar[type[Any]] = RunPodConfig
     capabilities: ClassVar[Mapping[str, str | None]] = {
         "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
+        "worker_output": None,
     }
     # a payload travels base64-encoded (4/3 larger) inside a /run body of at most 10 MB
     max_payload_bytes: ClassVar[int | None] = RUN_LIMIT_BYTES * 3 // 4 - 256 * 1024
@@ -360,11 +359,7 @@ class RunPodBackend(Backend):
                 job.chunks.send_nowait(Payload.from_bytes(data))
 
     def _worker_output(self, endpoint: str, worker: str, stream: str, text: str) -> None:
-        emit = getattr(self.events, "worker_output", None)
-        if emit is not None:
-            emit(endpoint, worker, stream, text)
-        else:
-            output_logger.info("[%s %s %s] %s", endpoint, worker, stream, text)
+        self.events.worker_output(endpoint, worker, stream, text)
 
     def _forget(self, handle: str) -> None:
         job = self.jobs.pop(handle, None)

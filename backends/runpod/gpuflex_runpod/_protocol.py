@@ -153,7 +153,7 @@ def parse_error(error: Any) -> tuple[Payload | None, str]:
     if isinstance(data, dict) and isinstance(data.get(OUTCOME_KEY), str):
         return b64decode_payload(data[OUTCOME_KEY]), str(data.get("message", ""))
     if isinstance(data, dict) and isinstance(data.get(MISMATCH_KEY), dict):
-        from gpuflex._envelope import encode_error
+        from gpuflex.worker import encode_error
 
         found = data[MISMATCH_KEY]
         error = WorkerPythonMismatch("Python", str(found.get("caller")), f"{found.get('worker')} (the RunPod image "

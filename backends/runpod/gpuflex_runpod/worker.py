@@ -21,7 +21,9 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +83,10 @@ class BundleMissing(Exception):
     """The job named a bundle by hash only, and this worker does not have it: the client resends it inline."""
 
 
+#: how RunPod's worker loop (SDK 1.12) prints its own log lines: they stay in the worker's log
+_SDK_LINES = ('{"requestId": ', "--- Starting Serverless Worker")
+
+
 class HandlerState:
     """One endpoint's runtime in this worker process, and the messages of the calls it runs."""
 
@@ -93,16 +99,25 @@ class HandlerState:
         self.output: list[list[str]] = []  # printed lines and log records not yet sent with a job
         self.output_bytes = 0
         self.output_dropped = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread: int | None = None
 
     def send(self, message: tuple[Any, ...]) -> None:
-        """The runtime's outgoing messages (always on this loop): per-call ones go to the call's inbox; output
-        lines wait for the oldest running call to carry them (or for the next call)."""
+        """The runtime's outgoing messages: per-call ones go to the call's inbox; output lines (printed from any
+        thread) wait for the oldest running call to carry them, or for the next call."""
+        if message[0] == "output":
+            if self.loop is not None and threading.get_ident() != self.loop_thread:
+                self.loop.call_soon_threadsafe(self.send, message)
+                return
+            stream, text = str(message[1]), str(message[2])
+            if stream == "stdout" and text.startswith(_SDK_LINES):  # RunPod's worker loop logging: its log only
+                print(text, file=sys.__stdout__, flush=True)
+                return
+            self.add_output(stream, text)
+            return
         if message[0] in ("ready", "fatal"):
             if self.loaded is not None and not self.loaded.done():
                 self.loaded.set_result(message)
-            return
-        if message[0] == "output":
-            self.add_output(str(message[1]), str(message[2]))
             return
         inbox = self.inboxes.get(message[1])
         if inbox is not None:
@@ -135,6 +150,8 @@ class HandlerState:
 
     async def ensure_loaded(self, request: dict[str, Any]) -> Payload | None:
         """Load (or hot-reload) the bundle the job names; return an error outcome when that fails."""
+        if self.loop is None:
+            self.loop, self.loop_thread = asyncio.get_running_loop(), threading.get_ident()
         bundle = request["bundle"]
         async with self.lock:
             if self.runtime is not None and self.bundle_hash == bundle["hash"]:

@@ -16,7 +16,7 @@ def emulator_key():
 
 #: every test endpoint attaches this (emulated) network volume: workers build their Python environment on it once
 #: per session, as endpoints sharing a volume do on RunPod; tests of a bare container disk set it to None
-TEST_VOLUME = "gpuflex-test-volume"
+TEST_VOLUME = "emuvol0001"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from gpuflex_runpod import RunPodBackend, RunPodConfig
 
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _runpod_app by reference, from the bundle

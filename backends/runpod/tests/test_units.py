@@ -184,7 +184,8 @@ def test_template_starts_from_a_public_image_with_a_quote_free_start_command():
     from gpuflex_runpod import _bootstrap
     from gpuflex_runpod._control import endpoint_input
 
-    data = endpoint_input(echo.spec, RunPodConfig(api_key="k"), name="n", digest="d")
+    config = RunPodConfig(api_key="k", cpu_instance="cpu3c-2-4")
+    data = endpoint_input(echo.spec, config, name="n", digest="d", hardware={"instanceIds": ["cpu3c-2-4"]}, disk_gb=20)
     template = data["template"]
     assert template["imageName"] == _bootstrap.DEFAULT_CPU_IMAGE and template["imageName"].startswith("runpod/")
     args = template["dockerArgs"]
@@ -192,6 +193,9 @@ def test_template_starts_from_a_public_image_with_a_quote_free_start_command():
     env = {item["key"]: item["value"] for item in template["env"]}
     assert json.loads(env["GPUFLEX_REQUIREMENTS"])[0] == "runpod==1.12.0"
     assert env["RUNPOD_MIN_MEMORY_GB"] == "2"  # cpu3c-2-4: the SDK's 4 GB check would never pass
+    eight = endpoint_input(echo.spec, RunPodConfig(api_key="k"), name="n", digest="d",
+                           hardware={"instanceIds": ["cpu3g-2-8"]}, disk_gb=20)
+    assert "RUNPOD_MIN_MEMORY_GB" not in {item["key"] for item in eight["template"]["env"]}
     import base64
     import gzip
 

@@ -15,7 +15,7 @@ import pytest
 from gpuflex_runpod import _bootstrap, _control
 
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _runpod_app by reference, from the bundle
@@ -44,9 +44,9 @@ def test_a_broken_environment_on_the_volume_is_built_again(make_backend, emulato
                                                             emulator_logs):
     """The marker that says an environment is complete lives inside it: packages gone from under it (a volume
     cleaned by hand, a half-copied directory) make the next worker build it again instead of failing."""
-    with backend_in_use(lambda: make_backend(network_volume_id="gpuflex-heal-volume", name_prefix="gpuflex-heal-")):
+    with backend_in_use(lambda: make_backend(network_volume_id="emuvol0002", name_prefix="gpuflex-heal-")):
         first = app.cold()
-        envs = emulator_logs / "volumes" / "gpuflex-heal-volume" / ".cache" / "gpuflex" / "runpod" / "envs"
+        envs = emulator_logs / "volumes" / "emuvol0002" / ".cache" / "gpuflex" / "runpod" / "envs"
         (env,) = [p for p in envs.iterdir() if not p.name.startswith(".")]
         assert (env / "gpuflex-env.json").is_file()
         (package,) = env.glob("lib/python*/site-packages/runpod")

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["ControlPlane"]
 
 USER_ID = "user_emulated"
-NETWORK_VOLUMES = [{"id": "emuvol0001", "name": "emulated-volume", "size": 10, "dataCenterId": "EU-RO-1"}]
+NETWORK_VOLUMES = [{"id": "emuvol0001", "name": "emulated-volume", "size": 10, "dataCenterId": "EU-RO-1"},
+                   {"id": "emuvol0002", "name": "emulated-volume-2", "size": 10, "dataCenterId": "EU-RO-1"}]
 _STRUCTURAL = ("gpuIds", "instanceIds", "flashBootType", "gpuCount", "allowedCudaVersions", "minCudaVersion",
                "networkVolumeId", "networkVolumeIds", "locations")
 
