@@ -248,6 +248,10 @@ async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
 
 
 def stage_two(boot_path: str) -> None:
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         import runpod
     except ImportError as exc:  # the environment lost its packages: build it again, once
@@ -259,6 +263,10 @@ def stage_two(boot_path: str) -> None:
         python = os.environ["GPUFLEX_BOOT_PYTHON"]
         os.execv(python, [python, boot_path])
     os.environ["GPUFLEX_IN_WORKER"] = "1"
+    # importing RunPod's SDK configures the root logger (logging.basicConfig in its upload helper): undo it, so the
+    # function's log records reach gpuflex's output capture as they would in a plain Python process
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
     concurrency = max(1, int(os.environ.get("GPUFLEX_CONCURRENCY", "1")))
     runpod.serverless.start({

@@ -82,7 +82,7 @@ def _template_env(spec: EndpointSpec, config: RunPodConfig, deploy_hash: str) ->
         raise ConfigError(f"endpoint {spec.name!r} needs the secret(s) {', '.join(missing)}, which are not set in "
                           "this environment; export them before deploying")
     env.update({name: os.environ[name] for name in spec.secrets})
-    env["GPUFLEX_CONCURRENCY"] = str(spec.concurrency)
+    env["GPUFLEX_CONCURRENCY"] = str(spec.calls_per_worker)  # batched endpoints: a batch's worth of jobs at once
     env[DEPLOY_HASH_ENV] = deploy_hash
     return [{"key": key, "value": value} for key, value in sorted(env.items())]
 
