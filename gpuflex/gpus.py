@@ -15,7 +15,7 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["CATALOG", "GPU", "GpuModel", "parse_gpu"]
+__all__ = ["CATALOG", "GPU", "GpuModel", "identify_gpu", "parse_gpu"]
 
 
 @attrs.frozen(kw_only=True)
@@ -81,6 +81,42 @@ for _model in CATALOG.values():
     _FAMILIES[_model.family.upper()] += (_model.name,)
 
 
+def _tokens(text: str) -> str:
+    return " " + " ".join(text.upper().replace("-", " ").replace("_", " ").split()) + " "
+
+
+def identify_gpu(device_name: str, memory_mib: int | None = None) -> str | None:
+    """The portable name of a device as its driver names it (``nvidia-smi``'s ``name``), or ``None`` for a model
+    the catalog does not know.
+
+    ``"NVIDIA A100-SXM4-80GB"`` -> ``"A100-80GB"``, ``"Tesla T4"`` -> ``"T4"``, ``"NVIDIA H100 PCIe"`` -> ``"H100"``
+    (every H100 form factor counts as an H100). Where a model comes in several memory sizes, a size in the name
+    (``80GB``) or else ``memory_mib`` picks one.
+    """
+    text = device_name.strip()
+    for model in CATALOG.values():
+        if text.lower() == model.runpod_id.lower():
+            return model.name
+    spaced = _tokens(text)
+    best: tuple[str, str] | None = None
+    for model in CATALOG.values():
+        for key in (model.name, *model.aliases):
+            if _tokens(key) in spaced and (best is None or len(key) > len(best[1])):
+                best = (model.name, key)
+    if best is None:
+        return None
+    base = best[0].rsplit("-", 1)[0] if best[0].endswith("GB") else best[0]
+    sizes = [m for m in CATALOG.values() if m.name.startswith(f"{base}-") and m.name.endswith("GB")]
+    if not sizes:
+        return best[0]
+    for model in sizes:
+        if f" {model.memory_gb}GB " in spaced:
+            return model.name
+    if memory_mib:
+        return min(sizes, key=lambda m: abs(m.memory_gb * 1024 - memory_mib)).name
+    return best[0]
+
+
 def _resolve_name(text: str) -> tuple[str, ...]:
     key = text.strip().upper().replace(" ", "-")
     if key == "ANY":
@@ -91,6 +127,9 @@ def _resolve_name(text: str) -> tuple[str, ...]:
         return _POOLS[key.replace("-", "_")]
     if key in _FAMILIES:
         return _FAMILIES[key]
+    identified = identify_gpu(text)
+    if identified is not None:  # a name as a driver prints it ("NVIDIA A100-SXM4-80GB", "Tesla T4")
+        return (identified,)
     known = ", ".join(sorted(CATALOG))
     raise ConfigError(
         f"unknown GPU {text!r}; use a portable name ({known}), 'any', a RunPod pool such as 'ADA_24', "

@@ -184,3 +184,55 @@ def test_every_spelling_of_a_count_parses(name, count):
 def test_str_round_trips_for_several_models(names, count):
     gpu = GPU(names, count)
     assert parse_gpu(str(gpu)) == gpu
+
+
+# What nvidia-smi's ``name`` (with ``memory.total`` in MiB) prints on real machines, as published in provider docs,
+# vendor spec sheets and users' nvidia-smi output; None: a model the catalog does not have.
+DRIVER_NAMES = [
+    ("NVIDIA A100-SXM4-80GB", 81920, "A100-80GB"),  # RunPod, Lambda, GCP a2-ultragpu
+    ("NVIDIA A100-SXM4-40GB", 40960, "A100-40GB"),  # GCP a2-highgpu, AWS p4d
+    ("NVIDIA A100-PCIE-40GB", 40960, "A100-40GB"),
+    ("NVIDIA A100 80GB PCIe", 81920, "A100-80GB"),
+    ("NVIDIA A100-SXM-80GB", 81920, "A100-80GB"),
+    ("A100-SXM4-40GB", 40536, "A100-40GB"),  # drivers before R470 printed no "NVIDIA"
+    ("NVIDIA H100 80GB HBM3", 81559, "H100"),  # SXM5
+    ("NVIDIA H100 PCIe", 81559, "H100"),
+    ("NVIDIA H100 NVL", 95830, "H100"),
+    ("NVIDIA H200", 143771, "H200"),
+    ("NVIDIA B200", 183359, "B200"),
+    ("NVIDIA A10G", 23028, "A10"),  # AWS g5
+    ("NVIDIA A10", 23028, "A10"),  # Lambda, OCI
+    ("Tesla T4", 15360, "T4"),  # AWS g4dn, GCP, Colab
+    ("NVIDIA L4", 23034, "L4"),
+    ("NVIDIA L40S", 46068, "L40S"),
+    ("NVIDIA L40", 46068, "L40"),
+    ("NVIDIA RTX A6000", 49140, "A6000"),
+    ("NVIDIA RTX 6000 Ada Generation", 49140, "RTX6000-ADA"),
+    ("NVIDIA GeForce RTX 4090", 24564, "RTX4090"),
+    ("NVIDIA GeForce RTX 3090", 24576, "RTX3090"),
+    ("NVIDIA GeForce RTX 5090", 32607, "RTX5090"),
+    ("NVIDIA RTX PRO 6000 Blackwell Server Edition", 97887, "RTX-PRO-6000"),
+    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", 97887, "RTX-PRO-6000"),
+    ("NVIDIA GH200 480GB", 97871, None),
+    ("Tesla V100-SXM2-16GB", 16160, None),
+    ("NVIDIA GB10", None, None),  # DGX Spark: memory.total is [N/A]
+]
+
+
+@pytest.mark.parametrize(("device", "memory_mib", "portable"), DRIVER_NAMES, ids=[d[0] for d in DRIVER_NAMES])
+def test_driver_names_identify_the_model(device, memory_mib, portable):
+    from gpuflex._gpus import identify_gpu
+
+    assert identify_gpu(device, memory_mib) == portable
+    if portable is not None:  # and an endpoint may ask for the model by that very name
+        assert GPU(device).choices == (portable,)
+    else:
+        with pytest.raises(ConfigError, match="unknown GPU"):
+            GPU(device)
+
+
+def test_memory_decides_between_sizes_when_the_name_does_not():
+    from gpuflex._gpus import identify_gpu
+
+    assert identify_gpu("NVIDIA A100-SXM4", 81251) == "A100-80GB"
+    assert identify_gpu("NVIDIA A100-SXM4", 40536) == "A100-40GB"
