@@ -48,6 +48,10 @@ class WorkerPoolBackend(Backend, abc.ABC):
     prefetch: int | None = None
     #: a redeploy with unchanged process settings loads new code in the running workers
     reload_in_place: bool = True
+    #: bytes the worker command prints before its frames (a remote login shell may print first: skipped)
+    worker_preamble: bytes = b""
+    #: seconds a command with a ``worker_preamble`` has to print it before its start fails
+    preamble_timeout: float = 60.0
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)

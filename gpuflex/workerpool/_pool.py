@@ -239,7 +239,8 @@ class EndpointPool:
         try:
             command, env = await self.backend.worker_command(self.spec, worker)
             await worker.start(command, env, self.backend.worker_cwd(self.bundle), self.init_spec(worker),
-                               route_frame)
+                               route_frame, preamble=self.backend.worker_preamble,
+                               preamble_timeout=self.backend.preamble_timeout)
         except StartFailed as exc:
             if self.backend.retry_start(worker, exc):  # a passing fault (a connection to re-establish)
                 worker.pool._worker_gone(worker, exc.reason)  # the queue stays; kick() starts another

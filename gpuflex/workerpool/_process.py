@@ -82,13 +82,31 @@ class WorkerProcess:
         return self.concurrency + self.prefetch - len(self.active)
 
     async def start(self, command: list[str], env: Mapping[str, str], cwd: str, init: dict[str, Any],
-                    on_frame: FrameHandler) -> None:
-        """Start the process and wait for it to report ready (after imports and ``setup()``)."""
+                    on_frame: FrameHandler, *, preamble: bytes = b"", preamble_timeout: float = 60.0) -> None:
+        """Start the process and wait for it to report ready (after imports and ``setup()``).
+
+        With a ``preamble`` (bytes the command prints before the worker's frames), whatever comes before it is
+        skipped, and a command that has not printed it within ``preamble_timeout`` seconds is killed.
+        """
         self.channel = await start_worker_process(
-            command, env=env, cwd=cwd, on_frame=lambda frame: on_frame(self, frame), use_shm=self.use_shm
+            command, env=env, cwd=cwd, on_frame=lambda frame: on_frame(self, frame), use_shm=self.use_shm,
+            preamble=preamble,
         )
         self.info.pid = self.channel.pid
         self.channel.send(("init", init))
+        if preamble:
+            with anyio.move_on_after(preamble_timeout):
+                await self.channel.preamble_seen
+            if not self.channel.preamble_seen.done() or not self.channel.preamble_seen.result():
+                if self.channel.preamble_seen.done():
+                    await self.channel.closed.wait()
+                    how = describe_exit(self.channel.returncode)
+                else:
+                    self.kill()
+                    how = f"it did not start within {preamble_timeout:g} s"
+                skipped = bytes(self.channel.parser.skipped[:500]).decode(errors="replace").strip()
+                raise StartFailed(f"the worker's command never began its output: {how}"
+                                  + (f"; it printed {skipped!r} instead" if skipped else ""))
         frame = await self.channel.first_frame
         if frame is None:
             await self.channel.closed.wait()

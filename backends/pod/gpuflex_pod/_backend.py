@@ -2,7 +2,7 @@
 
 Nothing is installed on a host beforehand: the first deploy probes it (Python, GPUs, CPUs), pushes gpuflex's own
 runtime and the bundle as content-addressed files, and makes an environment per dependency set when one is
-needed. A worker is ``ssh host "cd ... && exec python -m gpuflex.runtime"`` on the host's shared
+needed. A worker is ``ssh host "cd ... && exec python -m gpuflex._worker_entry"`` on the host's shared
 connection, speaking frames over the SSH channel: no open ports. It leads its own process group and takes it down
 when its SSH session ends, so a dropped connection leaves nothing running.
 """
@@ -13,7 +13,8 @@ import contextlib
 import functools
 import os
 import shlex
-import tempfile
+import shutil
+import sys
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -22,13 +23,18 @@ import anyio
 import attrs
 
 from gpuflex import Bundle, EndpointSpec, Price
+from gpuflex._envelope import PYTHON_VERSION
+from gpuflex._gpus import identify_gpu
+from gpuflex._models import WorkerState
+from gpuflex._worker import OWN_GROUP_ENV
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
-from gpuflex.worker import OWN_GROUP_ENV, PYTHON_VERSION, RUNTIME_MODULE, worker_init
+from gpuflex.worker import worker_init
 from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, WorkerProcess
 
 from ._config import PodConfig
-from ._prices import host_hourly_rate, portable_gpu_name
+from ._prices import host_hourly_rate
 from ._remote import RemoteHost, TreeFile, runtime_tree
+from ._ssh import MARKER, control_dir
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -59,12 +65,17 @@ class PodBackend(WorkerPoolBackend):
         "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
     }
     config: PodConfig
+    worker_preamble = MARKER  # every remote command prints it first: a login shell's banner is skipped
 
     def __init__(self, config: PodConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)  # cheap, no I/O: hosts are checked and reached at the first deploy
         self.reload_in_place = self.config.reload_in_place
-        self._control_dir = tempfile.mkdtemp(prefix="gpf-ssh-")  # short: socket paths have a length limit
+        self.preamble_timeout = self.config.start_timeout
+        # short, private: control socket paths have a length limit (none on Windows, refused at the first deploy)
+        self._control_dir = None if sys.platform == "win32" else control_dir()
         self.hosts = [RemoteHost(spec, self.config, self._control_dir) for spec in self.config.hosts]
+        self._remote_pids: dict[str, int] = {}  # worker id -> its pid on its host, once it is ready
+        self._workers: dict[str, WorkerProcess] = {}  # worker id -> the worker, while placed
         self._placed: dict[str, RemoteHost] = {}
         self._bundle_paths: dict[tuple[str, str], str] = {}  # (host, bundle hash) -> path there
         self._runtime_paths: dict[str, str] = {}  # host -> runtime path there
@@ -91,36 +102,45 @@ class PodBackend(WorkerPoolBackend):
             warnings.warn(f"pod host {label} is left out: {exc}", GpuflexWarning, stacklevel=2)
         return live
 
+    @staticmethod
+    def _model_filter(spec: EndpointSpec) -> Callable[[str | None], bool]:
+        """Which GPU models (portable names; ``None`` for one the catalog lacks) serve ``spec``."""
+        if spec.gpu is None or spec.gpu.is_any:
+            return lambda model: True
+        choices = set(spec.gpu.choices)
+        return lambda model: model in choices
+
     def _eligible(self, host: RemoteHost, spec: EndpointSpec) -> bool:
-        if spec.gpu is None or spec.gpu.is_any or not host.facts or not host.facts["gpus"]:
-            return True
-        names = {portable_gpu_name(g["name"]) for g in host.facts["gpus"]}
-        return bool(names & set(spec.gpu.choices)) or names == {None}
+        if spec.gpu is None or spec.gpu.is_any or not host.facts or not host.gpu_models:
+            return True  # no GPU asked for, any will do, or GPUs declared with gpus= (their model unknown)
+        accept = self._model_filter(spec)
+        return sum(1 for index in host.gpu_holders if accept(host.gpu_models.get(index))) >= spec.gpu.count
 
     async def prepare(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
         if not self.hosts:
             raise ConfigError("the pod backend needs at least one host: gpuflex.use('pod', hosts=['user@host:port']) "
                               "or [tool.gpuflex.backends.pod] hosts = [...]")
+        if self._control_dir is None:
+            control_dir()  # raises: Windows' OpenSSH cannot share a connection
         live = await self._reachable_hosts()
-        for host in live:
-            host.check_python(PYTHON_VERSION)
+        await _each(live, lambda host: host.ensure_python(PYTHON_VERSION))  # before any push
         any_gpu = any(h.gpu_holders for h in live)
         if endpoint.gpu is not None and not any_gpu:
+            why = "; ".join(f"{h.label}: {h.facts['gpu_problem']}" for h in live if h.facts and h.facts["gpu_problem"])
+            why = f" ({why})" if why else ""
             if self.config.strict_gpu:
                 raise BackendUnavailable(f"endpoint {endpoint.name!r} asks for GPU {endpoint.gpu} but no pod host has "
-                                         "one (strict_gpu=True)")
+                                         f"one{why} (strict_gpu=True)")
             if endpoint.name not in self._warned_cpu:
                 self._warned_cpu.add(endpoint.name)
-                warnings.warn(f"no pod host has a GPU: endpoint {endpoint.name!r} (gpu={endpoint.gpu}) runs on CPU",
-                              GpuflexWarning, stacklevel=2)
+                warnings.warn(f"no pod host has a GPU{why}: endpoint {endpoint.name!r} (gpu={endpoint.gpu}) runs on "
+                              "CPU", GpuflexWarning, stacklevel=2)
         if endpoint.gpu is not None and any_gpu:
             fits = [h for h in live if self._eligible(h, endpoint) and len(h.gpu_holders) >= endpoint.gpu.count]
             if not fits:
                 raise BackendUnavailable(
                     f"endpoint {endpoint.name!r} needs {endpoint.gpu} per worker; no pod host has that: "
-                    + "; ".join(f"{h.label}: {len(h.gpu_holders)} x "
-                                f"{', '.join(sorted({g['name'] for g in h.facts['gpus']})) if h.facts else '?'}"
-                                for h in live))
+                    + "; ".join(_describe_gpus(h) for h in live))
         missing = [name for name in endpoint.secrets if name not in os.environ]
         if missing:
             raise ConfigError(f"endpoint {endpoint.name!r} needs the secret(s) {', '.join(missing)}, which are not "
@@ -134,7 +154,8 @@ class PodBackend(WorkerPoolBackend):
         self._pythons[(host.label, endpoint.name)] = await host.environment(endpoint.dependencies)
 
     async def push_bundle(self, host: RemoteHost, bundle: Bundle) -> Any:
-        files = tuple(TreeFile(f.path, f.sha256, bundle.root / f.path) for f in bundle.files)
+        files = tuple(TreeFile(f.path, f.sha256, bundle.root / f.path, os.access(bundle.root / f.path, os.X_OK))
+                      for f in bundle.files)
         return await host.push(f"bundles/{bundle.hash}", files)
 
     # -- workers ---------------------------------------------------------------------------------------------
@@ -146,7 +167,8 @@ class PodBackend(WorkerPoolBackend):
         candidates.sort(key=lambda h: len(h.workers))  # spread: the least busy host first
         for host in candidates:
             if spec.gpu is not None and host.gpu_holders:
-                gpus = host.take_gpus(worker_id, spec.gpu.count)
+                gpus = host.take_gpus(worker_id, spec.gpu.count, self._model_filter(spec) if host.gpu_models
+                                      else lambda model: True)
                 if gpus is None:
                     continue
             elif len(host.workers) >= host.cpu_slots:
@@ -160,8 +182,26 @@ class PodBackend(WorkerPoolBackend):
 
     def release_worker(self, worker_id: str) -> None:
         host = self._placed.pop(worker_id, None)
+        pid = self._remote_pids.pop(worker_id, None)
+        worker = self._workers.pop(worker_id, None)
         if host is not None:
             host.release(worker_id)
+            if pid is not None and worker is not None and worker.info.state is not WorkerState.STOPPING:
+                # gone without being asked to: its process may still run there (a silent network loss leaves it
+                # holding its GPUs); it is killed before the host gets another worker
+                host.lost_pids.add(pid)
+                if self.task_group is not None:
+                    self.task_group.start_soon(_quietly, self._reap_lost(host))
+
+    async def _reap_lost(self, host: RemoteHost) -> None:
+        pids, host.lost_pids = sorted(host.lost_pids), set()
+        if not pids:
+            return
+        try:
+            await host.kill_groups(pids)
+        except Exception:
+            host.lost_pids.update(pids)  # the host is still out of reach: the next worker start tries again
+            raise
 
     def _host_of(self, worker_id: str) -> RemoteHost:
         return self._placed[worker_id]
@@ -180,6 +220,8 @@ class PodBackend(WorkerPoolBackend):
         host = self._placed.get(worker.id)
         if host is not None:
             host.start_failures = 0
+            if worker.info.pid is not None:
+                self._remote_pids[worker.id] = worker.info.pid
 
     def worker_cwd(self, bundle: Bundle) -> str:
         return os.getcwd()  # the local end is only the ssh client
@@ -191,15 +233,20 @@ class PodBackend(WorkerPoolBackend):
         except BackendUnavailable:
             host.down_until = time.monotonic() + 5.0
             raise
+        if host.lost_pids:  # workers lost with an earlier connection may still hold their GPUs: end them first
+            with contextlib.suppress(Exception):
+                await self._reap_lost(host)
+        self._workers[worker.id] = worker
         python = self._pythons[(host.label, spec.name)]
         runtime = self._runtime_paths[host.label]
         assignments = {"PYTHONPATH": runtime, OWN_GROUP_ENV: "1", "PYTHONUNBUFFERED": "1"}
-        if host.gpu_holders:
-            assignments["CUDA_VISIBLE_DEVICES"] = ",".join(worker.info.gpus)
+        if host.gpu_holders:  # nvidia-smi's numbering, which is the PCI bus order CUDA then uses too
+            assignments.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=",".join(worker.info.gpus))
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in assignments.items())
         cwd = self._bundle_paths[(host.label, worker.info.bundle_hash)]
         worker.on_kill = functools.partial(self._kill_remote, worker)
-        line = f"cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} -m {RUNTIME_MODULE}"
+        line = (f"{host.env_prefix}cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} "
+                "-m gpuflex._worker_entry")
         return host.ssh.command(line), dict(os.environ)
 
     def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:
@@ -221,9 +268,10 @@ class PodBackend(WorkerPoolBackend):
         """SIGKILL a worker's process group on its host (closing its SSH channel alone would not stop a call
         that is running: signals do not pass through SSH for root logins)."""
         host = self._placed.get(worker.id)
-        if host is None or worker.info.pid is None or self.task_group is None:
+        pid = self._remote_pids.get(worker.id)
+        if host is None or pid is None or self.task_group is None:
             return
-        self.task_group.start_soon(_quietly, host.kill_group(worker.info.pid))
+        self.task_group.start_soon(_quietly, host.kill_groups([pid]))
 
     def kill_worker_of(self, handle: str) -> int | None:
         """Kill the remote worker running a job, on its host (tests and fault drills): returns its pid there."""
@@ -266,10 +314,8 @@ class PodBackend(WorkerPoolBackend):
         with anyio.CancelScope(shield=True):
             for host in self.hosts:
                 await host.ssh.close()
-        try:
-            os.rmdir(self._control_dir)
-        except OSError:
-            pass
+        if self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
 
 
 
@@ -288,6 +334,16 @@ async def _each(items: Iterable[T], action: Callable[[T], Awaitable[object]]) ->
             tg.start_soon(one, item)
     if failures:
         raise failures[0]
+
+
+def _describe_gpus(host: RemoteHost) -> str:
+    if not host.facts:
+        return f"{host.label}: ?"
+    names = sorted({g["name"] + ("" if identify_gpu(g["name"], g["memory_mib"]) else " (not in gpuflex's catalog: "
+                                                                                  "ask for gpu='any')")
+                    for g in host.facts["gpus"]}) or ["no GPU"]
+    problem = f" ({host.facts['gpu_problem']})" if host.facts["gpu_problem"] else ""
+    return f"{host.label}: {len(host.gpu_holders)} x {', '.join(names)}{problem}"
 
 
 async def _quietly(work: Awaitable[object]) -> None:

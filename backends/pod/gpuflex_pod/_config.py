@@ -23,7 +23,7 @@ class HostSpec:
     :param gpus: how many GPUs to use; ``None`` asks ``nvidia-smi`` on the host.
     :param hourly_rate: what the host costs per hour in USD; ``None`` uses a known price for its GPUs, else 0.
     :param identity_file: a private key for this host (default: the pool's ``identity_file``).
-    :param python: the interpreter on this host (default: the pool's ``python``).
+    :param python: the interpreter on this host (default: the pool's ``python``, else found or installed).
     """
 
     destination: str
@@ -82,14 +82,20 @@ class PodConfig:
     :param known_hosts: a known_hosts file to check host keys against (default: ~/.ssh/known_hosts).
     :param accept_new_host_keys: trust a host seen for the first time (``StrictHostKeyChecking=accept-new``);
         off by default, so an unknown host is an error that says how to add its key.
-    :param ssh_config: an ssh config file (``ssh -F``), for aliases.
-    :param python: the interpreter on the hosts (its major.minor must match this machine's).
-    :param remote_dir: where bundles, the gpuflex runtime and environments live on the hosts.
+    :param ssh_config: an ssh config file (``ssh -F``), for aliases and jump hosts.
+    :param python: the interpreter on the hosts; its major.minor must match this machine's. Unset: one of this
+        machine's minor version found there (``python3.X``, ``python3``, ``python``), else installed with uv.
+    :param install_python: with ``python`` unset, install the missing Python version with uv under
+        ``remote_dir`` (once per host).
+    :param remote_dir: where bundles, the gpuflex runtime, environments and uv's cache live on the hosts.
     :param host_env: environment variables for everything gpuflex runs on the hosts (proxies, certificate
         bundles, cache locations); per-endpoint ``env`` and ``secrets`` still travel with each worker.
-    :param workers_per_host: most workers of CPU endpoints on one host (default: its CPU count).
+    :param workers_per_host: most workers of CPU endpoints on one host (default: the CPUs it may use).
     :param connect_timeout: seconds to wait for one SSH connection.
     :param reconnect_attempts: tries (with exponential backoff) before a host counts as unreachable.
+    :param keepalive_interval: seconds between keepalive probes on a quiet connection.
+    :param keepalive_count: unanswered probes before the connection counts as lost (its workers too).
+    :param start_timeout: seconds a worker's SSH session has to start its command.
     :param strict_gpu: fail instead of running a GPU endpoint on CPU when no host has a GPU.
     :param reload_in_place: on a hot reload with unchanged settings, workers load the new code in their running
         process instead of being replaced.
@@ -100,11 +106,15 @@ class PodConfig:
     known_hosts: str | None = None
     accept_new_host_keys: bool = False
     ssh_config: str | None = None
-    python: str = "python3"
+    python: str | None = None
+    install_python: bool = True
     remote_dir: str = "~/.cache/gpuflex-pod"
     host_env: dict[str, str] = attrs.field(factory=dict, converter=dict)
     workers_per_host: int | None = None
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     reconnect_attempts: int = attrs.field(default=4, validator=_positive)
+    keepalive_interval: float = attrs.field(default=5.0, validator=_positive)
+    keepalive_count: int = attrs.field(default=3, validator=_positive)
+    start_timeout: float = attrs.field(default=60.0, validator=_positive)
     strict_gpu: bool = False
     reload_in_place: bool = True

@@ -1,31 +1,54 @@
 """The small program the pod backend runs on a host with ``python -c``: standard library only, one action per run.
 
-Actions (``sys.argv[1]``), each answering one JSON line on stdout:
+Runs on any Python 3.8 or later (the host's own, whatever its version). stdin starts with one JSON line,
+``{"env": {...}}``: the pool's ``host_env``, applied before anything else (it travels on stdin, never on a command
+line that ``ps`` shows). Actions (``sys.argv[1]``), each answering one JSON line on stdout:
 
-* ``probe <root> <packages>``: Python version and path, the absolute cache root, GPUs (nvidia-smi), CPU count,
-  whether uv is there, and which of ``packages`` (comma-separated import names) import.
-* ``missing <root>``: stdin is a JSON tree manifest ``{"tree": "bundles/<hash>", "files": [...]}``; answers
-  ``{"tree_exists": bool, "missing": [sha256, ...]}``.
-* ``put <root>``: stdin is a manifest line, then a tar stream whose members are named by sha256; stores each
-  object (checking its hash), then materialises the tree with hard links and renames it into place.
-* ``kill <pid>``: SIGKILL the process group ``pid`` leads.
+* ``probe <root> <packages> <want>``: the cache root (made private), Python, GPUs (nvidia-smi, row by row, with the
+  reason when some or all are missing), usable CPUs, uv, which of ``packages`` import, and ``match``: an
+  interpreter of version ``want`` (``3.11``) on the host, if there is one (this one, ``python3.11``, ``python3``,
+  ``python`` or one gpuflex installed under ``<root>/pythons``).
+* ``missing <root>``: then a JSON tree manifest ``{"tree": "bundles/<hash>", "files": [...]}``; answers
+  ``{"tree_exists": bool, "missing": [object names]}``.
+* ``put <root>``: then a manifest line and a tar stream whose members are named by object; stores each (checking
+  its hash), then materialises the tree with hard links and renames it into place.
+* ``python <root> <want>``: install CPython ``want`` with uv under ``<root>/pythons`` (once); answers its facts.
+* ``env <root> <python> <key>``: then a JSON list of requirements; makes ``<root>/envs/<key>`` with uv (once).
+* ``kill <root> <pid>...``: SIGKILL the process groups these gpuflex workers lead (a pid that is no longer a
+  gpuflex worker under ``root`` is left alone).
 
-Trees are read-only snapshots: ``<root>/objects/<sha256>`` holds each file once; ``<root>/<tree>/<path>`` are hard
-links to them, so an incremental push sends only the files whose content changed.
+Objects are named by sha256, with ``.x`` for an executable copy (a file has one mode, and hard links share it).
+Trees are read-only snapshots of hard links into ``<root>/objects``, so a push sends only changed contents.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import platform
+import re
+import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Any
+import urllib.parse
+import urllib.request
+import zipfile
+from typing import Any, NoReturn
+
+_PROBE_SNIPPET = ("import json, sys\nout = {'python': '.'.join(map(str, sys.version_info[:3])), "
+                  "'executable': sys.executable, 'importable': {}}\nfor name in sys.argv[1].split(','):\n"
+                  "    try:\n        m = __import__(name)\n"
+                  "        out['importable'][name] = str(getattr(m, '__version__', '') or '?')\n"
+                  "    except Exception:\n        out['importable'][name] = ''\nprint(json.dumps(out))\n")
+
+HOST_ENV: dict[str, str] = {}  # the pool's host_env, from the first line of stdin
 
 
 def _answer(data: dict[str, Any]) -> None:
@@ -33,20 +56,110 @@ def _answer(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def probe(root: str, packages: str) -> None:
+def _fail(message: str) -> NoReturn:
+    sys.stderr.write(f"gpuflex pod agent: {message}\n")
+    raise SystemExit(3)
+
+
+def private_root(root: str) -> str:
+    """The cache root, made if needed (mode 0700); refused when another user owns it or anyone may write it:
+    workers run the code stored there."""
     root = os.path.abspath(os.path.expanduser(root))
-    os.makedirs(root, exist_ok=True)
-    gpus: list[dict[str, Any]] = []
-    smi = shutil.which("nvidia-smi")
-    if smi:
+    if not os.path.isdir(root):
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+    info = os.lstat(root)
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o002:
+        _fail(f"remote_dir {root} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}, "
+              f"{'a symlink' if stat.S_ISLNK(info.st_mode) else 'a directory'}): gpuflex runs the code stored there, "
+              "so it must belong to this user and be writable by no one else; pick another remote_dir")
+    return root
+
+
+# -- probe -----------------------------------------------------------------------------------------------------
+
+
+def parse_smi(out: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of ``nvidia-smi --query-gpu=index,name,memory.total,uuid --format=csv,noheader,nounits``: the GPUs it
+    could read, and a note for each line it could not (a failed GPU does not hide the others)."""
+    gpus, problems = [], []
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if not line.strip():
+            continue
+        if len(parts) < 3 or not parts[0].isdigit():
+            problems.append(line.strip()[:200])
+            continue
+        index, name, memory = parts[0], parts[1], parts[2]
+        uuid = parts[3] if len(parts) > 3 and parts[3].startswith(("GPU-", "MIG-")) else ""
         try:
-            out = subprocess.run([smi, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True, timeout=20, check=True).stdout
-            for line in out.strip().splitlines():
-                index, name, memory = (part.strip() for part in line.split(",", 2))
-                gpus.append({"index": index, "name": name, "memory_mib": int(float(memory))})
-        except (OSError, subprocess.SubprocessError, ValueError):
-            gpus = []
+            memory_mib = int(float(memory))
+        except ValueError:  # "[N/A]" (GB10 and other unified-memory parts) or "[Unknown Error]"
+            memory_mib = None
+        gpus.append({"index": index, "name": name, "memory_mib": memory_mib, "uuid": uuid})
+    return gpus, problems
+
+
+def discover_gpus() -> tuple[list[dict[str, Any]], str]:
+    """GPUs and, when some or all could not be read, why."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        devices = sorted(d for d in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", d)) if os.path.isdir("/dev") \
+            else []
+        if devices:
+            return [], (f"{len(devices)} NVIDIA device(s) in /dev but no nvidia-smi on PATH (a container without the "
+                        "'utility' driver capability?); declare them with the host's gpus=")
+        return [], "no nvidia-smi on PATH"
+    try:
+        result = subprocess.run([smi, "--query-gpu=index,name,memory.total,uuid", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"nvidia-smi failed: {exc}"
+    gpus, problems = parse_smi(result.stdout)
+    notes = problems + [line.strip() for line in result.stderr.splitlines() if line.strip()][:5]
+    if result.returncode != 0:
+        notes.insert(0, f"nvidia-smi exited with code {result.returncode}")
+    return gpus, "; ".join(notes)[:1000]
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (containers get a share)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = None
+    try:
+        with open(os.path.join(cgroup_root, "cpu.max")) as f:  # cgroup v2: "<quota> <period>" or "max <period>"
+            text = f.read().split()
+        if text and text[0] != "max":
+            quota = int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            with open(os.path.join(cgroup_root, "cpu", "cpu.cfs_quota_us")) as f:
+                q = int(f.read())
+            with open(os.path.join(cgroup_root, "cpu", "cpu.cfs_period_us")) as f:
+                period = int(f.read())
+            if q > 0 and period > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        count = min(count, max(1, int(quota + 0.999)))
+    return max(1, count)
+
+
+def _interpreter(executable: str, packages: str) -> dict[str, Any] | None:
+    try:
+        out = subprocess.run([executable, "-c", _PROBE_SNIPPET, packages], capture_output=True, text=True,
+                             timeout=60)
+        facts: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return facts
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def _own_facts(packages: str) -> dict[str, Any]:
     importable = {}
     for name in filter(None, packages.split(",")):
         try:
@@ -54,22 +167,78 @@ def probe(root: str, packages: str) -> None:
             importable[name] = str(getattr(module, "__version__", "") or "?")
         except Exception:  # noqa: BLE001 - any failure to import means "not usable here"
             importable[name] = ""
-    local_uv = os.path.join(root, "tools", "uv", "bin", "uv")
+    return {"python": ".".join(map(str, sys.version_info[:3])), "executable": sys.executable,
+            "importable": importable}
+
+
+def _managed_pythons(root: str, want: str) -> list[str]:
+    """Interpreters of version ``want`` that gpuflex installed with uv under ``<root>/pythons``."""
+    base = os.path.join(root, "pythons")
+    found = []
+    if os.path.isdir(base):
+        for name in sorted(os.listdir(base), reverse=True):
+            exe = os.path.join(base, name, "bin", f"python{want}")
+            if name.startswith(f"cpython-{want}.") and os.access(exe, os.X_OK):
+                found.append(exe)
+    return found
+
+
+def find_interpreter(root: str, packages: str, want: str) -> dict[str, Any] | None:
+    own = _own_facts(packages)
+    if not want or own["python"].split(".")[:2] == want.split("."):
+        return own
+    seen = {os.path.realpath(sys.executable)}
+    candidates = [shutil.which(n) for n in (f"python{want}", "python3", "python")] + _managed_pythons(root, want)
+    for exe in filter(None, candidates):
+        if os.path.realpath(exe) in seen:
+            continue
+        seen.add(os.path.realpath(exe))
+        facts = _interpreter(exe, packages)
+        if facts and facts["python"].split(".")[:2] == want.split("."):
+            return facts
+    return None
+
+
+def _write_env_file(root: str, env: dict[str, str]) -> str:
+    """``host_env`` as a file the worker command sources (mode 0600): values stay off every command line."""
+    text = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+    path = os.path.join(root, f"host-env-{hashlib.sha256(text.encode()).hexdigest()[:16]}.sh")
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=root)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+def probe(root: str, packages: str, want: str = "") -> None:
+    root = private_root(root)
+    gpus, gpu_problem = discover_gpus()
+    own = _own_facts(packages)
     _answer({
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "executable": sys.executable,
+        **own,
+        "agent_python": sys.executable,
+        "match": find_interpreter(root, packages, want) if want else own,
         "root": root,
         "gpus": gpus,
-        "cpus": os.cpu_count() or 1,
-        "uv": shutil.which("uv") or (local_uv if os.path.exists(local_uv) else ""),
-        "importable": importable,
+        "gpu_problem": gpu_problem,
+        "cpus": usable_cpus(),
+        "uv": shutil.which("uv") or (_local_uv(root) if os.access(_local_uv(root), os.X_OK) else ""),
         "pid": os.getpid(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+        "env_file": _write_env_file(root, HOST_ENV) if HOST_ENV else "",
     })
 
 
+# -- files -----------------------------------------------------------------------------------------------------
+
+
+def _object_name(entry: dict[str, Any]) -> str:
+    return str(entry["sha256"]) + (".x" if entry.get("executable") else "")
+
+
 def _read_manifest(stream: Any) -> dict[str, Any]:
-    line = stream.readline()
-    manifest: dict[str, Any] = json.loads(line)
+    manifest: dict[str, Any] = json.loads(stream.readline())
     return manifest
 
 
@@ -80,7 +249,7 @@ def missing(root: str) -> None:
         _answer({"tree_exists": True, "missing": []})
         return
     objects = os.path.join(root, "objects")
-    wanted = sorted({f["sha256"] for f in manifest["files"]})
+    wanted = sorted({_object_name(f) for f in manifest["files"]})
     _answer({"tree_exists": False, "missing": [h for h in wanted if not os.path.exists(os.path.join(objects, h))]})
 
 
@@ -97,16 +266,16 @@ def put(root: str) -> None:
             if source is None:
                 continue
             data = source.read()
-            if hashlib.sha256(data).hexdigest() != name:
-                raise SystemExit(f"gpuflex pod agent: object {name} arrived corrupted")
+            if hashlib.sha256(data).hexdigest() != name.split(".")[0]:
+                _fail(f"object {name} arrived corrupted")
             fd, tmp = tempfile.mkstemp(dir=objects)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-            os.chmod(tmp, 0o444)
+            os.chmod(tmp, 0o555 if name.endswith(".x") else 0o444)
             os.replace(tmp, os.path.join(objects, name))
             received += 1
     tree = os.path.join(root, manifest["tree"])
-    lost = sorted({f["sha256"] for f in manifest["files"]} - set(os.listdir(objects)))
+    lost = sorted({_object_name(f) for f in manifest["files"]} - set(os.listdir(objects)))
     if lost and not os.path.isdir(tree):  # the client thought the host had these: it must send them
         _answer({"received": received, "tree": tree, "missing": lost})
         return
@@ -117,10 +286,10 @@ def put(root: str) -> None:
             path = os.path.join(staging, entry["path"])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             try:
-                os.link(os.path.join(objects, entry["sha256"]), path)
+                _link_or_copy(os.path.join(objects, _object_name(entry)), path)
             except FileNotFoundError:  # gone since it was counted: the client sends it again
                 shutil.rmtree(staging, ignore_errors=True)
-                _answer({"received": received, "tree": tree, "missing": [entry["sha256"]]})
+                _answer({"received": received, "tree": tree, "missing": [_object_name(entry)]})
                 return
         try:
             os.rename(staging, tree)
@@ -129,17 +298,182 @@ def put(root: str) -> None:
     _answer({"received": received, "tree": tree, "missing": []})
 
 
-def kill(pid: str) -> None:
+def _link_or_copy(source: str, dest: str) -> None:
     try:
-        os.killpg(int(pid), signal.SIGKILL)
-        _answer({"killed": True})
-    except ProcessLookupError:
-        _answer({"killed": False})
+        os.link(source, dest)
+    except FileNotFoundError:
+        raise
+    except OSError:  # a file system without hard links (some network volumes): a copy, same mode
+        shutil.copy2(source, dest)
+
+
+# -- uv, Python, environments ----------------------------------------------------------------------------------
+
+
+def _local_uv(root: str) -> str:
+    return os.path.join(root, "tools", "uv", "bin", "uv")
+
+
+def _wheel_rank(filename: str) -> int | None:
+    """How well a uv wheel fits this host (lower is better); ``None``: it does not run here."""
+    machine = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    if sys.platform.startswith("linux"):
+        if f"musllinux_1_1_{arch}" in filename:  # a static binary: runs on any Linux libc
+            return 0
+        if "manylinux" in filename and filename.endswith(f"_{arch}.whl"):
+            return 1
+    elif sys.platform == "darwin":
+        if "macosx" in filename and (("arm64" in filename) == (arch == "aarch64")):
+            return 0
+    return None
+
+
+def _index_files(index: str) -> list[tuple[str, str, str]]:
+    """``(filename, url, sha256)`` of uv's wheels on a package index (PEP 691 JSON, or PEP 503 HTML)."""
+    url = index.rstrip("/") + "/uv/"
+    request = urllib.request.Request(url, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "gpuflex-pod"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = response.read().decode()
+        kind = response.headers.get("Content-Type", "")
+    files = []
+    if "json" in kind:
+        for f in json.loads(body)["files"]:
+            if not f.get("yanked") and f["filename"].endswith(".whl"):
+                files.append((f["filename"], urllib.parse.urljoin(url, f["url"]), f["hashes"].get("sha256", "")))
+    else:
+        for href, name in re.findall(r'<a[^>]*href="([^"]+)"[^>]*>([^<]+\.whl)</a>', body):
+            digest = href.split("#sha256=")[1] if "#sha256=" in href else ""
+            files.append((name.strip(), urllib.parse.urljoin(url, href.split("#")[0]), digest))
+    return files
+
+
+def _version_key(filename: str) -> tuple[int, ...] | None:
+    match = re.match(r"uv-(\d+(?:\.\d+)*)-", filename)
+    return tuple(int(p) for p in match.group(1).split(".")) if match else None
+
+
+def ensure_uv(root: str) -> str:
+    """uv on PATH, or the one gpuflex put under ``<root>/tools``, or a fresh one from the package index: its
+    wheel holds a single binary, so neither pip nor ``python3 -m venv`` (missing on stock Debian/Ubuntu) is
+    needed."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    target = _local_uv(root)
+    if os.access(target, os.X_OK):
+        return target
+    index = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or \
+        os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    try:
+        files = _index_files(index)
+    except Exception as exc:  # noqa: BLE001 - any failure: say where uv was looked for
+        _fail(f"uv is not installed and could not be fetched from {index}: {exc}. Install uv on the host "
+              "(https://docs.astral.sh/uv/) or set UV_DEFAULT_INDEX in host_env to an index the host can reach")
+    fitting = [(key, rank, f) for f in files
+               if (key := _version_key(f[0])) is not None and (rank := _wheel_rank(f[0])) is not None]
+    if not fitting:
+        _fail(f"no uv wheel on {index} for {platform.system()} {platform.machine()}; install uv on the host")
+    _, _, (name, url, digest) = max(fitting, key=lambda item: (item[0], -item[1]))
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "gpuflex-pod"}),
+                                timeout=600) as response:
+        data = response.read()
+    if digest and hashlib.sha256(data).hexdigest() != digest:
+        _fail(f"{name} from {index} does not match its sha256")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+        member = next((m for m in wheel.namelist() if re.search(r"\.data/scripts/uv$", m)), None)
+        if member is None:
+            _fail(f"{name} holds no uv binary")
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target))
+        with os.fdopen(fd, "wb") as out:
+            out.write(wheel.read(member))
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
+    return target
+
+
+def _uv_env(root: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("UV_CACHE_DIR", os.path.join(root, "uv-cache"))  # beside the envs: uv hard-links from it
+    env["UV_PYTHON_INSTALL_DIR"] = os.path.join(root, "pythons")
+    return env
+
+
+def _run_uv(args: list[str], root: str) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, env=_uv_env(root))
+    if result.returncode != 0:
+        _fail(f"{' '.join(args[:3])} failed: {result.stderr.strip()[-3000:]}")
+    return result.stdout
+
+
+def install_python(root: str, want: str, packages: str) -> None:
+    found = _managed_pythons(root, want)
+    if not found:
+        uv = ensure_uv(root)
+        _run_uv([uv, "python", "install", "--no-bin", "--install-dir", os.path.join(root, "pythons"), want], root)
+        found = _managed_pythons(root, want)
+    if not found:
+        _fail(f"uv installed Python {want} but it is not under {root}/pythons")
+    facts = _interpreter(found[0], packages)
+    if facts is None:
+        _fail(f"the Python uv installed ({found[0]}) does not run")
+    _answer({**facts, "match": facts})
+
+
+def make_env(root: str, python: str, key: str) -> None:
+    requirements = json.loads(sys.stdin.buffer.readline())
+    env_dir = os.path.join(root, "envs", key)
+    ready = os.path.join(env_dir, ".ready")
+    if not os.path.exists(ready):
+        uv = ensure_uv(root)
+        _run_uv([uv, "venv", "-q", "--allow-existing", "--python", python, env_dir], root)
+        _run_uv([uv, "pip", "install", "-q", "--python", os.path.join(env_dir, "bin", "python"), *requirements],
+                root)
+        with open(ready, "w"):
+            pass
+    _answer({"python": os.path.join(env_dir, "bin", "python")})
+
+
+# -- workers ---------------------------------------------------------------------------------------------------
+
+
+def _is_worker(pid: int, root: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return not os.path.isdir("/proc")  # no /proc (macOS hosts): trust the pid
+    return b"gpuflex._worker_entry" in cmdline and (cwd + os.sep).startswith(root + os.sep)
+
+
+def kill(root: str, *pids: str) -> None:
+    killed = []
+    for pid in map(int, pids):
+        if not _is_worker(pid, root):
+            continue
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _answer({"killed": killed})
 
 
 def main(argv: list[str]) -> None:
-    actions: dict[str, Any] = {"probe": probe, "missing": missing, "put": put, "kill": kill}
-    actions[argv[1]](*argv[2:])
+    header = json.loads(sys.stdin.buffer.readline() or b"{}")
+    HOST_ENV.update(header.get("env") or {})
+    os.environ.update(HOST_ENV)
+    action, args = argv[1], argv[2:]
+    if action == "probe":
+        probe(*args)
+        return
+    root = private_root(args[0])
+    actions: dict[str, Any] = {"missing": missing, "put": put, "python": install_python, "env": make_env,
+                               "kill": kill}
+    actions[action](root, *args[1:])
 
 
 if __name__ == "__main__":
