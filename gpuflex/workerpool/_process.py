@@ -96,9 +96,9 @@ class WorkerProcess:
         self.channel.send(("init", init))
         if preamble:
             with anyio.move_on_after(preamble_timeout):
-                await self.channel.preamble_seen
-            if not self.channel.preamble_seen.done() or not self.channel.preamble_seen.result():
-                if self.channel.preamble_seen.done():
+                await self.channel.preamble_done.wait()
+            if not self.channel.preamble_found:
+                if self.channel.preamble_done.is_set():
                     await self.channel.closed.wait()
                     how = describe_exit(self.channel.returncode)
                 else:

@@ -14,7 +14,6 @@ import functools
 import os
 import shlex
 import shutil
-import sys
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -34,7 +33,8 @@ from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, Worker
 from ._config import PodConfig
 from ._prices import host_hourly_rate
 from ._remote import RemoteHost, TreeFile, runtime_tree
-from ._ssh import MARKER, control_dir
+from ._ssh import MARKER
+from ._ssh_args import client_platform, control_dir
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -72,7 +72,7 @@ class PodBackend(WorkerPoolBackend):
         self.reload_in_place = self.config.reload_in_place
         self.preamble_timeout = self.config.start_timeout
         # short, private: control socket paths have a length limit (none on Windows, refused at the first deploy)
-        self._control_dir = None if sys.platform == "win32" else control_dir()
+        self._control_dir = None if client_platform() == "win32" else control_dir()
         self.hosts = [RemoteHost(spec, self.config, self._control_dir) for spec in self.config.hosts]
         self._remote_pids: dict[str, int] = {}  # worker id -> its pid on its host, once it is ready
         self._workers: dict[str, WorkerProcess] = {}  # worker id -> the worker, while placed
@@ -186,6 +186,7 @@ class PodBackend(WorkerPoolBackend):
         worker = self._workers.pop(worker_id, None)
         if host is not None:
             host.release(worker_id)
+            host.ssh.release(worker_id)
             if pid is not None and worker is not None and worker.info.state is not WorkerState.STOPPING:
                 # gone without being asked to: its process may still run there (a silent network loss leaves it
                 # holding its GPUs); it is killed before the host gets another worker
@@ -247,7 +248,12 @@ class PodBackend(WorkerPoolBackend):
         worker.on_kill = functools.partial(self._kill_remote, worker)
         line = (f"{host.env_prefix}cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} "
                 "-m gpuflex._worker_entry")
-        return host.ssh.command(line), dict(os.environ)
+        try:
+            argv = await host.ssh.session_for(worker.id, line)  # a connection with a free session (MaxSessions)
+        except BackendUnavailable:
+            host.down_until = time.monotonic() + 5.0
+            raise
+        return argv, dict(os.environ)
 
     def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:
         host = self._host_of(worker.id)

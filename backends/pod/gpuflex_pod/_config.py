@@ -69,6 +69,14 @@ def _hosts(value: Any) -> tuple[HostSpec, ...]:
     return tuple(parse_host(v) for v in value)
 
 
+def _environment(inst: object, attr: attrs.Attribute[Any], value: dict[str, str]) -> None:
+    for key, text in value.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)):
+            raise ConfigError(f"host_env: {key!r} is not a valid environment variable name")
+        if not isinstance(text, str) or "\n" in text or "\0" in text:
+            raise ConfigError(f"host_env: the value of {key} must be a string without newlines")
+
+
 def _positive(inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"{attr.name} must be a positive number, got {value!r}")
@@ -96,6 +104,8 @@ class PodConfig:
     :param keepalive_interval: seconds between keepalive probes on a quiet connection.
     :param keepalive_count: unanswered probes before the connection counts as lost (its workers too).
     :param start_timeout: seconds a worker's SSH session has to start its command.
+    :param max_sessions: sessions the hosts' sshd allows on one connection (its ``MaxSessions``, 10 by default);
+        more workers than that on one host get a further connection.
     :param strict_gpu: fail instead of running a GPU endpoint on CPU when no host has a GPU.
     :param reload_in_place: on a hot reload with unchanged settings, workers load the new code in their running
         process instead of being replaced.
@@ -109,12 +119,13 @@ class PodConfig:
     python: str | None = None
     install_python: bool = True
     remote_dir: str = "~/.cache/gpuflex-pod"
-    host_env: dict[str, str] = attrs.field(factory=dict, converter=dict)
+    host_env: dict[str, str] = attrs.field(factory=dict, converter=dict, validator=_environment)
     workers_per_host: int | None = None
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     reconnect_attempts: int = attrs.field(default=4, validator=_positive)
     keepalive_interval: float = attrs.field(default=5.0, validator=_positive)
     keepalive_count: int = attrs.field(default=3, validator=_positive)
     start_timeout: float = attrs.field(default=60.0, validator=_positive)
+    max_sessions: int = attrs.field(default=10, validator=_positive)
     strict_gpu: bool = False
     reload_in_place: bool = True

@@ -115,11 +115,14 @@ class RemoteHost:
             names = (f"python{PYTHON_VERSION}", "python3", "python")
             python = '"$(' + " || ".join(f"command -v {n}" for n in names) + ' || echo python3)"'
         words = " ".join(shlex.quote(w) for w in ("-c", AGENT_SOURCE, action, *args))
-        return f"exec {python} {words}"
+        # host_env arrives as the first line of stdin, so its values never sit on a command line
+        return f'IFS= read -r gpuflex_env; eval "$gpuflex_env"; exec {python} {words}'
 
     async def call(self, action: str, *args: str, payload: bytes = b"", timeout: float = 120.0) -> dict[str, Any]:  # noqa: ASYNC109
         """Run one agent action; its answer. ``host_env`` travels on stdin, ahead of ``payload``."""
-        header = json.dumps({"env": self.config.host_env}).encode() + b"\n"
+        env = self.config.host_env
+        exports = ("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())) if env else ""
+        header = exports.encode() + b"\n"
         try:
             out = await self.ssh.run(self._agent_line(action, *args), input=header + payload, timeout=timeout)
         except BackendUnavailable as exc:
@@ -147,7 +150,8 @@ class RemoteHost:
                 self.down_until = time.monotonic() + 5.0
                 raise
             want = "" if self.explicit_python else PYTHON_VERSION
-            facts = await self.call("probe", self.config.remote_dir, ",".join(RUNTIME_PACKAGES), want)
+            facts = await self.call("probe", self.config.remote_dir, ",".join(RUNTIME_PACKAGES), want,
+                                    ",".join(self.config.host_env))
             if self.facts is None:  # first contact: GPU slots as discovered or declared
                 count = self.spec.gpus if self.spec.gpus is not None else len(facts["gpus"])
                 indexes = [g["index"] for g in facts["gpus"]][:count] or [str(i) for i in range(count)]

@@ -1,13 +1,14 @@
 """The small program the pod backend runs on a host with ``python -c``: standard library only, one action per run.
 
-Runs on any Python 3.8 or later (the host's own, whatever its version). stdin starts with one JSON line,
-``{"env": {...}}``: the pool's ``host_env``, applied before anything else (it travels on stdin, never on a command
-line that ``ps`` shows). Actions (``sys.argv[1]``), each answering one JSON line on stdout:
+Runs on any Python 3.8 or later (the host's own, whatever its version), in an environment that already holds
+the pool's ``host_env`` (the shell line that starts it reads the values from stdin). Actions (``sys.argv[1]``),
+each answering one JSON line on stdout:
 
-* ``probe <root> <packages> <want>``: the cache root (made private), Python, GPUs (nvidia-smi, row by row, with the
-  reason when some or all are missing), usable CPUs, uv, which of ``packages`` import, and ``match``: an
+* ``probe <root> <packages> <want> <env names>``: the cache root (made private), Python, GPUs (nvidia-smi, row by
+  row, with the reason when some or all are missing), usable CPUs, uv, which of ``packages`` import, ``match``: an
   interpreter of version ``want`` (``3.11``) on the host, if there is one (this one, ``python3.11``, ``python3``,
-  ``python`` or one gpuflex installed under ``<root>/pythons``).
+  ``python`` or one gpuflex installed under ``<root>/pythons``), and ``env_file``: the ``host_env`` variables
+  (``env names``) written to a private file for worker commands to source.
 * ``missing <root>``: then a JSON tree manifest ``{"tree": "bundles/<hash>", "files": [...]}``; answers
   ``{"tree_exists": bool, "missing": [object names]}``.
 * ``put <root>``: then a manifest line and a tar stream whose members are named by object; stores each (checking
@@ -47,8 +48,6 @@ _PROBE_SNIPPET = ("import json, sys\nout = {'python': '.'.join(map(str, sys.vers
                   "    try:\n        m = __import__(name)\n"
                   "        out['importable'][name] = str(getattr(m, '__version__', '') or '?')\n"
                   "    except Exception:\n        out['importable'][name] = ''\nprint(json.dumps(out))\n")
-
-HOST_ENV: dict[str, str] = {}  # the pool's host_env, from the first line of stdin
 
 
 def _answer(data: dict[str, Any]) -> None:
@@ -211,8 +210,9 @@ def _write_env_file(root: str, env: dict[str, str]) -> str:
     return path
 
 
-def probe(root: str, packages: str, want: str = "") -> None:
+def probe(root: str, packages: str, want: str = "", env_names: str = "") -> None:
     root = private_root(root)
+    host_env = {name: os.environ.get(name, "") for name in filter(None, env_names.split(","))}
     gpus, gpu_problem = discover_gpus()
     own = _own_facts(packages)
     _answer({
@@ -226,7 +226,7 @@ def probe(root: str, packages: str, want: str = "") -> None:
         "uv": shutil.which("uv") or (_local_uv(root) if os.access(_local_uv(root), os.X_OK) else ""),
         "pid": os.getpid(),
         "platform": f"{platform.system()}-{platform.machine()}",
-        "env_file": _write_env_file(root, HOST_ENV) if HOST_ENV else "",
+        "env_file": _write_env_file(root, host_env) if host_env else "",
     })
 
 
@@ -463,9 +463,6 @@ def kill(root: str, *pids: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    header = json.loads(sys.stdin.buffer.readline() or b"{}")
-    HOST_ENV.update(header.get("env") or {})
-    os.environ.update(HOST_ENV)
     action, args = argv[1], argv[2:]
     if action == "probe":
         probe(*args)

@@ -10,6 +10,12 @@ use it; so can yours::
 
 ``kill()`` takes the server down the hard way, sessions and all (the connection drops, as when a pod dies);
 ``start()`` brings it back on the same port and keys.
+
+To stand in for hosts that differ from a clean server, ``extra_config`` adds sshd_config lines ahead of the
+defaults (sshd keeps the first value it reads: ``SetEnv BASH_ENV=...`` for a login shell that prints,
+``ForceCommand`` for a host that runs something else), ``stock_limits`` keeps sshd's own ``MaxSessions 10`` and
+``MaxStartups`` (the defaults here are raised for parallel tests), and ``launcher`` prefixes the sshd command (e.g.
+``["taskset", "-c", "0"]`` for a host with one usable CPU).
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["LoopbackSshd", "SshdUnavailable"]
 
@@ -67,7 +76,8 @@ def _comm(pid: int) -> str:
 
 
 class LoopbackSshd:
-    def __init__(self, port: int | None = None, *, user: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, user: str | None = None, extra_config: Sequence[str] = (),
+                 stock_limits: bool = False, launcher: Sequence[str] = ()) -> None:
         self.sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
         self.keygen = shutil.which("ssh-keygen")
         if self.sshd is None or self.keygen is None:
@@ -76,6 +86,7 @@ class LoopbackSshd:
         self.user = user or getpass.getuser()
         self.dir = Path(tempfile.mkdtemp(prefix="gpuflex-sshd-"))
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_config, self.stock_limits, self.launcher = list(extra_config), stock_limits, list(launcher)
         self._make_keys()
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -88,7 +99,9 @@ class LoopbackSshd:
         shutil.copy(self.dir / "client_ed25519.pub", self.dir / "authorized_keys")
         host_key = (self.dir / "host_ed25519.pub").read_text().split()[:2]
         (self.dir / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {' '.join(host_key)}\n")
+        limits = [] if self.stock_limits else ["MaxSessions 100", "MaxStartups 100:30:200"]
         (self.dir / "sshd_config").write_text("\n".join([
+            *self.extra_config,
             "ListenAddress 127.0.0.1",
             f"Port {self.port}",
             f"HostKey {self.dir / 'host_ed25519'}",
@@ -100,8 +113,7 @@ class LoopbackSshd:
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
             "UsePAM no",
             "StrictModes no",  # keys under /tmp (world-writable) are refused otherwise
-            "MaxSessions 100",
-            "MaxStartups 100:30:200",
+            *limits,
             "Subsystem sftp internal-sftp",
             "",
         ]))
@@ -120,6 +132,16 @@ class LoopbackSshd:
     def known_hosts(self) -> str:
         return str(self.dir / "known_hosts")
 
+    @property
+    def authorized_keys(self) -> Path:
+        return self.dir / "authorized_keys"
+
+    @property
+    def log(self) -> str:
+        """What sshd logged so far."""
+        path = self.dir / "sshd.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def pod_options(self, **extra: Any) -> dict[str, Any]:
         """Options for ``gpuflex.use("pod", ...)`` that reach this server."""
         return {"hosts": [self.host], "identity_file": self.identity_file, "known_hosts": self.known_hosts,
@@ -131,8 +153,8 @@ class LoopbackSshd:
         assert self.sshd is not None
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
         with open(self.dir / "sshd.log", "ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen([self.sshd, "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+            argv = [*self.launcher, self.sshd, "-D", "-e", "-f", str(self.dir / "sshd_config")]
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -52,11 +52,45 @@ def with_dependency() -> dict:
 
 
 @gpuflex.endpoint(name="pod_gpu", gpu="H100", max_workers=3, idle_timeout=5)
-def on_gpu(seconds: float) -> str:
+def on_gpu(seconds: float) -> str | None:
     time.sleep(seconds)
-    return os.environ["CUDA_VISIBLE_DEVICES"]
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 @gpuflex.endpoint(name="pod_wrong_gpu", gpu="A100-80GB")
 def on_wrong_gpu() -> str:
     return "never"
+
+
+@gpuflex.endpoint(name="pod_environ")
+def environ() -> dict:
+    import sys
+
+    keys = ("SSH_AUTH_SOCK", "POD_HOST_VAR", "CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES")
+    return {"env": {k: os.environ.get(k) for k in keys}, "python": sys.version.split()[0],
+            "executable": sys.executable, "pid": os.getpid()}
+
+
+@gpuflex.endpoint(name="pod_a100_80", gpu="A100-80GB")
+def on_a100_80() -> str:
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+@gpuflex.endpoint(name="pod_4090", gpu="RTX4090", max_workers=2)
+def on_4090() -> str:
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+@gpuflex.endpoint(name="pod_run_tool")
+def run_tool() -> str:
+    import subprocess
+    from pathlib import Path
+
+    tool = Path(__file__).with_name("_pod_tool.sh")
+    return subprocess.run([str(tool)], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@gpuflex.endpoint(name="pod_many", max_workers=12, idle_timeout=30)
+def many(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
