@@ -116,11 +116,25 @@ def test_runpod_basic_ssh_proxy_is_refused_naming_what_works(remote_dir, tmp_pat
 
 
 def fake_smi(tmp_path, output, code=0):
-    """A stand-in for nvidia-smi on a GPU host (this machine has none): prints what the real one printed there."""
+    """A stand-in for nvidia-smi on a GPU host (this machine has none): ``output`` is what the real one printed there
+    for ``--query-gpu=index,name,memory.total,uuid``; like the real one, it prints the fields a query asks for, in
+    its order (lines that are not GPU rows, such as errors, come as they are)."""
     bin_dir = tmp_path / "smi-bin"
     bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "rows").write_text(output + "\n")
     smi = bin_dir / "nvidia-smi"
-    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {code}\n")
+    smi.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import sys
+        fields = ["index", "name", "memory.total", "uuid"]
+        query = next(a for a in sys.argv if a.startswith("--query-gpu=")).split("=", 1)[1].split(",")
+        for line in open({str(bin_dir / "rows")!r}).read().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == len(fields) and parts[0].isdigit():
+                line = ", ".join(parts[fields.index(q)] for q in query)
+            print(line)
+        sys.exit({code})
+        """))
     smi.chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
 
@@ -141,7 +155,7 @@ def test_a_mixed_host_gives_each_endpoint_only_its_model(sshd, remote_dir, tmp_p
 def test_one_failed_gpu_or_an_unknown_field_hides_no_other(sshd, remote_dir, tmp_path):
     """nvidia-smi exits 15 after a GPU it cannot read; DGX Spark's GB10 reports memory as [N/A]."""
     env = fake_smi(tmp_path, "0, NVIDIA H100 80GB HBM3, 81559, GPU-a\nUnable to determine the device handle for "
-                   "GPU0000:1B:00.0: Unknown Error\n2, NVIDIA H100 80GB HBM3, [N/A], GPU-c", code=15)
+                   "gpu 0000:1B:00.0: Unknown Error\n2, NVIDIA H100 80GB HBM3, [N/A], GPU-c", code=15)
     with backend_in_use(lambda: PodBackend(pod_config([sshd], remote_dir, host_env=env))) as backend:
         devices = {app.on_gpu(0.0) for _ in range(2)}
         host = backend.hosts[0]
