@@ -221,7 +221,7 @@ DRIVER_NAMES = [
 
 @pytest.mark.parametrize(("device", "memory_mib", "portable"), DRIVER_NAMES, ids=[d[0] for d in DRIVER_NAMES])
 def test_driver_names_identify_the_model(device, memory_mib, portable):
-    from gpuflex._gpus import identify_gpu
+    from gpuflex.gpus import identify_gpu
 
     assert identify_gpu(device, memory_mib) == portable
     if portable is not None:  # and an endpoint may ask for the model by that very name
@@ -232,7 +232,7 @@ def test_driver_names_identify_the_model(device, memory_mib, portable):
 
 
 def test_memory_decides_between_sizes_when_the_name_does_not():
-    from gpuflex._gpus import identify_gpu
+    from gpuflex.gpus import identify_gpu
 
     assert identify_gpu("NVIDIA A100-SXM4", 81251) == "A100-80GB"
     assert identify_gpu("NVIDIA A100-SXM4", 40536) == "A100-40GB"

@@ -197,16 +197,39 @@ async def read_frame(stream: BufferedByteReceiveStream) -> tuple[Any, ...]:
 
 
 class FrameParser:
-    """Incremental frame parser: feed bytes, get whole messages."""
+    """Incremental frame parser: feed bytes, get whole messages.
 
-    def __init__(self) -> None:
+    With a ``preamble``, everything before it is skipped (and its first 4 KiB kept in ``skipped``): a remote
+    login shell may print a banner before the worker's frames begin.
+    """
+
+    def __init__(self, preamble: bytes = b"") -> None:
         self._buf = bytearray()
         self._meta: tuple[tuple[Any, ...], list[int]] | None = None
         self._meta_end = 0
+        self._preamble = preamble
+        self.skipped = bytearray()
+
+    @property
+    def in_preamble(self) -> bool:
+        """Still waiting for the preamble."""
+        return bool(self._preamble)
+
+    def _skip_to_preamble(self) -> None:
+        at = self._buf.find(self._preamble)
+        cut = at if at >= 0 else max(0, len(self._buf) - len(self._preamble) + 1)  # keep a partial preamble
+        self.skipped += self._buf[: max(0, min(cut, 4096 - len(self.skipped)))]
+        del self._buf[: cut + len(self._preamble) if at >= 0 else cut]
+        if at >= 0:
+            self._preamble = b""
 
     def feed(self, data: bytes) -> list[tuple[Any, ...]]:
         self._buf += data
-        out = []
+        out: list[tuple[Any, ...]] = []
+        if self._preamble:
+            self._skip_to_preamble()
+            if self._preamble:
+                return out
         while True:
             if self._meta is None:
                 if len(self._buf) < _LEN.size:

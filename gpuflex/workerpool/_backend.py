@@ -52,6 +52,9 @@ class WorkerPoolBackend(Backend, abc.ABC):
     worker_preamble: bytes = b""
     #: seconds a command with a ``worker_preamble`` has to print it before its start fails
     preamble_timeout: float = 60.0
+    #: the worker process's own stderr (what escapes the runtime's capture: a crash, C libraries, a remote
+    #: shell) reaches the caller marked with endpoint and worker, like the output the runtime sends
+    capture_stderr: bool = False
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)

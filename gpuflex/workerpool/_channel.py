@@ -25,14 +25,20 @@ _JOIN_BELOW = 256 * 1024  # frames up to this size are joined into one write
 
 
 class WorkerChannel(asyncio.SubprocessProtocol):
-    """One worker process: ``send`` frames to its stdin; its stdout frames go to ``on_frame``."""
+    """One worker process: ``send`` frames to its stdin; its stdout frames go to ``on_frame``. With a captured
+    stderr, each of its lines goes to ``on_frame`` as ``("output", "stderr", line)``."""
 
-    def __init__(self, on_frame: Callable[[tuple[Any, ...]], None], use_shm: bool) -> None:
+    def __init__(self, on_frame: Callable[[tuple[Any, ...]], None], use_shm: bool, preamble: bytes = b"") -> None:
         self.on_frame = on_frame
         self.codec = WireCodec(use_shm=use_shm)
-        self.parser = FrameParser()
+        self.parser = FrameParser(preamble)
         self.transport: asyncio.SubprocessTransport | None = None
         self.first_frame: asyncio.Future[tuple[Any, ...] | None] = asyncio.get_running_loop().create_future()
+        self.preamble_found = not preamble
+        self.preamble_done = asyncio.Event()  # set once the preamble came, or the process closed without it
+        if not preamble:
+            self.preamble_done.set()
+        self._stderr = bytearray()  # a captured stderr's unfinished line
         self.closed = asyncio.Event()
         self._exited = False
         self._stdout_closed = False
@@ -43,13 +49,27 @@ class WorkerChannel(asyncio.SubprocessProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
-        for frame in self.parser.feed(data):
+        if fd == 2:
+            self._stderr += data
+            *lines, rest = self._stderr.split(b"\n")
+            self._stderr = bytearray(rest[-16384:])
+            for line in lines:
+                self.on_frame(("output", "stderr", line.decode(errors="replace").rstrip("\r")))
+            return
+        frames = self.parser.feed(data)
+        if not self.preamble_found and not self.parser.in_preamble:
+            self.preamble_found = True
+            self.preamble_done.set()
+        for frame in frames:
             if frame[0] != "output" and not self.first_frame.done():  # output may come before ready
                 self.first_frame.set_result(frame)
             else:
                 self.on_frame(frame)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 2 and self._stderr:
+            self.on_frame(("output", "stderr", self._stderr.decode(errors="replace")))
+            self._stderr.clear()
         if fd == 1:
             self._stdout_closed = True
             self._maybe_closed()
@@ -62,6 +82,7 @@ class WorkerChannel(asyncio.SubprocessProtocol):
         if self._exited and self._stdout_closed and not self.closed.is_set():
             if not self.first_frame.done():
                 self.first_frame.set_result(None)
+            self.preamble_done.set()
             discard_shm(self.codec.exported)
             self.closed.set()
 
@@ -111,13 +132,15 @@ class WorkerChannel(asyncio.SubprocessProtocol):
 
 async def start_worker_process(
     command: list[str], *, env: Mapping[str, str], cwd: str, on_frame: Callable[[tuple[Any, ...]], None],
-    use_shm: bool = False,
+    use_shm: bool = False, preamble: bytes = b"", capture_stderr: bool = False,
 ) -> WorkerChannel:
-    """Start ``command`` in its own session with frame pipes on stdin/stdout (stderr is inherited)."""
+    """Start ``command`` in its own session with frame pipes on stdin/stdout. Its stderr is inherited, or with
+    ``capture_stderr`` sent line by line as output frames. With a ``preamble``, stdout is skipped up to it (see
+    :class:`FrameParser`)."""
     loop = asyncio.get_running_loop()
-    channel = WorkerChannel(on_frame, use_shm)
+    channel = WorkerChannel(on_frame, use_shm, preamble)
     await loop.subprocess_exec(
-        lambda: channel, *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-        env=dict(env), cwd=cwd, start_new_session=True,
+        lambda: channel, *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if capture_stderr else None, env=dict(env), cwd=cwd, start_new_session=True,
     )
     return channel

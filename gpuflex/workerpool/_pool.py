@@ -44,6 +44,9 @@ class PoolOwner(Protocol):
     task_group: TaskSpawner | None
     shared_memory: bool
     prefetch: int | None
+    worker_preamble: bytes
+    preamble_timeout: float
+    capture_stderr: bool
 
     def place_worker(self, spec: EndpointSpec, worker_id: str) -> Placement | None: ...
     def release_worker(self, worker_id: str) -> None: ...
@@ -240,7 +243,8 @@ class EndpointPool:
             command, env = await self.backend.worker_command(self.spec, worker)
             await worker.start(command, env, self.backend.worker_cwd(self.bundle), self.init_spec(worker),
                                route_frame, preamble=self.backend.worker_preamble,
-                               preamble_timeout=self.backend.preamble_timeout)
+                               preamble_timeout=self.backend.preamble_timeout,
+                               capture_stderr=self.backend.capture_stderr)
         except StartFailed as exc:
             if self.backend.retry_start(worker, exc):  # a passing fault (a connection to re-establish)
                 worker.pool._worker_gone(worker, exc.reason)  # the queue stays; kick() starts another

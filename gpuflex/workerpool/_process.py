@@ -82,15 +82,17 @@ class WorkerProcess:
         return self.concurrency + self.prefetch - len(self.active)
 
     async def start(self, command: list[str], env: Mapping[str, str], cwd: str, init: dict[str, Any],
-                    on_frame: FrameHandler, *, preamble: bytes = b"", preamble_timeout: float = 60.0) -> None:
+                    on_frame: FrameHandler, *, preamble: bytes = b"", preamble_timeout: float = 60.0,
+                    capture_stderr: bool = False) -> None:
         """Start the process and wait for it to report ready (after imports and ``setup()``).
 
         With a ``preamble`` (bytes the command prints before the worker's frames), whatever comes before it is
-        skipped, and a command that has not printed it within ``preamble_timeout`` seconds is killed.
+        skipped, and a command that has not printed it within ``preamble_timeout`` seconds is killed. With
+        ``capture_stderr``, the process's stderr reaches ``on_frame`` as ``("output", "stderr", line)``.
         """
         self.channel = await start_worker_process(
             command, env=env, cwd=cwd, on_frame=lambda frame: on_frame(self, frame), use_shm=self.use_shm,
-            preamble=preamble,
+            preamble=preamble, capture_stderr=capture_stderr,
         )
         self.info.pid = self.channel.pid
         self.channel.send(("init", init))

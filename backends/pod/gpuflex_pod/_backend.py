@@ -2,7 +2,7 @@
 
 Nothing is installed on a host beforehand: the first deploy probes it (Python, GPUs, CPUs), pushes gpuflex's own
 runtime and the bundle as content-addressed files, and makes an environment per dependency set when one is
-needed. A worker is ``ssh host "cd ... && exec python -m gpuflex._worker_entry"`` on the host's shared
+needed. A worker is ``ssh host "cd ... && exec python -m gpuflex.runtime"`` on the host's shared
 connection, speaking frames over the SSH channel: no open ports. It leads its own process group and takes it down
 when its SSH session ends, so a dropped connection leaves nothing running.
 """
@@ -21,13 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import anyio
 import attrs
 
-from gpuflex import Bundle, EndpointSpec, Price
-from gpuflex._envelope import PYTHON_VERSION
-from gpuflex._gpus import identify_gpu
-from gpuflex._models import WorkerState
-from gpuflex._worker import OWN_GROUP_ENV
+from gpuflex import Bundle, EndpointSpec, Price, WorkerState
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
-from gpuflex.worker import worker_init
+from gpuflex.gpus import identify_gpu
+from gpuflex.worker import OWN_GROUP_ENV, PYTHON_VERSION, RUNTIME_MODULE, worker_init
 from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, WorkerProcess
 
 from ._config import PodConfig
@@ -66,6 +63,7 @@ class PodBackend(WorkerPoolBackend):
     }
     config: PodConfig
     worker_preamble = MARKER  # every remote command prints it first: a login shell's banner is skipped
+    capture_stderr = True  # the remote side's stderr (and ssh's own) arrives marked with endpoint and worker
 
     def __init__(self, config: PodConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)  # cheap, no I/O: hosts are checked and reached at the first deploy
@@ -247,7 +245,7 @@ class PodBackend(WorkerPoolBackend):
         cwd = self._bundle_paths[(host.label, worker.info.bundle_hash)]
         worker.on_kill = functools.partial(self._kill_remote, worker)
         line = (f"{host.env_prefix}cd {shlex.quote(cwd)} && exec env {env} {shlex.quote(python)} "
-                "-m gpuflex._worker_entry")
+                f"-m {RUNTIME_MODULE}")
         try:
             argv = await host.ssh.session_for(worker.id, line)  # a connection with a free session (MaxSessions)
         except BackendUnavailable:

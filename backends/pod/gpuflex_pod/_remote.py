@@ -17,9 +17,9 @@ import anyio
 import attrs
 
 import gpuflex
-from gpuflex._envelope import PYTHON_VERSION
-from gpuflex._gpus import identify_gpu
 from gpuflex.errors import BackendUnavailable, VersionMismatch
+from gpuflex.gpus import identify_gpu
+from gpuflex.worker import PYTHON_VERSION, RUNTIME_MODULE
 
 from ._ssh import SshConnection
 
@@ -272,7 +272,7 @@ class RemoteHost:
 
     async def kill_groups(self, pids: list[int]) -> list[int]:
         """SIGKILL the process groups of these workers on the host (pids no longer gpuflex workers are spared)."""
-        answer = await self.call("kill", self.root, *map(str, pids), timeout=30)
+        answer = await self.call("kill", self.root, RUNTIME_MODULE, *map(str, pids), timeout=30)
         return list(answer["killed"])
 
 

@@ -15,8 +15,8 @@ each answering one JSON line on stdout:
   its hash), then materialises the tree with hard links and renames it into place.
 * ``python <root> <want>``: install CPython ``want`` with uv under ``<root>/pythons`` (once); answers its facts.
 * ``env <root> <python> <key>``: then a JSON list of requirements; makes ``<root>/envs/<key>`` with uv (once).
-* ``kill <root> <pid>...``: SIGKILL the process groups these gpuflex workers lead (a pid that is no longer a
-  gpuflex worker under ``root`` is left alone).
+* ``kill <root> <module> <pid>...``: SIGKILL the process groups these gpuflex workers (``python -m <module>``)
+  lead; a pid that is no longer such a worker under ``root`` is left alone.
 
 Objects are named by sha256, with ``.x`` for an executable copy (a file has one mode, and hard links share it).
 Trees are read-only snapshots of hard links into ``<root>/objects``, so a push sends only changed contents.
@@ -439,20 +439,20 @@ def make_env(root: str, python: str, key: str) -> None:
 # -- workers ---------------------------------------------------------------------------------------------------
 
 
-def _is_worker(pid: int, root: str) -> bool:
+def _is_worker(pid: int, root: str, module: str) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return not os.path.isdir("/proc")  # no /proc (macOS hosts): trust the pid
-    return b"gpuflex._worker_entry" in cmdline and (cwd + os.sep).startswith(root + os.sep)
+    return f"-m\0{module}\0".encode() in cmdline and (cwd + os.sep).startswith(root + os.sep)
 
 
-def kill(root: str, *pids: str) -> None:
+def kill(root: str, module: str, *pids: str) -> None:
     killed = []
     for pid in map(int, pids):
-        if not _is_worker(pid, root):
+        if not _is_worker(pid, root, module):
             continue
         try:
             os.killpg(pid, signal.SIGKILL)

@@ -94,3 +94,13 @@ def run_tool() -> str:
 def many(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+@gpuflex.endpoint(name="pod_noisy")
+def noisy() -> str:
+    import sys
+
+    print("printed on the pod")
+    print("to stderr on the pod", file=sys.stderr)
+    os.write(2, b"straight to file descriptor 2\n")  # what a C library or a child process writes
+    return "done"

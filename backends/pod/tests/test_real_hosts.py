@@ -18,7 +18,7 @@ from gpuflex_pod.sshd import LoopbackSshd
 
 import gpuflex
 from gpuflex import errors
-from gpuflex._client import get_session
+from gpuflex.client._session import get_session
 from gpuflex.testing import backend_in_use
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,7 +79,7 @@ def test_a_login_shell_that_prints_breaks_neither_pushes_nor_workers(server_with
 
 def test_a_worker_whose_command_never_starts_fails_with_a_reason(server_with, remote_dir):
     """A host where worker sessions hang before running anything: the start gives up after start_timeout."""
-    server = server_with("ForceCommand case \"$SSH_ORIGINAL_COMMAND\" in *'-m gpuflex._worker_entry'*) sleep 600;; "
+    server = server_with("ForceCommand case \"$SSH_ORIGINAL_COMMAND\" in *'-m gpuflex.runtime'*) sleep 600;; "
                          "*) eval \"$SSH_ORIGINAL_COMMAND\";; esac")
     config = pod_config([server], remote_dir, start_timeout=2)
     with backend_in_use(lambda: PodBackend(config)):
@@ -493,3 +493,20 @@ def test_a_silent_network_loss_kills_the_stranded_worker_before_its_replacement_
 
 def _lines(path):
     return [int(x) for x in Path(path).read_text().split()] if Path(path).exists() else []
+
+
+# -- issue 11 section 5: what workers print ---------------------------------------------------------------------
+
+
+def test_what_a_pod_worker_prints_reaches_the_caller_marked_with_endpoint_and_worker(sshd, remote_dir, caplog):
+    with caplog.at_level("INFO", logger="gpuflex.worker"):
+        with backend_in_use(lambda: PodBackend(pod_config([sshd], remote_dir))):
+            job = app.noisy.spawn()
+            assert job.result(timeout=WAIT) == "done"
+            worker = job.worker
+            wait_until(lambda: "straight to file descriptor 2" in caplog.text, "the fd-2 line to arrive")
+    lines = {r.getMessage(): r for r in caplog.records if r.name == "gpuflex.worker"}
+    for text, stream in [("printed on the pod", "stdout"), ("to stderr on the pod", "stderr"),
+                         ("straight to file descriptor 2", "stderr")]:
+        record = lines[f"[pod_noisy {worker}] {text}"]
+        assert (record.gpuflex_endpoint, record.gpuflex_worker, record.gpuflex_stream) == ("pod_noisy", worker, stream)
