@@ -86,6 +86,7 @@ class SshConnection:
         self.uptime_before = 0.0  # seconds connected in earlier connections
         self.reconnects = 0
         self._resolved: dict[str, str] | None = None
+        self._dropped: list[asyncio.subprocess.Process] = []  # killed masters, still to be reaped
         if control_dir is not None:
             self.set_control_dir(control_dir)
 
@@ -173,6 +174,7 @@ class SshConnection:
             if master.alive and (not verify or await self._serving(master)):
                 return
             self._drop(index)  # a dead or silent master: forget it (and count the disconnection)
+            await self._reap()
             await self.resolve()
             delay = 0.25
             last_error: Exception | None = None
@@ -241,6 +243,14 @@ class SshConnection:
             self.reconnects += 1
         if process is not None:
             _kill_group(process)
+            self._dropped.append(process)
+
+    async def _reap(self) -> None:
+        """Wait for killed masters to be gone, so their process handles close."""
+        while self._dropped:
+            process = self._dropped.pop()
+            with anyio.move_on_after(5):
+                await process.wait()
 
     def drop(self) -> None:
         """Forget every connection now (kill it): the next user reconnects. For a connection that looks alive but
@@ -265,6 +275,7 @@ class SshConnection:
         return out
 
     async def close(self) -> None:
+        await self._reap()
         for index, master in enumerate(self.masters):
             process = master.process
             self._drop_quietly(index)

@@ -13,8 +13,8 @@ use it; so can yours::
 
 To stand in for hosts that differ from a clean server, ``extra_config`` adds sshd_config lines ahead of the
 defaults (sshd keeps the first value it reads: ``SetEnv BASH_ENV=...`` for a login shell that prints,
-``ForceCommand`` for a host that runs something else), ``stock_limits`` keeps sshd's own ``MaxSessions 10`` and
-``MaxStartups`` (the defaults here are raised for parallel tests), and ``launcher`` prefixes the sshd command (e.g.
+``ForceCommand`` for a host that runs something else, ``MaxSessions 4`` for a stricter limit than the stock 10,
+which the server otherwise keeps like every other sshd default), and ``launcher`` prefixes the sshd command (e.g.
 ``["taskset", "-c", "0"]`` for a host with one usable CPU).
 """
 
@@ -77,7 +77,7 @@ def _comm(pid: int) -> str:
 
 class LoopbackSshd:
     def __init__(self, port: int | None = None, *, user: str | None = None, extra_config: Sequence[str] = (),
-                 stock_limits: bool = False, launcher: Sequence[str] = ()) -> None:
+                 launcher: Sequence[str] = ()) -> None:
         self.sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
         self.keygen = shutil.which("ssh-keygen")
         if self.sshd is None or self.keygen is None:
@@ -86,7 +86,7 @@ class LoopbackSshd:
         self.user = user or getpass.getuser()
         self.dir = Path(tempfile.mkdtemp(prefix="gpuflex-sshd-"))
         self.process: subprocess.Popen[bytes] | None = None
-        self.extra_config, self.stock_limits, self.launcher = list(extra_config), stock_limits, list(launcher)
+        self.extra_config, self.launcher = list(extra_config), list(launcher)
         self._make_keys()
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -99,7 +99,6 @@ class LoopbackSshd:
         shutil.copy(self.dir / "client_ed25519.pub", self.dir / "authorized_keys")
         host_key = (self.dir / "host_ed25519.pub").read_text().split()[:2]
         (self.dir / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {' '.join(host_key)}\n")
-        limits = [] if self.stock_limits else ["MaxSessions 100", "MaxStartups 100:30:200"]
         (self.dir / "sshd_config").write_text("\n".join([
             *self.extra_config,
             "ListenAddress 127.0.0.1",
@@ -113,7 +112,6 @@ class LoopbackSshd:
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
             "UsePAM no",
             "StrictModes no",  # keys under /tmp (world-writable) are refused otherwise
-            *limits,
             "Subsystem sftp internal-sftp",
             "",
         ]))
@@ -180,7 +178,12 @@ class LoopbackSshd:
         self.kill()
 
     def cleanup(self) -> None:
+        """Stop the server and end whatever its sessions left running (a test's hung or stranded commands)."""
+        left = _children(self.process.pid) if self.process is not None else []
         self.stop()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LoopbackSshd:

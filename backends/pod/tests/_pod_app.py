@@ -72,8 +72,8 @@ def environ() -> dict:
 
 
 @gpuflex.endpoint(name="pod_a100_80", gpu="A100-80GB")
-def on_a100_80() -> str:
-    return os.environ["CUDA_VISIBLE_DEVICES"]
+def on_a100_80() -> tuple:
+    return os.environ["CUDA_VISIBLE_DEVICES"], os.environ.get("CUDA_DEVICE_ORDER")
 
 
 @gpuflex.endpoint(name="pod_4090", gpu="RTX4090", max_workers=2)

@@ -63,3 +63,11 @@ def _fresh_session():
 def ssh_client():
     """OpenSSH's client and key tools, for tests that need no running server."""
     need_ssh()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each test's call outcome on its item (the live checks record theirs in the live report)."""
+    report = (yield).get_result()
+    if report.when == "call":
+        item.rep_call = report

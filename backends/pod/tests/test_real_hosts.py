@@ -142,7 +142,14 @@ def fake_smi(tmp_path, output, code=0):
 def test_a100_80gb_hosts_serve_a100_80gb_endpoints(sshd, remote_dir, tmp_path):
     env = fake_smi(tmp_path, "0, NVIDIA A100-SXM4-80GB, 81920, GPU-6e1c2a36-7d4c-4a3c-9a59-1f0e6b0d1c11")
     with backend_in_use(lambda: PodBackend(pod_config([sshd], remote_dir, host_env=env))):
-        assert app.on_a100_80() == "0"
+        assert app.on_a100_80() == ("0", "PCI_BUS_ID"), "CUDA numbers GPUs in nvidia-smi's (PCI bus) order"
+
+
+def test_a_model_the_catalog_lacks_serves_no_named_model(sshd, remote_dir, tmp_path):
+    env = fake_smi(tmp_path, "0, NVIDIA GH200 480GB, 97871, GPU-c0")
+    with backend_in_use(lambda: PodBackend(pod_config([sshd], remote_dir, host_env=env))):
+        with pytest.raises(errors.BackendUnavailable, match="GH200 480GB .not in gpuflex's catalog"):
+            app.on_gpu(0.0)  # asks for an H100
 
 
 def test_a_mixed_host_gives_each_endpoint_only_its_model(sshd, remote_dir, tmp_path):
@@ -459,8 +466,9 @@ def test_remote_dir_must_be_private(sshd, remote_dir):
 
 @pytest.mark.slow
 def test_more_workers_than_sshds_default_max_sessions(server_with, remote_dir):
-    """Stock sshd allows 10 sessions per connection; twelve workers at once still all run."""
-    server = server_with(stock_limits=True)
+    """Stock sshd allows 10 sessions per connection (every test server keeps that default); twelve workers at once
+    take a second connection of gpuflex's own, not ssh's silent fallback."""
+    server = server_with()
     with backend_in_use(lambda: PodBackend(pod_config([server], remote_dir, workers_per_host=12))) as backend:
         jobs = [app.many.spawn(3.0) for _ in range(12)]
         assert len({job.result(timeout=WAIT) for job in jobs}) == 12
