@@ -193,14 +193,16 @@ class PodBackend(WorkerPoolBackend):
                     self.task_group.start_soon(_quietly, self._reap_lost(host))
 
     async def _reap_lost(self, host: RemoteHost) -> None:
-        pids, host.lost_pids = sorted(host.lost_pids), set()
-        if not pids:
-            return
-        try:
-            await host.kill_groups(pids)
-        except Exception:
-            host.lost_pids.update(pids)  # the host is still out of reach: the next worker start tries again
-            raise
+        """Kill the host's lost workers there (one reaping at a time: a worker start waits for one under way)."""
+        async with host.reap_lock:
+            pids, host.lost_pids = sorted(host.lost_pids), set()
+            if not pids:
+                return
+            try:
+                await host.kill_groups(pids)
+            except Exception:
+                host.lost_pids.update(pids)  # the host is still out of reach: the next worker start tries again
+                raise
 
     def _host_of(self, worker_id: str) -> RemoteHost:
         return self._placed[worker_id]
@@ -232,9 +234,9 @@ class PodBackend(WorkerPoolBackend):
         except BackendUnavailable:
             host.down_until = time.monotonic() + 5.0
             raise
-        if host.lost_pids:  # workers lost with an earlier connection may still hold their GPUs: end them first
-            with contextlib.suppress(Exception):
-                await self._reap_lost(host)
+        # workers lost with an earlier connection may still run there, holding their GPUs: end them first
+        with contextlib.suppress(Exception):
+            await self._reap_lost(host)
         self._workers[worker.id] = worker
         python = self._pythons[(host.label, spec.name)]
         runtime = self._runtime_paths[host.label]
@@ -263,7 +265,9 @@ class PodBackend(WorkerPoolBackend):
     def live_capabilities(self) -> Mapping[str, str | None]:
         caps = dict(self.capabilities)
         if self.hosts and all(h.facts is not None and not h.gpu_holders for h in self.hosts):
-            caps["gpu"] = "no pod host has a GPU (nvidia-smi found none); GPU endpoints run on CPU"
+            why = "; ".join(f"{h.label}: {h.facts['gpu_problem']}" for h in self.hosts
+                            if h.facts and h.facts["gpu_problem"]) or "nvidia-smi found none"
+            caps["gpu"] = f"no pod host has a GPU ({why}); GPU endpoints run on CPU"
         return caps
 
     # -- faults, prices, shutdown ----------------------------------------------------------------------------

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["RUNTIME_PACKAGES", "PushResult", "RemoteHost", "TreeFile", "runtime_tree"]
 
-AGENT_SOURCE = (Path(__file__).parent / "_remote_agent.py").read_text()
+# The host agent: one script, _remote_tools' functions first, then the actions that use them
+AGENT_SOURCE = (Path(__file__).parent / "_remote_tools.py").read_text() + "\n" + \
+    (Path(__file__).parent / "_remote_agent.py").read_text().replace("from __future__ import annotations\n", "", 1)
 # What gpuflex's worker runtime imports besides the standard library (import name -> requirement)
 RUNTIME_PACKAGES = {"attrs": "attrs>=23.1", "cloudpickle": "cloudpickle>=3.0", "anyio": "anyio>=4.4",
                     "pluggy": "pluggy>=1.5"}
@@ -90,6 +92,7 @@ class RemoteHost:
         self.down_until = 0.0  # after a failed connection, placement avoids the host until then
         self.start_failures = 0  # workers in a row whose ssh failed (exit 255) before they were ready
         self.lost_pids: set[int] = set()  # workers lost with a connection: killed there before new ones start
+        self.reap_lock = anyio.Lock()
 
     @property
     def label(self) -> str:
@@ -164,6 +167,8 @@ class RemoteHost:
         """The interpreter workers use: ``python=`` as given (its minor version must be ``local``'s), else one of
         that version found on the host, else one uv installs under ``remote_dir`` (once per host)."""
         facts = await self.probe()
+        if self.interpreter is not None:  # chosen (or installed) at an earlier deploy
+            return self.interpreter
         if facts["match"] is not None:  # python= as given (checked below), or one of the right version
             self.interpreter = facts["match"]
             self.check_python(local)

@@ -18,14 +18,14 @@ each answering one JSON line on stdout:
 * ``kill <root> <module> <pid>...``: SIGKILL the process groups these gpuflex workers (``python -m <module>``)
   lead; a pid that is no longer such a worker under ``root`` is left alone.
 
-Objects are named by sha256, with ``.x`` for an executable copy (a file has one mode, and hard links share it).
+The uv, Python and environment helpers live in ``_remote_tools``, whose source the client sends ahead of this
+one. Objects are named by sha256, with ``.x`` for an executable copy (a file has one mode, and hard links share it).
 Trees are read-only snapshots of hard links into ``<root>/objects``, so a push sends only changed contents.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform
@@ -38,26 +38,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
-import zipfile
-from typing import Any, NoReturn
+from typing import Any
 
-_PROBE_SNIPPET = ("import json, sys\nout = {'python': '.'.join(map(str, sys.version_info[:3])), "
-                  "'executable': sys.executable, 'importable': {}}\nfor name in sys.argv[1].split(','):\n"
-                  "    try:\n        m = __import__(name)\n"
-                  "        out['importable'][name] = str(getattr(m, '__version__', '') or '?')\n"
-                  "    except Exception:\n        out['importable'][name] = ''\nprint(json.dumps(out))\n")
-
-
-def _answer(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data) + "\n")
-    sys.stdout.flush()
-
-
-def _fail(message: str) -> NoReturn:
-    sys.stderr.write(f"gpuflex pod agent: {message}\n")
-    raise SystemExit(3)
+try:  # as modules (tests, type checks); the agent itself is one script, _remote_tools' source coming first
+    from ._remote_tools import answer, fail, install_python, interpreter_facts, local_uv, make_env, managed_pythons
+except ImportError:
+    pass
 
 
 def private_root(root: str) -> str:
@@ -69,9 +55,9 @@ def private_root(root: str) -> str:
         os.chmod(root, 0o700)
     info = os.lstat(root)
     if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o002:
-        _fail(f"remote_dir {root} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}, "
-              f"{'a symlink' if stat.S_ISLNK(info.st_mode) else 'a directory'}): gpuflex runs the code stored there, "
-              "so it must belong to this user and be writable by no one else; pick another remote_dir")
+        fail(f"remote_dir {root} is not private (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}, "
+             f"{'a symlink' if stat.S_ISLNK(info.st_mode) else 'a directory'}): gpuflex runs the code stored there, "
+             "so it must belong to this user and be writable by no one else; pick another remote_dir")
     return root
 
 
@@ -148,16 +134,6 @@ def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
     return max(1, count)
 
 
-def _interpreter(executable: str, packages: str) -> dict[str, Any] | None:
-    try:
-        out = subprocess.run([executable, "-c", _PROBE_SNIPPET, packages], capture_output=True, text=True,
-                             timeout=60)
-        facts: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-        return facts
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
 def _own_facts(packages: str) -> dict[str, Any]:
     importable = {}
     for name in filter(None, packages.split(",")):
@@ -170,29 +146,17 @@ def _own_facts(packages: str) -> dict[str, Any]:
             "importable": importable}
 
 
-def _managed_pythons(root: str, want: str) -> list[str]:
-    """Interpreters of version ``want`` that gpuflex installed with uv under ``<root>/pythons``."""
-    base = os.path.join(root, "pythons")
-    found = []
-    if os.path.isdir(base):
-        for name in sorted(os.listdir(base), reverse=True):
-            exe = os.path.join(base, name, "bin", f"python{want}")
-            if name.startswith(f"cpython-{want}.") and os.access(exe, os.X_OK):
-                found.append(exe)
-    return found
-
-
-def find_interpreter(root: str, packages: str, want: str) -> dict[str, Any] | None:
+def findinterpreter_facts(root: str, packages: str, want: str) -> dict[str, Any] | None:
     own = _own_facts(packages)
     if not want or own["python"].split(".")[:2] == want.split("."):
         return own
     seen = {os.path.realpath(sys.executable)}
-    candidates = [shutil.which(n) for n in (f"python{want}", "python3", "python")] + _managed_pythons(root, want)
+    candidates = [shutil.which(n) for n in (f"python{want}", "python3", "python")] + managed_pythons(root, want)
     for exe in filter(None, candidates):
         if os.path.realpath(exe) in seen:
             continue
         seen.add(os.path.realpath(exe))
-        facts = _interpreter(exe, packages)
+        facts = interpreter_facts(exe, packages)
         if facts and facts["python"].split(".")[:2] == want.split("."):
             return facts
     return None
@@ -215,15 +179,15 @@ def probe(root: str, packages: str, want: str = "", env_names: str = "") -> None
     host_env = {name: os.environ.get(name, "") for name in filter(None, env_names.split(","))}
     gpus, gpu_problem = discover_gpus()
     own = _own_facts(packages)
-    _answer({
+    answer({
         **own,
         "agent_python": sys.executable,
-        "match": find_interpreter(root, packages, want) if want else own,
+        "match": findinterpreter_facts(root, packages, want) if want else own,
         "root": root,
         "gpus": gpus,
         "gpu_problem": gpu_problem,
         "cpus": usable_cpus(),
-        "uv": shutil.which("uv") or (_local_uv(root) if os.access(_local_uv(root), os.X_OK) else ""),
+        "uv": shutil.which("uv") or (local_uv(root) if os.access(local_uv(root), os.X_OK) else ""),
         "pid": os.getpid(),
         "platform": f"{platform.system()}-{platform.machine()}",
         "env_file": _write_env_file(root, host_env) if host_env else "",
@@ -246,11 +210,11 @@ def missing(root: str) -> None:
     manifest = _read_manifest(sys.stdin.buffer)
     tree = os.path.join(root, manifest["tree"])
     if os.path.isdir(tree):
-        _answer({"tree_exists": True, "missing": []})
+        answer({"tree_exists": True, "missing": []})
         return
     objects = os.path.join(root, "objects")
     wanted = sorted({_object_name(f) for f in manifest["files"]})
-    _answer({"tree_exists": False, "missing": [h for h in wanted if not os.path.exists(os.path.join(objects, h))]})
+    answer({"tree_exists": False, "missing": [h for h in wanted if not os.path.exists(os.path.join(objects, h))]})
 
 
 def put(root: str) -> None:
@@ -267,7 +231,7 @@ def put(root: str) -> None:
                 continue
             data = source.read()
             if hashlib.sha256(data).hexdigest() != name.split(".")[0]:
-                _fail(f"object {name} arrived corrupted")
+                fail(f"object {name} arrived corrupted")
             fd, tmp = tempfile.mkstemp(dir=objects)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -277,7 +241,7 @@ def put(root: str) -> None:
     tree = os.path.join(root, manifest["tree"])
     lost = sorted({_object_name(f) for f in manifest["files"]} - set(os.listdir(objects)))
     if lost and not os.path.isdir(tree):  # the client thought the host had these: it must send them
-        _answer({"received": received, "tree": tree, "missing": lost})
+        answer({"received": received, "tree": tree, "missing": lost})
         return
     if not os.path.isdir(tree):
         os.makedirs(os.path.dirname(tree), exist_ok=True)
@@ -289,13 +253,13 @@ def put(root: str) -> None:
                 _link_or_copy(os.path.join(objects, _object_name(entry)), path)
             except FileNotFoundError:  # gone since it was counted: the client sends it again
                 shutil.rmtree(staging, ignore_errors=True)
-                _answer({"received": received, "tree": tree, "missing": [_object_name(entry)]})
+                answer({"received": received, "tree": tree, "missing": [_object_name(entry)]})
                 return
         try:
             os.rename(staging, tree)
         except OSError:  # another client put the same tree first: same content, keep theirs
             shutil.rmtree(staging, ignore_errors=True)
-    _answer({"received": received, "tree": tree, "missing": []})
+    answer({"received": received, "tree": tree, "missing": []})
 
 
 def _link_or_copy(source: str, dest: str) -> None:
@@ -305,135 +269,6 @@ def _link_or_copy(source: str, dest: str) -> None:
         raise
     except OSError:  # a file system without hard links (some network volumes): a copy, same mode
         shutil.copy2(source, dest)
-
-
-# -- uv, Python, environments ----------------------------------------------------------------------------------
-
-
-def _local_uv(root: str) -> str:
-    return os.path.join(root, "tools", "uv", "bin", "uv")
-
-
-def _wheel_rank(filename: str) -> int | None:
-    """How well a uv wheel fits this host (lower is better); ``None``: it does not run here."""
-    machine = platform.machine().lower()
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-    if sys.platform.startswith("linux"):
-        if f"musllinux_1_1_{arch}" in filename:  # a static binary: runs on any Linux libc
-            return 0
-        if "manylinux" in filename and filename.endswith(f"_{arch}.whl"):
-            return 1
-    elif sys.platform == "darwin":
-        if "macosx" in filename and (("arm64" in filename) == (arch == "aarch64")):
-            return 0
-    return None
-
-
-def _index_files(index: str) -> list[tuple[str, str, str]]:
-    """``(filename, url, sha256)`` of uv's wheels on a package index (PEP 691 JSON, or PEP 503 HTML)."""
-    url = index.rstrip("/") + "/uv/"
-    request = urllib.request.Request(url, headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "gpuflex-pod"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        body = response.read().decode()
-        kind = response.headers.get("Content-Type", "")
-    files = []
-    if "json" in kind:
-        for f in json.loads(body)["files"]:
-            if not f.get("yanked") and f["filename"].endswith(".whl"):
-                files.append((f["filename"], urllib.parse.urljoin(url, f["url"]), f["hashes"].get("sha256", "")))
-    else:
-        for href, name in re.findall(r'<a[^>]*href="([^"]+)"[^>]*>([^<]+\.whl)</a>', body):
-            digest = href.split("#sha256=")[1] if "#sha256=" in href else ""
-            files.append((name.strip(), urllib.parse.urljoin(url, href.split("#")[0]), digest))
-    return files
-
-
-def _version_key(filename: str) -> tuple[int, ...] | None:
-    match = re.match(r"uv-(\d+(?:\.\d+)*)-", filename)
-    return tuple(int(p) for p in match.group(1).split(".")) if match else None
-
-
-def ensure_uv(root: str) -> str:
-    """uv on PATH, or the one gpuflex put under ``<root>/tools``, or a fresh one from the package index: its
-    wheel holds a single binary, so neither pip nor ``python3 -m venv`` (missing on stock Debian/Ubuntu) is
-    needed."""
-    found = shutil.which("uv")
-    if found:
-        return found
-    target = _local_uv(root)
-    if os.access(target, os.X_OK):
-        return target
-    index = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") or \
-        os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
-    try:
-        files = _index_files(index)
-    except Exception as exc:  # noqa: BLE001 - any failure: say where uv was looked for
-        _fail(f"uv is not installed and could not be fetched from {index}: {exc}. Install uv on the host "
-              "(https://docs.astral.sh/uv/) or set UV_DEFAULT_INDEX in host_env to an index the host can reach")
-    fitting = [(key, rank, f) for f in files
-               if (key := _version_key(f[0])) is not None and (rank := _wheel_rank(f[0])) is not None]
-    if not fitting:
-        _fail(f"no uv wheel on {index} for {platform.system()} {platform.machine()}; install uv on the host")
-    _, _, (name, url, digest) = max(fitting, key=lambda item: (item[0], -item[1]))
-    with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "gpuflex-pod"}),
-                                timeout=600) as response:
-        data = response.read()
-    if digest and hashlib.sha256(data).hexdigest() != digest:
-        _fail(f"{name} from {index} does not match its sha256")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
-        member = next((m for m in wheel.namelist() if re.search(r"\.data/scripts/uv$", m)), None)
-        if member is None:
-            _fail(f"{name} holds no uv binary")
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target))
-        with os.fdopen(fd, "wb") as out:
-            out.write(wheel.read(member))
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, target)
-    return target
-
-
-def _uv_env(root: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("UV_CACHE_DIR", os.path.join(root, "uv-cache"))  # beside the envs: uv hard-links from it
-    env["UV_PYTHON_INSTALL_DIR"] = os.path.join(root, "pythons")
-    return env
-
-
-def _run_uv(args: list[str], root: str) -> str:
-    result = subprocess.run(args, capture_output=True, text=True, env=_uv_env(root))
-    if result.returncode != 0:
-        _fail(f"{' '.join(args[:3])} failed: {result.stderr.strip()[-3000:]}")
-    return result.stdout
-
-
-def install_python(root: str, want: str, packages: str) -> None:
-    found = _managed_pythons(root, want)
-    if not found:
-        uv = ensure_uv(root)
-        _run_uv([uv, "python", "install", "--no-bin", "--install-dir", os.path.join(root, "pythons"), want], root)
-        found = _managed_pythons(root, want)
-    if not found:
-        _fail(f"uv installed Python {want} but it is not under {root}/pythons")
-    facts = _interpreter(found[0], packages)
-    if facts is None:
-        _fail(f"the Python uv installed ({found[0]}) does not run")
-    _answer({**facts, "match": facts})
-
-
-def make_env(root: str, python: str, key: str) -> None:
-    requirements = json.loads(sys.stdin.buffer.readline())
-    env_dir = os.path.join(root, "envs", key)
-    ready = os.path.join(env_dir, ".ready")
-    if not os.path.exists(ready):
-        uv = ensure_uv(root)
-        _run_uv([uv, "venv", "-q", "--allow-existing", "--python", python, env_dir], root)
-        _run_uv([uv, "pip", "install", "-q", "--python", os.path.join(env_dir, "bin", "python"), *requirements],
-                root)
-        with open(ready, "w"):
-            pass
-    _answer({"python": os.path.join(env_dir, "bin", "python")})
 
 
 # -- workers ---------------------------------------------------------------------------------------------------
@@ -459,7 +294,7 @@ def kill(root: str, module: str, *pids: str) -> None:
             killed.append(pid)
         except (ProcessLookupError, PermissionError):
             pass
-    _answer({"killed": killed})
+    answer({"killed": killed})
 
 
 def main(argv: list[str]) -> None:
