@@ -30,9 +30,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RUNTIME_PACKAGES", "PushResult", "RemoteHost", "TreeFile", "runtime_tree"]
 
-# The host agent: one script, _remote_tools' functions first, then the actions that use them
+# The host agent: one script, _remote_tools' functions first, then the actions that use them. It travels on stdin,
+# as one JSON string, and a short loader runs it: the command line stays one short line any login shell takes.
 AGENT_SOURCE = (Path(__file__).parent / "_remote_tools.py").read_text() + "\n" + \
     (Path(__file__).parent / "_remote_agent.py").read_text().replace("from __future__ import annotations\n", "", 1)
+_AGENT_LINE = json.dumps(AGENT_SOURCE).encode() + b"\n"
+_LOADER = "import sys, json; exec(compile(json.loads(sys.stdin.buffer.readline()), 'gpuflex-pod-agent', 'exec'))"
 # What gpuflex's worker runtime imports besides the standard library (import name -> requirement)
 RUNTIME_PACKAGES = {"attrs": "attrs>=23.1", "cloudpickle": "cloudpickle>=3.0", "anyio": "anyio>=4.4",
                     "pluggy": "pluggy>=1.5"}
@@ -117,15 +120,16 @@ class RemoteHost:
         else:  # any Python 3 runs the agent; one of the wanted version first spares a search
             names = (f"python{PYTHON_VERSION}", "python3", "python")
             python = '"$(' + " || ".join(f"command -v {n}" for n in names) + ' || echo python3)"'
-        words = " ".join(shlex.quote(w) for w in ("-c", AGENT_SOURCE, action, *args))
+        words = " ".join(shlex.quote(w) for w in ("-c", _LOADER, action, *args))
         # host_env arrives as the first line of stdin, so its values never sit on a command line
         return f'IFS= read -r gpuflex_env; eval "$gpuflex_env"; exec {python} {words}'
 
     async def call(self, action: str, *args: str, payload: bytes = b"", timeout: float = 120.0) -> dict[str, Any]:  # noqa: ASYNC109
-        """Run one agent action; its answer. ``host_env`` travels on stdin, ahead of ``payload``."""
+        """Run one agent action; its answer. ``host_env`` and the agent's source travel on stdin, ahead of
+        ``payload``."""
         env = self.config.host_env
         exports = ("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())) if env else ""
-        header = exports.encode() + b"\n"
+        header = exports.encode() + b"\n" + _AGENT_LINE
         try:
             out = await self.ssh.run(self._agent_line(action, *args), input=header + payload, timeout=timeout)
         except BackendUnavailable as exc:

@@ -518,3 +518,15 @@ def test_what_a_pod_worker_prints_reaches_the_caller_marked_with_endpoint_and_wo
                          ("straight to file descriptor 2", "stderr")]:
         record = lines[f"[pod_noisy {worker}] {text}"]
         assert (record.gpuflex_endpoint, record.gpuflex_worker, record.gpuflex_stream) == ("pod_noisy", worker, stream)
+
+
+def test_remote_command_lines_are_one_short_line(tmp_path):
+    """csh and tcsh (still the login shell on some shared machines) refuse a newline inside quotes: every command
+    line gpuflex hands a login shell is one line, and the agent's source travels on stdin."""
+    from gpuflex_pod._config import parse_host
+    from gpuflex_pod._remote import RemoteHost
+    from gpuflex_pod._ssh_args import remote_line
+
+    host = RemoteHost(parse_host("a@b"), PodConfig(hosts=["a@b"], host_env={"HF_TOKEN": "x"}), str(tmp_path))
+    line = remote_line(host._agent_line("probe", "~/.cache/gpuflex-pod", "attrs", "3.11", "HF_TOKEN"))
+    assert "\n" not in line and len(line) < 1000, line
