@@ -4,7 +4,8 @@ Each target runs only when its credentials or hosts are given:
 
 * ``serverless`` (RunPod): ``RUNPOD_API_KEY``;
 * ``modal``: ``MODAL_TOKEN_ID`` and ``MODAL_TOKEN_SECRET``, or a profile in ``~/.modal.toml``;
-* ``pod``: ``GPUFLEX_LIVE_SSH_HOSTS`` (comma-separated ``user@host[:port]``; keys from your ssh agent or config).
+* ``pod``: ``GPUFLEX_LIVE_SSH_HOSTS`` (comma-separated ``user@host[:port]``; keys from your ssh agent or config),
+  and optionally ``GPUFLEX_LIVE_SSH_OPTIONS``, further pod options as JSON (``{"identity_file": ...}``).
 
 Timings, costs and outcomes go to the JSON file named by ``GPUFLEX_LIVE_REPORT`` (``nox -s live`` renders it into
 ``docs/live/<date>.md``). Everything a check creates is torn down by the check itself; the session tears down the
@@ -39,7 +40,8 @@ TARGETS: dict[str, tuple[bool, dict[str, Any]]] = {
     "serverless": (bool(os.environ.get("RUNPOD_API_KEY")), {"name_prefix": "gpuflex-live-"}),
     "modal": (_modal_configured(), {"app_name": "gpuflex-live"}),
     "pod": (bool(os.environ.get("GPUFLEX_LIVE_SSH_HOSTS")),
-            {"hosts": [h for h in os.environ.get("GPUFLEX_LIVE_SSH_HOSTS", "").split(",") if h]}),
+            {"hosts": [h for h in os.environ.get("GPUFLEX_LIVE_SSH_HOSTS", "").split(",") if h],
+             **json.loads(os.environ.get("GPUFLEX_LIVE_SSH_OPTIONS") or "{}")}),
 }
 
 
