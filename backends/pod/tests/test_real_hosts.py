@@ -4,6 +4,7 @@ Python without venv or of another version, bastions and ssh configs, client plat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -77,15 +78,21 @@ def test_a_login_shell_that_prints_breaks_neither_pushes_nor_workers(server_with
         assert len(list(app.spread.map([0.3] * 4))) == 4  # more workers over the same noisy sessions
 
 
-def test_a_worker_whose_command_never_starts_fails_with_a_reason(server_with, remote_dir):
+def test_a_worker_whose_command_never_starts_fails_with_a_reason(server_with, remote_dir, tmp_path):
     """A host where worker sessions hang before running anything: the start gives up after start_timeout."""
-    server = server_with("ForceCommand case \"$SSH_ORIGINAL_COMMAND\" in *'-m gpuflex.runtime'*) sleep 600;; "
-                         "*) eval \"$SSH_ORIGINAL_COMMAND\";; esac")
+    hung = tmp_path / "hung"
+    server = server_with(f"ForceCommand case \"$SSH_ORIGINAL_COMMAND\" in *'-m gpuflex.runtime'*) echo $$ >> {hung}; "
+                         "exec sleep 600;; *) eval \"$SSH_ORIGINAL_COMMAND\";; esac")
     config = pod_config([server], remote_dir, start_timeout=2)
-    with backend_in_use(lambda: PodBackend(config)):
-        job = app.where.spawn()
-        with pytest.raises(errors.JobFailed, match="never began its output.*did not start within 2 s"):
-            job.result(timeout=WAIT)
+    try:
+        with backend_in_use(lambda: PodBackend(config)):
+            job = app.where.spawn()
+            with pytest.raises(errors.JobFailed, match="never began its output.*did not start within 2 s"):
+                job.result(timeout=WAIT)
+    finally:  # the hung sessions outlive their connection, as on a real host: end them
+        for pid in _lines(hung):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- 2. hosts that log in but never run the command ---------------------------------------------------------------
