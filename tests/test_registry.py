@@ -89,7 +89,8 @@ def test_duplicate_names_name_both_classes(second):
     assert registry.get("alpha") is AlphaBackend  # the first registration stands
 
 
-@pytest.mark.parametrize("thing", [object, int, "alpha", AlphaBackend(), None], ids=repr)
+@pytest.mark.parametrize("thing", [object, int, "alpha", AlphaBackend(), None],
+                         ids=["object", "int", "str", "instance", "None"])
 def test_a_non_backend_is_refused(thing):
     with pytest.raises(PluginError, match="not a gpuflex.backend.Backend subclass"):
         BackendRegistry().register(thing)
