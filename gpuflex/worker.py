@@ -15,7 +15,7 @@ The frame codec is symmetric: ``write_frame``/``read_frame`` (async streams), ``
 from __future__ import annotations
 
 from ._envelope import PYTHON_VERSION, encode_error
-from .runtime._protocol import RUNTIME_MODULE, worker_command, worker_init
+from .runtime._protocol import RUNTIME_MODULE, endpoint_environ, worker_command, worker_init
 from .runtime._runner import IN_WORKER_ENV, OWN_GROUP_ENV, WorkerRuntime
 from .runtime._wire import FrameParser, WireCodec, read_frame, read_frame_sync, write_frame, write_frame_sync
 from .workerpool._channel import WorkerChannel, start_worker_process
@@ -30,6 +30,7 @@ __all__ = [
     "WorkerChannel",
     "WorkerRuntime",
     "encode_error",
+    "endpoint_environ",
     "read_frame",
     "read_frame_sync",
     "start_worker_process",
