@@ -3,6 +3,8 @@
 * ``--backend NAME``: limit ``gpuflex_backend`` to one backend.
 * ``--run-live``: allow tests marked ``live`` (real clouds, real credentials); skipped otherwise.
 * ``gpuflex_backend``: a fixture parametrized over the installed backends, giving a factory of fresh instances.
+  Without ``--backend``, a backend that cannot run a call here with its default options (no credentials, no hosts:
+  see :func:`gpuflex.testing.probe_backend`) is skipped with the reason; named with ``--backend``, it runs.
 * ``conformance_check``: parametrized over :data:`gpuflex.testing.CHECKS`.
 * At the end of a run, a summary of what did not run and why, grouped by reason, with the command that enables
   each group (see :func:`gpuflex.testing.require`).
@@ -18,6 +20,7 @@ import pytest
 from gpuflex._registry import get_registry
 
 from ._conformance import CHECKS
+from ._installed import probe_backend
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,6 +56,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("conformance_check", CHECKS, ids=[c.__name__ for c in CHECKS])
 
 
+_probed: dict[str, str | None] = {}  # backend name -> why it cannot run here (probed once per test run)
+
+
 @pytest.fixture
 def gpuflex_backend(request: pytest.FixtureRequest) -> Callable[[], Backend]:
     """A factory of fresh instances of one installed backend (default options)."""
@@ -61,6 +67,13 @@ def gpuflex_backend(request: pytest.FixtureRequest) -> Callable[[], Backend]:
     def make() -> Backend:
         return cls()
 
+    if not request.config.getoption("--backend"):  # every installed backend: skip those that cannot run here
+        if cls.name not in _probed:
+            _probed[cls.name] = probe_backend(make)
+        reason = _probed[cls.name]
+        if reason is not None:
+            pytest.skip(f"the {cls.name} backend cannot run here with its default options ({reason}); "
+                        f"configure it and pass --backend {cls.name}")
     return make
 
 
