@@ -141,3 +141,12 @@ class Methods:
     @staticmethod
     def double(value: int) -> int:
         return 2 * value
+
+
+# -- test_budget ---------------------------------------------------------------------------------------------------
+
+
+@gpuflex.endpoint(name="budget_parallel", max_workers=3)
+def budget_parallel(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
