@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gpuflex
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # -- test_costs ------------------------------------------------------------------------------------------------
 

@@ -5,15 +5,17 @@ conformance checks that interrupt calls and read the environment."""
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from gpuflex import EndpointSpec
 from gpuflex.testing import run_check, wait_until
 from gpuflex.testing._conformance import check_endpoint_env, check_interrupt
 from gpuflex.testing._endpoints import echo
 from gpuflex.testing._harness import backend_in_use
 from gpuflex.worker import worker_command
 from gpuflex.workerpool import Placement, WorkerPoolBackend, WorkerProcess
+
+if TYPE_CHECKING:
+    from gpuflex import EndpointSpec
 
 
 class DocsPoolBackend(WorkerPoolBackend):

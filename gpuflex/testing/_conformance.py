@@ -23,6 +23,7 @@ from gpuflex import errors
 from gpuflex.client._session import get_session
 
 from . import _endpoints as ep
+from . import _harness
 from ._harness import WAIT, BackendFactory, Check, CheckSkipped, backend_in_use, wait_until
 from ._harness import needs as _needs
 from ._harness import tmp_dir as _tmp
@@ -447,7 +448,7 @@ def run_check(check: Check, make_backend: BackendFactory) -> None:
     try:
         check(make_backend)
     except CheckSkipped as exc:
-        if "PYTEST_CURRENT_TEST" not in os.environ:  # set by pytest while it runs a test, and only then
+        if not _harness.pytest_sessions:  # a plain script (which may import pytest, or inherit pytest's env)
             raise
         import pytest
 

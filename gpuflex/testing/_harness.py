@@ -17,6 +17,8 @@ __all__ = ["WAIT", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", 
 BackendFactory = Callable[[], Backend]
 Check = Callable[[BackendFactory], None]
 WAIT = 60.0
+#: pytest sessions running in this process (counted by gpuflex's pytest plugin): a skip is pytest's only then
+pytest_sessions = 0
 
 
 class CheckSkipped(Exception):

@@ -19,6 +19,7 @@ import pytest
 
 from gpuflex._registry import get_registry
 
+from . import _harness
 from ._conformance import CHECKS
 from ._installed import probe_backend
 
@@ -37,6 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "live: talks to a real cloud; runs only with --run-live")
+    _harness.pytest_sessions += 1  # run_check turns CheckSkipped into a skip only while pytest runs
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _harness.pytest_sessions -= 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
