@@ -205,7 +205,7 @@ class WorkerRuntime:
         if len(args) != 1 or kwargs:
             raise BatchError(f"a batched endpoint takes exactly one item per call; this call passed {len(args)} "
                              f"positional and {len(kwargs)} keyword argument(s)")
-        return encode_value(await self._batcher(method).add(args[0], key=job_id))
+        return dump_value(await self._batcher(method).add(args[0], key=job_id))
 
     def cancel(self, job_id: str) -> None:
         for batcher in self.batchers.values():
