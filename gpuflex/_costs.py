@@ -278,13 +278,13 @@ class BudgetGuard:
         with self._lock:
             return sum(flight.charge(at) for flight in self._flights.values())
 
-    def admit(self, job_id: str, endpoint: str, price: Price) -> str | None:
+    def admit(self, job_id: str, endpoint: str, price: Price, now: float | None = None) -> str | None:
         """Count a new job in flight, or return the reason to refuse it."""
         limit = self.current_limit()
         if limit is None:
             return None
         spent = self.meter.total().usd
-        flying = self.in_flight()
+        flying = self.in_flight(now)
         expected = self.expected(endpoint, price)
         committed = spent + flying
         if committed >= limit or committed + expected > limit + 1e-12:

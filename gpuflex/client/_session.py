@@ -53,7 +53,7 @@ __all__ = ["BoundEndpoint", "Session", "get_session"]
 T = TypeVar("T")
 logger = logging.getLogger("gpuflex")
 _CANCEL_GRACE_SECONDS = 10.0
-_BUDGET_MARGIN_SECONDS = 0.02  # the budget guard stops running work this long before it would pass the limit
+_BUDGET_MARGIN_SECONDS = 0.1  # the budget guard stops running work this long before it would pass the limit
 _GENERIC_REASONS = (None, "", "the function raised")  # what backends say when the outcome says more
 
 
