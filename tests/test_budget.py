@@ -13,7 +13,8 @@ import pytest
 
 import gpuflex
 from gpuflex import Cost, Price
-from gpuflex._costs import BudgetGuard, CostMeter
+from gpuflex._budget import BudgetGuard
+from gpuflex._costs import CostMeter
 from gpuflex.errors import QuotaExceeded
 
 PER_SECOND = Price(usd_per_hour=3600.0, billing="per-second", increment=1.0)  # $1 per started second

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import gpuflex
 from gpuflex import Cost, Price
-from gpuflex._costs import BudgetGuard, CostMeter, EndpointCosts, job_cost, summarize, tail_cost
+from gpuflex._budget import BudgetGuard
+from gpuflex._costs import CostMeter, EndpointCosts, job_cost, summarize, tail_cost
 from gpuflex._plugins import get_plugin_manager, hookimpl
 from gpuflex.cli._report import usd
 from gpuflex.errors import QuotaExceeded

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
-import contextlib
 import functools
 import inspect
 import itertools
@@ -23,6 +21,7 @@ from .._models import EndpointKind, EndpointSpec, FunctionRef, Resources
 from ..errors import BatchError, ConfigError
 from ..gpus import parse_gpu
 from ..runtime._runner import IN_WORKER_ENV
+from ._calls import abandon, async_stream, call_signature, first_done, owned_result, sync_stream
 from ._session import get_session
 
 if typing.TYPE_CHECKING:
@@ -90,31 +89,6 @@ def _function_ref(obj: Any, source_file: str | None, root: Path) -> FunctionRef:
     return FunctionRef(module=module, qualname=qualname, import_path=import_path, path=script)
 
 
-_CANCEL_WAIT_SECONDS = 5.0  # how long an interrupted sync caller waits for its cancel requests to be sent
-
-
-def _abandon(jobs: Iterable[Job], *, wait: bool) -> None:
-    """The caller stopped waiting for ``jobs`` (an interrupt, a ``break``, a closed or collected iterator, a
-    cancelled task): cancel those that have not ended, on their backends. ``wait``: block until the requests are
-    sent (a sync caller; bounded), else only hand them to the gpuflex loop, which sends them before any later call."""
-    open_jobs = [job for job in jobs if not job.done()]
-    if not open_jobs or open_jobs[0]._cancel_many is None:
-        return
-    request = open_jobs[0]._cancel_many(open_jobs)  # the jobs of one call or map share their session
-    if wait and request is not None:
-        with contextlib.suppress(Exception):
-            request.result(timeout=_CANCEL_WAIT_SECONDS)
-
-
-async def _owned_result(job: Job) -> Any:
-    """Await a call's value; if the awaiting task is cancelled, the call is cancelled with it."""
-    try:
-        return await job.aresult()
-    except BaseException:
-        _abandon([job], wait=False)
-        raise
-
-
 class _Aio:
     """``fn.aio``: async versions of the calls that would block an event loop."""
 
@@ -122,7 +96,7 @@ class _Aio:
         self._ep, self._method = ep, method
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return await _owned_result(self._ep._spawn(self._method, args, kwargs))
+        return await owned_result(self._ep._spawn(self._method, args, kwargs))
 
     def spawn(self, *args: Any, **kwargs: Any) -> Job:
         return self._ep._spawn(self._method, args, kwargs)
@@ -150,7 +124,7 @@ class _Aio:
         finally:
             for wait in waits:
                 wait.cancel()
-            _abandon(pending, wait=False)
+            abandon(pending, wait=False)
 
 
 def check_one_item(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
@@ -196,13 +170,13 @@ class _Callable:
             try:
                 return job.result()
             except BaseException:  # Ctrl-C (or any exit while waiting) stops the remote call too, not just the wait
-                _abandon([job], wait=True)
+                abandon([job], wait=True)
                 raise
         if self._kind is EndpointKind.ASYNC_FUNCTION:
-            return _owned_result(ep._spawn(method, args, kwargs))
+            return owned_result(ep._spawn(method, args, kwargs))
         if self._kind is EndpointKind.GENERATOR:
-            return _sync_stream(ep._spawn(method, args, kwargs, streaming=True))
-        return _async_stream(ep._spawn(method, args, kwargs, streaming=True))
+            return sync_stream(ep._spawn(method, args, kwargs, streaming=True))
+        return async_stream(ep._spawn(method, args, kwargs, streaming=True))
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run in this process, with no backend."""
@@ -238,7 +212,7 @@ class _Callable:
                         pending.extend(get_session().spawn_many(self._ep, self._method, batch))
                 if not pending:
                     return
-                job = pending.popleft() if order else _first_done(pending)
+                job = pending.popleft() if order else first_done(pending)
                 try:
                     value = job.result()
                 except BaseException:
@@ -246,49 +220,7 @@ class _Callable:
                     raise
                 yield value
         finally:
-            _abandon(pending, wait=True)
-
-
-def _call_signature(obj: Any, method: str | None, kind: EndpointKind) -> inspect.Signature | None:
-    """The signature a remote call must match, or None when it cannot be read (a builtin, a C extension)."""
-    try:
-        if kind is EndpointKind.CLASS:
-            member = inspect.getattr_static(obj, method or "__call__")
-            if isinstance(member, staticmethod):
-                return inspect.signature(member.__func__)
-            bound = getattr(obj, method or "__call__")
-            if isinstance(member, classmethod):
-                return inspect.signature(bound)
-            return inspect.signature(functools.partial(bound, None))  # the instance fills ``self``
-        return inspect.signature(obj)
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
-def _first_done(pending: collections.deque[Job]) -> Job:
-    done, _ = concurrent.futures.wait([j._future for j in pending], return_when=concurrent.futures.FIRST_COMPLETED)
-    for job in pending:
-        if job._future in done:
-            pending.remove(job)
-            return job
-    raise AssertionError("unreachable")
-
-
-def _sync_stream(job: Job) -> Iterator[Any]:
-    try:
-        yield from job.iter_chunks()
-    finally:
-        if not job.done():
-            job.cancel()
-
-
-async def _async_stream(job: Job) -> AsyncIterator[Any]:
-    try:
-        async for chunk in job.aiter_chunks():
-            yield chunk
-    finally:
-        if not job.done():
-            await job.acancel()
+            abandon(pending, wait=True)
 
 
 @typing.final
@@ -357,7 +289,7 @@ class Endpoint(_Callable, Generic[P, R]):
 
     def _signature(self, method: str | None) -> inspect.Signature | None:
         if method not in self._signatures:
-            self._signatures[method] = _call_signature(self.__gpuflex_raw__, method, self.spec.kind)
+            self._signatures[method] = call_signature(self.__gpuflex_raw__, method, self.spec.kind)
         return self._signatures[method]
 
     def _map_window(self) -> int:

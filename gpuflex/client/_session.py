@@ -24,9 +24,10 @@ import anyio
 import attrs
 
 from .. import _plugins
+from .._budget import BudgetGuard
 from .._bundle import build_bundle
 from .._config import BackendChoice, resolve_backend
-from .._costs import BudgetGuard, CostMeter, job_cost, tail_cost
+from .._costs import CostMeter, job_cost, tail_cost
 from .._envelope import error_summary
 from .._job import LOOP_THREAD_NAME, Job
 from .._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
@@ -40,6 +41,7 @@ from ..errors import (
     PayloadTooLarge,
     QuotaExceeded,
 )
+from ._budget import BudgetWatch
 from ._loop import GuardedTaskGroup, closing, new_loop
 from ._loop import updates as job_updates
 
@@ -53,7 +55,6 @@ __all__ = ["BoundEndpoint", "Session", "get_session"]
 T = TypeVar("T")
 logger = logging.getLogger("gpuflex")
 _CANCEL_GRACE_SECONDS = 10.0
-_BUDGET_MARGIN_SECONDS = 0.1  # the budget guard stops running work this long before it would pass the limit
 _GENERIC_REASONS = (None, "", "the function raised")  # what backends say when the outcome says more
 
 
@@ -109,8 +110,7 @@ class Session:
         self._closed = False
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
-        self._budget_task: asyncio.Task[None] | None = None
-        self._budget_changed: asyncio.Event | None = None
+        self.budget_watch = BudgetWatch(self.budget, self.loop, self.jobs, self._cancel_many)
 
     async def _start_supervisor(self) -> TaskSpawner:
         started: asyncio.Future[TaskSpawner] = self.loop.create_future()
@@ -329,38 +329,6 @@ class Session:
                 return attrs.evolve(update, reason=reason)
         return update
 
-    # -- the budget guard's watch over running work --------------------------------------------------------
-
-    def _budget_started(self, job: Job) -> None:
-        if self.budget.current_limit() is None or job.started_at is None:
-            return
-        self.budget.started(job.id, job.started_at, job.cost.usd)
-        if self._budget_task is None:
-            self._budget_task = self.loop.create_task(self._budget_watch())
-        elif self._budget_changed is not None:
-            self._budget_changed.set()
-
-    async def _budget_watch(self) -> None:
-        """While jobs run under a budget: sleep until their cost would reach it, then stop them (and those that
-        wait), so the limit is not passed. A job that starts meanwhile wakes it to plan again."""
-        try:
-            while True:
-                self._budget_changed = asyncio.Event()
-                left = self.budget.seconds_left()
-                if left is None:
-                    return
-                if left <= _BUDGET_MARGIN_SECONDS:
-                    reason = self.budget.reason_to_stop()
-                    stopping = [job for job_id in self.budget.stop_all() if (job := self.jobs.get(job_id))]
-                    for job in stopping:
-                        job._budget_stop = reason
-                    await self._cancel_many(stopping)
-                    continue
-                with anyio.move_on_after(left - _BUDGET_MARGIN_SECONDS):
-                    await self._budget_changed.wait()
-        finally:
-            self._budget_task = None
-
     def _price(self, backend: Backend, spec: EndpointSpec) -> Price:
         key = (id(backend), spec.name)
         price = self._prices.get(key)
@@ -436,7 +404,7 @@ class Session:
                         job.status = JobStatus.RUNNING
                         job.started_at = update.started_at or time.time()
                         job.worker = update.worker
-                        self._budget_started(job)
+                        self.budget_watch.started(job)
                         _plugins.call_hook("gpuflex_job_started", job=job)
                         if isinstance(scope, anyio.CancelScope) and spec.timeout is not None:
                             scope.deadline = anyio.current_time() + spec.timeout
