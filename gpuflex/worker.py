@@ -3,13 +3,15 @@
 Two ways to run a worker:
 
 * as a process: ``worker_command()`` (``python -m gpuflex.runtime``) with frames on its stdin/stdout, started on
-  this machine with ``start_worker_process`` or anywhere else (ssh, a container); the messages are described in
-  :mod:`gpuflex.runtime._protocol` and in docs/plugins/writing-a-backend.md;
+  this machine with ``start_worker_process`` or anywhere else (ssh, a container); send it
+  ``("init", worker_init(spec, bundle, environ=endpoint_environ(spec)))`` first. The messages are listed in
+  docs/plugins/writing-a-backend.md ("Running the worker");
 * in a process of the target's own (a vendor's worker loop): build a :class:`WorkerRuntime` from
   ``worker_init(...)`` and pass it a ``send`` callback; encode what goes back with ``encode_error``.
 
-The frame codec is symmetric: ``write_frame``/``read_frame`` (async streams), ``write_frame_sync``/
-``read_frame_sync`` (files), ``FrameParser`` (bytes fed in pieces), ``WireCodec`` (payloads, shared memory).
+The frame codec is symmetric: ``write_frame(stream, message)``/``read_frame(stream) -> message`` (async streams),
+``write_frame_sync``/``read_frame_sync`` (files), ``FrameParser`` (bytes fed in pieces), ``WireCodec`` (payloads,
+shared memory).
 """
 
 from __future__ import annotations
