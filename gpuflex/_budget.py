@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._costs import CostMeter, job_cost
+from ._costs import CostMeter, job_cost, tail_cost
 
 if TYPE_CHECKING:
     from ._models import Price
@@ -27,14 +27,15 @@ class _Flight:
 
     endpoint: str
     price: Price
-    expected: float  # USD: counted while it waits, and as long as it runs for less
+    expected: float  # USD of its own run: counted while it waits, and as long as it runs for less
     base: float = 0.0  # USD billed for its earlier attempts
     started: float | None = None  # when the running attempt started (time.time())
+    worker: str | None = None  # the worker running it: its idle tail follows the job (per-second billing)
     stopped: float | None = None  # when the guard stopped it: its cost stops growing there
 
     def charge(self, at: float) -> float:
-        if self.started is None:
-            return self.base + (0.0 if self.stopped is not None else self.expected)
+        if self.started is None:  # waiting: its run and the idle tail after it, as expected
+            return self.base + (0.0 if self.stopped is not None else self.expected + tail_cost(self.price).usd)
         if self.stopped is not None:
             at = min(at, self.stopped)
         running = job_cost(self.price, run_seconds=max(at - self.started, _TINY_RUN)).usd
@@ -47,7 +48,8 @@ class BudgetGuard:
     * Before a job is submitted, :meth:`admit` refuses it when what was spent, plus what the jobs in flight cost (at
       least what each is expected to), plus what this one is expected to cost would pass the limit. A job is expected
       to cost the mean of its endpoint's finished jobs, and at least the price's smallest charge (one billing
-      increment and the idle tail, on per-second billing).
+      increment), plus the idle tail its worker bills after it (per-second billing). A running job counts one idle
+      tail per worker; the meter counts the tails of finished ones.
     * While jobs run, :meth:`seconds_left` says when their growing cost would reach the limit; the client stops them
       just before (:meth:`stop_all` names them), so the limit is not passed.
 
@@ -75,8 +77,11 @@ class BudgetGuard:
         return None
 
     def expected(self, endpoint: str, price: Price) -> float:
-        """What a new job of ``endpoint`` is expected to cost: its endpoint's mean so far, and at least the price's
-        smallest charge."""
+        """What a new job of ``endpoint`` is expected to cost: its endpoint's mean run so far, and at least the
+        price's smallest charge, plus the idle tail after it (per-second billing)."""
+        return self._expected_run(endpoint, price) + tail_cost(price).usd
+
+    def _expected_run(self, endpoint: str, price: Price) -> float:
         least = job_cost(price, run_seconds=_TINY_RUN).usd
         entry = self.meter.summary().get(endpoint)
         mean = entry.cost.usd / entry.calls if entry is not None and entry.calls else 0.0
@@ -86,7 +91,7 @@ class BudgetGuard:
         """USD the admitted jobs that have not ended cost, counted as :class:`_Flight.charge` does."""
         at = time.time() if at is None else at
         with self._lock:
-            return sum(flight.charge(at) for flight in self._flights.values())
+            return _charge(list(self._flights.values()), at)
 
     def admit(self, job_id: str, endpoint: str, price: Price, now: float | None = None) -> str | None:
         """Count a new job in flight, or return the reason to refuse it."""
@@ -103,15 +108,15 @@ class BudgetGuard:
                 f"is expected to cost ${expected:.4f}; raise --max-cost / GPUFLEX_MAX_COST"
             )
         with self._lock:
-            self._flights[job_id] = _Flight(endpoint, price, expected)
+            self._flights[job_id] = _Flight(endpoint, price, self._expected_run(endpoint, price))
         return None
 
-    def started(self, job_id: str, at: float, billed_before: float = 0.0) -> None:
-        """An attempt of an admitted job started running at ``at``."""
+    def started(self, job_id: str, at: float, billed_before: float = 0.0, worker: str | None = None) -> None:
+        """An attempt of an admitted job started running at ``at`` (on ``worker``)."""
         with self._lock:
             flight = self._flights.get(job_id)
             if flight is not None:
-                flight.started, flight.base = at, billed_before
+                flight.started, flight.base, flight.worker = at, billed_before, worker
 
     def finished(self, job_id: str) -> None:
         """The job ended and its cost is in the meter."""
@@ -129,7 +134,7 @@ class BudgetGuard:
         spent = self.meter.total().usd
 
         def reached(dt: float) -> bool:
-            return spent + sum(f.charge(now + dt) for f in flights) > limit + 1e-12
+            return spent + _charge(flights, now + dt) > limit + 1e-12
 
         if reached(0.0):
             return 0.0
@@ -161,3 +166,11 @@ class BudgetGuard:
         limit = self.current_limit()
         return (f"stopped by the budget guard before the budget of ${limit or 0:.4f} was passed (spent "
                 f"${self.meter.total().usd:.4f}); raise --max-cost / GPUFLEX_MAX_COST")
+
+
+def _charge(flights: list[_Flight], at: float) -> float:
+    """What ``flights`` cost at ``at``: each job's own charge, and one idle tail per worker running any of them (a
+    job that waits has its tail in its expected cost)."""
+    total = sum(flight.charge(at) for flight in flights)
+    tails = {(f.endpoint, f.worker): tail_cost(f.price).usd for f in flights if f.started is not None}
+    return total + sum(tails.values())

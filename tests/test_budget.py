@@ -45,6 +45,18 @@ def test_admitted_jobs_count_against_the_budget_before_they_finish():
     assert guard.in_flight() == pytest.approx(1.0)
 
 
+def test_idle_tails_count_once_per_running_worker():
+    with_tail = Price(usd_per_hour=3600.0, billing="per-second", increment=1.0, tail_seconds=2.0)
+    guard = BudgetGuard(CostMeter(), limit=10.0)
+    assert guard.expected("e", with_tail) == pytest.approx(3.0)  # one increment, then two seconds idle
+    for job_id in "abc":
+        assert guard.admit(job_id, "e", with_tail, now=100.0) is None
+    assert guard.admit("d", "e", with_tail, now=100.0) is not None  # 9 in flight + 3 would pass 10
+    guard.started("a", at=100.0, worker="w1")
+    guard.started("b", at=100.0, worker="w1")  # the same worker: one tail after both
+    assert guard.in_flight(at=100.5) == pytest.approx(1 + 1 + 3 + 2)
+
+
 def test_a_job_is_expected_to_cost_its_endpoints_mean():
     meter = CostMeter()
     guard = BudgetGuard(meter, limit=1.0)

@@ -33,7 +33,7 @@ class BudgetWatch:
         """An attempt of ``job`` started running (``job.started_at``)."""
         if self.guard.current_limit() is None or job.started_at is None:
             return
-        self.guard.started(job.id, job.started_at, job.cost.usd)
+        self.guard.started(job.id, job.started_at, job.cost.usd, job.worker)
         if self._task is None:
             self._task = self.loop.create_task(self._watch())
         elif self._changed is not None:
