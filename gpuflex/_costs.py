@@ -1,11 +1,10 @@
 """The cost meter: each finished job's cost from its backend's price and billing rule, summed per endpoint with the
-idle tails of per-second workers (once per burst of calls), a summary of the job ledger for ``gpuflex costs``, and
-a budget guard that refuses new work once a limit is reached."""
+idle tails of per-second workers (once per burst of calls), and a summary of the job ledger for ``gpuflex costs``
+(the budget guard that keeps a process within a limit is in ``_budget``)."""
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,7 @@ from ._models import Cost, Price
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["BudgetGuard", "CostMeter", "EndpointCosts", "LedgerSummary", "job_cost", "summarize", "tail_cost"]
+__all__ = ["CostMeter", "EndpointCosts", "LedgerSummary", "job_cost", "summarize", "tail_cost"]
 
 
 def _billed(price: Price, seconds: float) -> float:
@@ -204,25 +203,3 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[LedgerSummary]:
             row.idle_gpu_seconds += idle.billed_seconds * int(r.get("gpus") or 0)
             row.idle_usd += idle.usd
     return [rows[k] for k in sorted(rows)]
-
-
-class BudgetGuard:
-    """Refuses new jobs once this process has spent ``GPUFLEX_MAX_COST`` dollars (or ``limit``)."""
-
-    def __init__(self, meter: CostMeter, limit: float | None = None) -> None:
-        self.meter = meter
-        raw = os.environ.get("GPUFLEX_MAX_COST")
-        self.limit = limit if limit is not None else (float(raw) if raw else None)
-
-    def current_limit(self) -> float | None:
-        return self.limit
-
-    def check(self) -> str | None:
-        """A reason to refuse new work, or None."""
-        limit = self.current_limit()
-        if limit is None:
-            return None
-        spent = self.meter.total().usd
-        if spent >= limit:
-            return f"budget of ${limit:.4f} reached (spent ${spent:.4f}); raise --max-cost / GPUFLEX_MAX_COST"
-        return None

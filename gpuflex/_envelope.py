@@ -5,11 +5,15 @@ backend can move them without copying: numpy arrays, CPU torch tensors and anyth
 ``pickle.PickleBuffer``. ``bytes`` and ``bytearray`` stay in the pickle stream (CPython pickles them before any
 hook can step in); wrap large ones in ``numpy.frombuffer`` to send them out-of-band. Every call carries the
 caller's Python and gpuflex versions; a worker on another version refuses it with a message naming both.
+
+Remote tracebacks name the files of the user's project, not the worker's copy of the bundle: the worker records
+where its bundle lies (:func:`set_bundle_root`), and the caller puts its own project root in that prefix's place.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import traceback
@@ -28,12 +32,27 @@ __all__ = [
     "encode_call",
     "encode_error",
     "encode_value",
+    "error_summary",
     "outcome_error",
+    "set_bundle_root",
 ]
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 OUT_OF_BAND_MIN_BYTES = 64 * 1024
 _PROTOCOL = 5
+_bundle_roots: tuple[str, ...] = ()  # where this worker's bundle lies (as given, and resolved)
+
+
+def set_bundle_root(root: str | None) -> None:
+    """Worker side: the directory the endpoint's code was loaded from. Tracebacks encoded afterwards carry it, so
+    the caller can show its own project's paths instead (the runtime calls this when it loads a bundle)."""
+    global _bundle_roots
+    if root is None:
+        _bundle_roots = ()
+        return
+    given = root.rstrip("/") or "/"
+    resolved = os.path.realpath(given)
+    _bundle_roots = tuple(dict.fromkeys(r for r in (resolved, os.path.abspath(given)) if r != "/"))
 
 
 def _dumps(obj: object) -> Payload:
@@ -116,14 +135,23 @@ def decode_call(payload: Payload) -> tuple[str | None, tuple[Any, ...], dict[str
     return method, args, kwargs
 
 
-def encode_value(value: object) -> Payload:
-    """Serialize a result or a streamed chunk. An unpicklable result becomes an error outcome."""
+def dump_value(value: object, what: str = "returned") -> Payload:
+    """Serialize a result or a streamed chunk; raise :class:`SerializationError` when it cannot be sent back (the
+    worker then reports the call as failed, with that error)."""
     try:
         return _dumps(("ok", value))
     except Exception as exc:
-        error = SerializationError(
-            f"the endpoint returned a {type(value).__name__}, which cannot be sent back: {type(exc).__name__}: {exc}"
-        )
+        raise SerializationError(
+            f"the endpoint {what} a {type(value).__name__}, which cannot be sent back: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def encode_value(value: object) -> Payload:
+    """Serialize a result or a streamed chunk. An unpicklable result becomes an error outcome: send it with the
+    status ``"error"`` (or use :func:`dump_value`, which raises)."""
+    try:
+        return dump_value(value)
+    except SerializationError as error:
         return encode_error(error)
 
 
@@ -137,29 +165,74 @@ def encode_error(exc: BaseException) -> Payload:
         pickle.loads(pickled)  # some exceptions pickle but cannot be rebuilt (required __init__ args)
     except Exception:
         pickled = None
-    return Payload(pickle.dumps(("err", pickled, label, str(exc), tb), protocol=_PROTOCOL))
+    notes = [str(n) for n in getattr(exc, "__notes__", None) or ()]
+    extra = {"roots": _bundle_roots, "notes": notes}
+    return Payload(pickle.dumps(("err", pickled, label, str(exc), tb, extra), protocol=_PROTOCOL))
 
 
-def outcome_error(payload: Payload) -> BaseException | None:
-    """The exception an outcome carries (with the remote traceback as its cause), or None for a value."""
-    outcome = _loads(payload)
-    if outcome[0] == "ok":
+def _is_error(payload: Payload) -> bool:
+    """Whether an outcome carries an exception, without unpickling a value (which may be large, or need modules
+    this process lacks): an error outcome is a plain pickle whose first string is ``"err"``."""
+    import pickletools
+
+    try:
+        for opcode, arg, _ in pickletools.genops(payload.data):
+            if isinstance(arg, str):
+                return arg == "err"
+            if opcode.name not in ("PROTO", "FRAME", "MARK", "EMPTY_TUPLE"):
+                return False
+    except Exception:
+        return False
+    return False
+
+
+def _relocate(text: str, roots: tuple[str, ...], source_root: str | None) -> str:
+    if not source_root:
+        return text
+    for root in roots:
+        text = text.replace(root + os.sep, source_root.rstrip(os.sep) + os.sep)
+    return text
+
+
+def outcome_error(payload: Payload, *, source_root: str | None = None) -> BaseException | None:
+    """The exception an outcome carries (with the remote traceback as its cause), or None for a value.
+
+    :param source_root: the caller's project directory: paths into the worker's bundle are shown under it.
+    """
+    if not _is_error(payload):
         return None
-    _, pickled, label, message, tb = outcome
+    outcome = _loads(payload)
+    _, pickled, label, message, tb = outcome[:5]
+    roots: tuple[str, ...] = tuple(outcome[5].get("roots", ())) if len(outcome) > 5 else ()
     exc: BaseException
     try:
         exc = RemoteError(label, message) if pickled is None else pickle.loads(pickled)
     except Exception:
         exc = RemoteError(label, message)
-    exc.__cause__ = RemoteTraceback(tb)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        exc.filename = _relocate(exc.filename + os.sep, roots, source_root)[:-1]
+    exc.__cause__ = RemoteTraceback(_relocate(tb, roots, source_root))
     return exc
 
 
-def decode_outcome(payload: Payload) -> Any:
+def error_summary(payload: Payload) -> str | None:
+    """``"ValueError: boom"`` for an outcome carrying an exception (the first line of its message), else None."""
+    if not _is_error(payload):
+        return None
+    try:
+        outcome = _loads(payload)
+    except Exception:
+        return None
+    label, message = outcome[2], str(outcome[3]).strip()
+    notes = outcome[5].get("notes", []) if len(outcome) > 5 else []
+    name = label.rsplit(".", 1)[-1]
+    summary = f"{name}: {message.splitlines()[0]}" if message else name
+    return f"{summary} ({notes[0]})" if notes else summary
+
+
+def decode_outcome(payload: Payload, *, source_root: str | None = None) -> Any:
     """Client side: return the value, or raise the remote exception as its own type."""
-    outcome = _loads(payload)
-    if outcome[0] == "ok":
-        return outcome[1]
-    error = outcome_error(payload)
-    assert error is not None
-    raise error
+    error = outcome_error(payload, source_root=source_root)
+    if error is not None:
+        raise error
+    return _loads(payload)[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import threading
 import time
 import typing
@@ -12,12 +13,14 @@ from typing import Any
 
 from ._envelope import decode_outcome
 from ._models import Cost, JobStatus
-from .errors import JobCancelled, JobFailed, JobTimeout, WorkerLost
+from .errors import JobCancelled, JobFailed, JobTimeout, QuotaExceeded, WorkerLost
 
 if typing.TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 
     from .backend import JobUpdate, Payload
+
+    Submitter = Callable[[Coroutine[Any, Any, None]], concurrent.futures.Future[None]]
 
 __all__ = ["ChunkChannel", "Job"]
 
@@ -93,9 +96,15 @@ class Job:
         self.tail = Cost()
         self.chunks: ChunkChannel | None = ChunkChannel() if streaming else None
         self._future: concurrent.futures.Future[JobUpdate] = concurrent.futures.Future()
-        self._canceller: Callable[[], concurrent.futures.Future[None]] | None = None
+        self._cancel: Callable[[], Coroutine[Any, Any, None]] | None = None  # runs on the gpuflex loop
+        self._submit: Submitter | None = None  # hands a coroutine to the gpuflex loop
+        # cancels several jobs with one hop to the loop (None once the session is closed)
+        self._cancel_many: Callable[[list[Job]], concurrent.futures.Future[None] | None] | None = None
         self._cancel_requested = False
         self._handle: str | None = None
+        self._source_root: str | None = None  # the caller's project: remote tracebacks point into it
+        self._budget_stop: str | None = None  # why the budget guard stopped it
+        self._refused = False  # it failed because the budget guard stopped it: result() raises QuotaExceeded
 
     def __repr__(self) -> str:
         return f"<gpuflex.Job {self.id} {self.endpoint} {self.status.value} attempts={self.attempts}>"
@@ -121,10 +130,13 @@ class Job:
 
     def _raise_or_return(self, update: JobUpdate) -> Any:
         if update.status is JobStatus.COMPLETED and update.outcome is not None:
-            return decode_outcome(update.outcome)
+            return decode_outcome(update.outcome, source_root=self._source_root)
         if update.status is JobStatus.FAILED and update.outcome is not None:
-            return decode_outcome(update.outcome)  # raises the user's exception as its own type
+            # raises the user's exception as its own type
+            return decode_outcome(update.outcome, source_root=self._source_root)
         reason = update.reason or self.reason or "no reason given"
+        if self._refused:
+            raise QuotaExceeded(f"job {self.id} of {self.endpoint!r} was {reason}")
         if update.status is JobStatus.CANCELLED:
             raise JobCancelled(f"job {self.id} of {self.endpoint!r} was cancelled: {reason}", job_id=self.id)
         if update.status is JobStatus.TIMED_OUT:
@@ -149,18 +161,38 @@ class Job:
         return self._raise_or_return(update)
 
     async def aresult(self) -> Any:
-        update = await asyncio.wrap_future(self._future)
-        return self._raise_or_return(update)
+        """``result()`` for async code. Cancelling the task that awaits it stops only the wait (as
+        ``result(timeout=)`` does): the job keeps running until :meth:`acancel`."""
+        if not self._future.done():
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object) -> None:
+                with contextlib.suppress(RuntimeError):  # the waiting loop is closed: nobody is left to wake
+                    loop.call_soon_threadsafe(_wake, waiter)
+
+            # not asyncio.wrap_future: cancelling its future would cancel the job's own future with it
+            self._future.add_done_callback(wake)
+            await waiter
+        return self._raise_or_return(self._future.result())
+
+    def _request_cancel(self) -> concurrent.futures.Future[None] | None:
+        """Send the cancel request without waiting for it; ``None`` when the job has ended already."""
+        if self._cancel is None or self._submit is None or self.done():
+            return None
+        return self._submit(self._cancel())
 
     def cancel(self) -> None:
         """Ask the backend to stop the job; returns once the request is sent. ``result()`` then raises
         :class:`~gpuflex.errors.JobCancelled` (unless the job had already finished)."""
-        if self._canceller is not None and not self.done():
-            self._canceller().result()
+        request = self._request_cancel()
+        if request is not None:
+            request.result()
 
     async def acancel(self) -> None:
-        if self._canceller is not None and not self.done():
-            await asyncio.wrap_future(self._canceller())
+        request = self._request_cancel()
+        if request is not None:
+            await asyncio.wrap_future(request)
 
     # -- streams --------------------------------------------------------------------------------------------
 
@@ -170,7 +202,7 @@ class Job:
             item = self.chunks.get()
             if item is _END:
                 break
-            yield decode_outcome(typing.cast("Payload", item))
+            yield decode_outcome(typing.cast("Payload", item), source_root=self._source_root)
         self.result()  # re-raise the job's error, if it ended with one
 
     async def aiter_chunks(self) -> AsyncIterator[Any]:
@@ -179,7 +211,7 @@ class Job:
             item = await self.chunks.aget()
             if item is _END:
                 break
-            yield decode_outcome(typing.cast("Payload", item))
+            yield decode_outcome(typing.cast("Payload", item), source_root=self._source_root)
         await self.aresult()
 
     # -- called by the core on the loop thread ----------------------------------------------------------------

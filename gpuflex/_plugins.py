@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ._models import Cost, EndpointSpec, Price
     from .backend import Backend
 
-__all__ = ["get_plugin_manager", "hookimpl", "reset_plugin_manager"]
+__all__ = ["build_plugin_manager", "get_plugin_manager", "hookimpl", "reset_plugin_manager"]
 
 hookimpl = pluggy.HookimplMarker("gpuflex")
 
@@ -54,7 +54,8 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             plugin_distributions[ep.module.split(".")[0]] = (dist.metadata["name"], dist.version)
 
 
-def _build() -> pluggy.PluginManager:
+def build_plugin_manager() -> pluggy.PluginManager:
+    """A new plugin manager with every installed plugin loaded (``get_plugin_manager`` keeps one per process)."""
     pm = pluggy.PluginManager("gpuflex")
     pm.add_hookspecs(hookspecs)
     for name in filter(None, os.environ.get("GPUFLEX_DISABLE_PLUGINS", "").split(",")):
@@ -71,7 +72,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     global _manager
     with _lock:
         if _manager is None:
-            _manager = _build()
+            _manager = build_plugin_manager()
         return _manager
 
 

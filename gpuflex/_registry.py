@@ -61,6 +61,10 @@ class BackendRegistry:
         self.collect()
         return sorted(self._classes)
 
+    def registered(self) -> dict[str, type[Backend]]:
+        """The classes registered so far, by name, without collecting the entry points."""
+        return dict(self._classes)
+
     def describe(self) -> list[dict[str, object]]:
         """Name, distribution version and capabilities of every installed backend (for ``gpuflex backends``)."""
         rows: list[dict[str, object]] = []

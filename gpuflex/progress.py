@@ -44,8 +44,13 @@ def track(items: Iterator[Any], *, total: int | None, description: str) -> Itera
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False, console=Console(stderr=True)) as progress:
-        task = progress.add_task(description, total=total)
-        for item in items:
-            yield item
-            progress.advance(task)
+    try:
+        with Progress(*columns, transient=False, console=Console(stderr=True)) as progress:
+            task = progress.add_task(description, total=total)
+            for item in items:
+                yield item
+                progress.advance(task)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()  # left early (break, Ctrl-C): the source learns it at once, not when it is collected

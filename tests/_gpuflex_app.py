@@ -13,8 +13,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gpuflex
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # -- test_costs ------------------------------------------------------------------------------------------------
 
@@ -93,3 +97,59 @@ def hook_bundle() -> list[str]:
     """The files of the bundle this worker runs from (this module sits in its ``tests/``)."""
     root = Path(__file__).parent.parent
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+# -- test_outcomes -------------------------------------------------------------------------------------------------
+
+
+@gpuflex.endpoint(name="outcome_unsendable")
+def unsendable() -> object:
+    import threading
+
+    return threading.Lock()
+
+
+@gpuflex.endpoint(name="outcome_unsendable_chunk")
+def unsendable_chunks() -> Iterator[object]:
+    import threading
+
+    yield 1
+    yield threading.Lock()
+
+
+@gpuflex.endpoint(name="outcome_raises")
+def raises(message: str) -> None:
+    raise ValueError(message)
+
+
+@gpuflex.endpoint(name="outcome_setup_fails", max_workers=1)
+class SetupFails:
+    def setup(self) -> None:
+        self.ratio = 1 / 0
+
+    def __call__(self) -> float:
+        return self.ratio
+
+
+@gpuflex.endpoint(name="outcome_signature")
+def takes_two(a: int, b: int, *, c: int = 0) -> int:
+    return a + b + c
+
+
+@gpuflex.endpoint(name="outcome_methods")
+class Methods:
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    @staticmethod
+    def double(value: int) -> int:
+        return 2 * value
+
+
+# -- test_budget ---------------------------------------------------------------------------------------------------
+
+
+@gpuflex.endpoint(name="budget_parallel", max_workers=3)
+def budget_parallel(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

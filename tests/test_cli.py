@@ -145,7 +145,7 @@ def test_run_exit_code_and_gpuflex_errors(project, tmp_path):
 
 
 def test_max_cost_refuses_new_work(project, tmp_path):
-    (project / "pyproject.toml").write_text('[tool.gpuflex.backends.local]\nhourly_rate = 36000.0\n')
+    (project / "pyproject.toml").write_text('[tool.gpuflex.backends.local]\nhourly_rate = 36.0\n')
     (project / "spend.py").write_text(textwrap.dedent('''
         import time
 
@@ -154,7 +154,7 @@ def test_max_cost_refuses_new_work(project, tmp_path):
 
         @gpuflex.endpoint
         def work() -> str:
-            time.sleep(0.05)
+            time.sleep(0.6)
             return "done"
 
 
@@ -163,7 +163,8 @@ def test_max_cost_refuses_new_work(project, tmp_path):
             print("second", work(), flush=True)
     '''))
     result = gpuflex("run", "spend.py", "--max-cost", "0.01", cwd=project, home=tmp_path / "home")
-    assert "first done" in result.stdout  # under budget: runs, and costs $0.50 at $10/s
+    assert "first done" in result.stdout  # under budget: runs, and costs $0.006 at $0.01/s
+    # the second is expected to cost as much again: $0.012 would pass the budget, so it is refused before it runs
     assert "second" not in result.stdout
     assert result.returncode == 1
     assert "QuotaExceeded" in result.stderr and "budget" in result.stderr

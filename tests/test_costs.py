@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import gpuflex
 from gpuflex import Cost, Price
-from gpuflex._costs import BudgetGuard, CostMeter, EndpointCosts, job_cost, summarize, tail_cost
+from gpuflex._budget import BudgetGuard
+from gpuflex._costs import CostMeter, EndpointCosts, job_cost, summarize, tail_cost
 from gpuflex._plugins import get_plugin_manager, hookimpl
 from gpuflex.cli._report import usd
 from gpuflex.errors import QuotaExceeded
@@ -283,16 +284,16 @@ def test_a_single_rule_is_reported_as_that_rule(session):
     assert gpuflex.costs()["costs_nap"].cost.rule == "uptime"
 
 
-def test_max_cost_refuses_the_next_call_once_spent(session, monkeypatch):
-    monkeypatch.setenv("GPUFLEX_MAX_COST", "0.000001")
+def test_max_cost_refuses_the_next_call_it_expects_to_pass_the_budget(session, monkeypatch):
+    monkeypatch.setenv("GPUFLEX_MAX_COST", "0.05")
     gpuflex.shutdown()  # the next session reads the limit
-    with gpuflex.use("local", hourly_rate=3600.0):
-        first = budget_nap.spawn(0.02)
-        assert first.result(timeout=60) == 0.02
-        assert first.cost.usd > 0.000001
+    with gpuflex.use("local", hourly_rate=360.0):  # $0.10 per second of running
+        first = budget_nap.spawn(0.3)
+        assert first.result(timeout=60) == 0.3
+        assert 0.03 <= first.cost.usd < 0.05
         with pytest.raises(QuotaExceeded) as info:
-            budget_nap(0)
-    assert "budget of $" in str(info.value)
+            budget_nap(0.3)  # expected to cost what the first did: spent + expected would pass $0.05
+    assert "budget of $" in str(info.value) and "expected to cost" in str(info.value)
     assert gpuflex.costs()["costs_budget"].calls == 1  # the refused job was never run or charged
 
 

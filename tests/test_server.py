@@ -430,14 +430,14 @@ def test_hot_reload(tmp_path):
 def test_max_cost_refuses_calls_past_the_budget(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
-    (project / "pyproject.toml").write_text("[tool.gpuflex.backends.local]\nhourly_rate = 36000.0\n")
+    (project / "pyproject.toml").write_text("[tool.gpuflex.backends.local]\nhourly_rate = 36.0\n")
     (project / "app.py").write_text(VERSION_APP.format(value="paid"))
-    srv = Server(project / "app.py", tmp_path / "server.log", "--no-reload", "--max-cost", "0.0001",
+    srv = Server(project / "app.py", tmp_path / "server.log", "--no-reload", "--max-cost", "0.01",
                  env={"GPUFLEX_HOME": str(tmp_path / "home")}, cwd=project)
     try:
-        first = srv.client.post("/version")
-        assert first.json() == "paid", (first.text, srv.output())  # under budget; costs $10 a second
-        response = srv.client.post("/version")
+        first = srv.client.post("/version", json={"delay": 0.6})
+        assert first.json() == "paid", (first.text, srv.output())  # under budget: $0.006 at $0.01 a second
+        response = srv.client.post("/version", json={"delay": 0.6})  # as much again would pass $0.01
         assert response.status_code == 402, (response.text, srv.output())
         assert response.json()["error"] == "QuotaExceeded"
     finally:

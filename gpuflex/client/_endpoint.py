@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import concurrent.futures
 import functools
 import inspect
 import itertools
@@ -21,12 +21,14 @@ from .._models import EndpointKind, EndpointSpec, FunctionRef, Resources
 from ..errors import BatchError, ConfigError
 from ..gpus import parse_gpu
 from ..runtime._runner import IN_WORKER_ENV
+from ._calls import abandon, async_stream, call_signature, first_done, owned_result, sync_stream
 from ._session import get_session
 
 if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
     from .._job import Job
+    from ..backend import Payload
 from ..progress import track
 
 __all__ = ["Endpoint", "endpoint"]
@@ -94,27 +96,35 @@ class _Aio:
         self._ep, self._method = ep, method
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._ep._spawn(self._method, args, kwargs).aresult()
+        return await owned_result(self._ep._spawn(self._method, args, kwargs))
 
     def spawn(self, *args: Any, **kwargs: Any) -> Job:
         return self._ep._spawn(self._method, args, kwargs)
 
     async def map(self, *iterables: Iterable[Any], order: bool = True) -> AsyncIterator[Any]:
-        import asyncio
-
+        """Like ``fn.map``; leaving the loop early (``break``, an exception, a cancelled task) cancels the calls it
+        started that have not ended."""
         window = self._ep._map_window()
         pending: collections.deque[Job] = collections.deque()
-        for args in zip(*iterables, strict=False):
-            pending.append(self._ep._spawn(self._method, args, {}))
-            if len(pending) >= window:
-                yield await pending.popleft().aresult()
-        if order:
-            while pending:
-                yield await pending.popleft().aresult()
-            return
-        futures = {asyncio.ensure_future(job.aresult()) for job in pending}
-        for next_done in asyncio.as_completed(futures):
-            yield await next_done
+        waits: set[asyncio.Future[Any]] = set()
+        try:
+            for args in zip(*iterables, strict=False):
+                pending.append(self._ep._spawn(self._method, args, {}))
+                if len(pending) >= window:
+                    yield await pending[0].aresult()
+                    pending.popleft()
+            if order:
+                while pending:
+                    yield await pending[0].aresult()
+                    pending.popleft()
+                return
+            waits = {asyncio.ensure_future(job.aresult()) for job in pending}
+            for next_done in asyncio.as_completed(waits):
+                yield await next_done
+        finally:
+            for wait in waits:
+                wait.cancel()
+            abandon(pending, wait=False)
 
 
 def check_one_item(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
@@ -159,14 +169,14 @@ class _Callable:
             job = ep._spawn(method, args, kwargs)
             try:
                 return job.result()
-            except KeyboardInterrupt:  # Ctrl-C stops the remote call too, not just the wait
-                job.cancel()
+            except BaseException:  # Ctrl-C (or any exit while waiting) stops the remote call too, not just the wait
+                abandon([job], wait=True)
                 raise
         if self._kind is EndpointKind.ASYNC_FUNCTION:
-            return ep._spawn(method, args, kwargs).aresult()
+            return owned_result(ep._spawn(method, args, kwargs))
         if self._kind is EndpointKind.GENERATOR:
-            return _sync_stream(ep._spawn(method, args, kwargs, streaming=True))
-        return _async_stream(ep._spawn(method, args, kwargs, streaming=True))
+            return sync_stream(ep._spawn(method, args, kwargs, streaming=True))
+        return async_stream(ep._spawn(method, args, kwargs, streaming=True))
 
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run in this process, with no backend."""
@@ -178,7 +188,9 @@ class _Callable:
 
     def map(self, *iterables: Iterable[Any], order: bool = True) -> Iterator[Any]:
         """Call once per item (several iterables are zipped, like ``map``), with bounded concurrency.
-        ``order=False`` yields results as they complete. On a terminal, a progress bar shows results received."""
+        ``order=False`` yields results as they complete. On a terminal, a progress bar shows results received.
+        Leaving early (Ctrl-C, ``break``, ``close()``, an exception, the iterator garbage-collected) cancels the calls
+        it started that have not ended."""
         if self._kind.streams:
             raise ConfigError("map() is for endpoints that return a value; iterate a generator endpoint instead")
         sizes = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
@@ -190,41 +202,25 @@ class _Callable:
         pending: collections.deque[Job] = collections.deque()
         items = zip(*iterables, strict=False)
         exhausted = False
-        while True:
-            if not exhausted and len(pending) <= window // 2:  # refill in batches: one hop per batch
-                batch = [encode_call(self._method, args, {}) for args in itertools.islice(items, window - len(pending))]
-                exhausted = not batch
-                if batch:
-                    pending.extend(get_session().spawn_many(self._ep, self._method, batch))
-            if not pending:
-                return
-            yield (pending.popleft() if order else _first_done(pending)).result()
-
-
-def _first_done(pending: collections.deque[Job]) -> Job:
-    done, _ = concurrent.futures.wait([j._future for j in pending], return_when=concurrent.futures.FIRST_COMPLETED)
-    for job in pending:
-        if job._future in done:
-            pending.remove(job)
-            return job
-    raise AssertionError("unreachable")
-
-
-def _sync_stream(job: Job) -> Iterator[Any]:
-    try:
-        yield from job.iter_chunks()
-    finally:
-        if not job.done():
-            job.cancel()
-
-
-async def _async_stream(job: Job) -> AsyncIterator[Any]:
-    try:
-        async for chunk in job.aiter_chunks():
-            yield chunk
-    finally:
-        if not job.done():
-            await job.acancel()
+        try:
+            while True:
+                if not exhausted and len(pending) <= window // 2:  # refill in batches: one hop per batch
+                    batch = [self._ep._encode(self._method, args, {})
+                             for args in itertools.islice(items, window - len(pending))]
+                    exhausted = not batch
+                    if batch:
+                        pending.extend(get_session().spawn_many(self._ep, self._method, batch))
+                if not pending:
+                    return
+                job = pending.popleft() if order else first_done(pending)
+                try:
+                    value = job.result()
+                except BaseException:
+                    pending.append(job)  # interrupted while waiting for it: cancel it with the rest
+                    raise
+                yield value
+        finally:
+            abandon(pending, wait=True)
 
 
 @typing.final
@@ -243,6 +239,7 @@ class Endpoint(_Callable, Generic[P, R]):
             raise ConfigError(f"class endpoint {obj.__qualname__} has no public methods or __call__ to call remotely")
         self.spec = _build_spec(obj, kind, methods, self.project_root, self.source_file, options)
         self.name = self.spec.name
+        self._signatures: dict[str | None, inspect.Signature | None] = {}
         functools.update_wrapper(self, obj)
         local = obj if kind is not EndpointKind.CLASS else self._local_instance
         super().__init__(self, None, kind, local)
@@ -271,10 +268,29 @@ class Endpoint(_Callable, Generic[P, R]):
 
     def _spawn(self, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any], *,
                streaming: bool = False) -> Job:
+        payload = self._encode(method, args, kwargs)
+        return get_session().spawn(self, method, payload, streaming=streaming)
+
+    def _encode(self, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Payload:
+        """Check the arguments against the callable's signature (a wrong call fails here, as it would locally,
+        without a round trip to a worker), then serialize them. A batched endpoint takes exactly one item (its
+        function's own signature is for the list the worker makes)."""
         if self.spec.batched:
             check_one_item(self.name, args, kwargs)
-        payload = encode_call(method, tuple(args), dict(kwargs))
-        return get_session().spawn(self, method, payload, streaming=streaming)
+            return encode_call(method, tuple(args), dict(kwargs))
+        signature = self._signature(method)
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                label = self.name if method is None else f"{self.name}.{method}"
+                raise TypeError(f"{label}(): {exc}") from None
+        return encode_call(method, tuple(args), dict(kwargs))
+
+    def _signature(self, method: str | None) -> inspect.Signature | None:
+        if method not in self._signatures:
+            self._signatures[method] = call_signature(self.__gpuflex_raw__, method, self.spec.kind)
+        return self._signatures[method]
 
     def _map_window(self) -> int:
         return max(64, 8 * self.spec.max_workers * self.spec.calls_per_worker)

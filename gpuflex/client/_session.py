@@ -24,9 +24,11 @@ import anyio
 import attrs
 
 from .. import _plugins
+from .._budget import BudgetGuard
 from .._bundle import build_bundle
 from .._config import BackendChoice, resolve_backend
-from .._costs import BudgetGuard, CostMeter, job_cost, tail_cost
+from .._costs import CostMeter, job_cost, tail_cost
+from .._envelope import error_summary
 from .._job import LOOP_THREAD_NAME, Job
 from .._models import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo
 from .._registry import get_registry
@@ -39,6 +41,7 @@ from ..errors import (
     PayloadTooLarge,
     QuotaExceeded,
 )
+from ._budget import BudgetWatch
 from ._loop import GuardedTaskGroup, closing, new_loop
 from ._loop import updates as job_updates
 
@@ -52,6 +55,7 @@ __all__ = ["BoundEndpoint", "Session", "get_session"]
 T = TypeVar("T")
 logger = logging.getLogger("gpuflex")
 _CANCEL_GRACE_SECONDS = 10.0
+_GENERIC_REASONS = (None, "", "the function raised")  # what backends say when the outcome says more
 
 
 class BoundEndpoint(Protocol):
@@ -106,6 +110,7 @@ class Session:
         self._closed = False
         self._id_prefix = uuid.uuid4().hex[:8]
         self._ids = itertools.count(1)
+        self.budget_watch = BudgetWatch(self.budget, self.loop, self.jobs, self._cancel_many)
 
     async def _start_supervisor(self) -> TaskSpawner:
         started: asyncio.Future[TaskSpawner] = self.loop.create_future()
@@ -137,7 +142,7 @@ class Session:
             cls = get_registry().get(choice.name)
             try:
                 config = cls.config_cls(**choice.options)
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:  # an unknown option, or a value its validators refuse
                 raise ConfigError(f"bad options for the {cls.name} backend: {exc}") from None
             backend = cls(config, events=_HookEvents(cls.name))
             backend.attach(self.task_group)
@@ -228,9 +233,13 @@ class Session:
             if limit is not None and payload.nbytes > limit:
                 raise PayloadTooLarge(payload.nbytes, limit, backend.name)
         jobs = []
+        source_root = str(endpoint.project_root)
         for _ in payloads:
             job = Job(f"{self._id_prefix}{next(self._ids):x}", endpoint.name, backend.name, streaming=streaming)
-            job._canceller = functools.partial(self._request_cancel, job, backend)
+            job._cancel = functools.partial(self._cancel, job, backend)
+            job._submit = self.submit
+            job._cancel_many = self.cancel_jobs
+            job._source_root = source_root
             self.jobs[job.id] = job
             jobs.append(job)
         with self._count_lock:  # callers on several threads
@@ -245,14 +254,31 @@ class Session:
         for job, payload in drives:
             self.loop.create_task(self._drive(job, backend, key, endpoint, method, payload))
 
-    def _request_cancel(self, job: Job, backend: Backend) -> concurrent.futures.Future[None]:
-        return self.submit(self._cancel(job, backend))
-
     async def _cancel(self, job: Job, backend: Backend) -> None:
         job._cancel_requested = True
         handle = job._handle
         if handle is not None and not job.done():
             await backend.cancel(handle)
+
+    def cancel_jobs(self, jobs: list[Job]) -> concurrent.futures.Future[None] | None:
+        """Cancel jobs whose caller stopped waiting for them (an interrupted ``map``), with one hop to the loop;
+        ``None`` once the session is closed (its backends stopped every job already)."""
+        if self._closed or not self.loop.is_running():
+            return None
+        return self.submit(self._cancel_many(jobs))
+
+    async def _cancel_many(self, jobs: list[Job]) -> None:
+        async def cancel_one(job: Job) -> None:
+            try:
+                if job._cancel is not None:
+                    await job._cancel()
+            except Exception:  # one backend's failure must not keep the other jobs running
+                logger.exception("gpuflex: could not cancel job %s of %r", job.id, job.endpoint)
+
+        async with anyio.create_task_group() as tg:
+            for job in jobs:
+                if not job.done():
+                    tg.start_soon(cancel_one, job)
 
     async def _drive(
         self, job: Job, backend: Backend, key: tuple[str, str], endpoint: BoundEndpoint, method: str | None,
@@ -260,12 +286,14 @@ class Session:
     ) -> None:
         try:
             spec = await self._bind(backend, key, endpoint)
-            refusal = self.budget.check() or _plugins.call_check_budget(spec, self.meter.total, backend.name)
+            refusal = _plugins.call_check_budget(spec, self.meter.total, backend.name) or self.budget.admit(
+                job.id, spec.name, self._price(backend, spec))
             if refusal:
                 raise QuotaExceeded(refusal)
             _plugins.call_hook("gpuflex_job_submitted", job=job)
-            update = await self._attempts(job, backend, spec, method, payload)
+            update = self._final_update(job, await self._attempts(job, backend, spec, method, payload))
         except BaseException as exc:
+            self.budget.finished(job.id)
             if isinstance(exc, GpuflexError):
                 error: BaseException = exc
             else:
@@ -282,8 +310,24 @@ class Session:
         gpus = spec.gpu.count if spec.gpu else 0
         self.meter.record(spec.name, job.cost, gpus, tail=job.tail, worker=update.worker or job.worker,
                           started_at=update.started_at or job.started_at, finished_at=update.finished_at or time.time())
+        self.budget.finished(job.id)  # after recording: never counted as neither spent nor in flight
         job._finish(update)
         _plugins.call_hook("gpuflex_job_finished", job=job)
+
+    @staticmethod
+    def _final_update(job: Job, update: JobUpdate) -> JobUpdate:
+        """The terminal update as the job records it: a failure with an outcome names the exception in its reason
+        (the backend only knows that the call raised), and a job the budget guard stopped failed for that."""
+        if job._budget_stop is not None and update.status is not JobStatus.COMPLETED:
+            job._refused = True
+            return attrs.evolve(update, status=JobStatus.FAILED, outcome=None, reason=job._budget_stop,
+                                retryable=False)
+        if update.status is JobStatus.FAILED and update.outcome is not None:
+            summary = error_summary(update.outcome)
+            if summary:
+                reason = summary if update.reason in _GENERIC_REASONS else f"{update.reason}: {summary}"
+                return attrs.evolve(update, reason=reason)
+        return update
 
     def _price(self, backend: Backend, spec: EndpointSpec) -> Price:
         key = (id(backend), spec.name)
@@ -360,6 +404,7 @@ class Session:
                         job.status = JobStatus.RUNNING
                         job.started_at = update.started_at or time.time()
                         job.worker = update.worker
+                        self.budget_watch.started(job)
                         _plugins.call_hook("gpuflex_job_started", job=job)
                         if isinstance(scope, anyio.CancelScope) and spec.timeout is not None:
                             scope.deadline = anyio.current_time() + spec.timeout

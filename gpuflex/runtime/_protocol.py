@@ -9,6 +9,7 @@ stops an async call, ``("reload", worker_init(...))`` loads a new bundle in plac
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +17,14 @@ import attrs
 
 from .._envelope import PYTHON_VERSION
 from .._version import __version__
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from .._models import Bundle, EndpointSpec
 
-__all__ = ["RUNTIME_MODULE", "worker_command", "worker_init"]
+__all__ = ["RUNTIME_MODULE", "endpoint_environ", "worker_command", "worker_init"]
 
 RUNTIME_MODULE = "gpuflex.runtime"  # ``python -m gpuflex.runtime`` runs a worker
 
@@ -28,6 +32,21 @@ RUNTIME_MODULE = "gpuflex.runtime"  # ``python -m gpuflex.runtime`` runs a worke
 def worker_command(python: str | None = None) -> list[str]:
     """The command that starts a worker (the caller's interpreter unless ``python`` names another)."""
     return [python or sys.executable, "-m", RUNTIME_MODULE]
+
+
+def endpoint_environ(spec: EndpointSpec, source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a worker of ``spec`` sets before it imports the endpoint: the endpoint's ``env``, plus each of
+    its ``secrets`` copied from ``source`` (default: this process's environment). Pass the result as
+    ``worker_init(..., environ=...)``: it travels in the init frame, never on a command line.
+
+    :raises ConfigError: a secret is not set in ``source`` (the message names it, and never shows a value).
+    """
+    source = os.environ if source is None else source
+    missing = [name for name in spec.secrets if name not in source]
+    if missing:
+        raise ConfigError(f"endpoint {spec.name!r} needs the secret(s) {', '.join(missing)}, which are not set in "
+                          "this environment; export them before calling")
+    return {**spec.env, **{name: source[name] for name in spec.secrets}}
 
 
 def worker_init(spec: EndpointSpec, bundle: Bundle, *, report_started: bool = True,

@@ -4,7 +4,7 @@ It loads a bundle, imports the endpoint's function or class by reference (or unp
 scripts run interactively), runs ``setup()`` once for classes, then serves calls: plain and async functions,
 generators (each chunk sent as soon as it is produced) and async generators.
 
-Run as ``python -m gpuflex.runtime._runner``: frames (see ``_wire``) arrive on stdin and go out on stdout; the user's
+Run as ``python -m gpuflex.runtime``: frames (see ``_wire``) arrive on stdin and go out on stdout; the user's
 prints go to stderr. Backends that talk to workers another way reuse :class:`WorkerRuntime` directly.
 """
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import cloudpickle
 
-from .._envelope import PYTHON_VERSION, decode_call, encode_error, encode_value
+from .._envelope import PYTHON_VERSION, decode_call, dump_value, encode_error, set_bundle_root
 from .._version import __version__
 from ..errors import BatchError, ConfigError, VersionMismatch
 from ._batch import Batcher, BatchQueue
@@ -118,14 +118,20 @@ class WorkerRuntime:
             self.output = capture_output(self.send)
         self.check_versions()
         os.environ.update(self.spec.get("environ") or {})  # sent in the init frame: never on a command line
+        set_bundle_root(self.spec["bundle_root"])  # tracebacks name the caller's files, not this copy's
         self.target = load_target(self.spec)
         if inspect.isclass(self.target):
             self.instance = self.target()
             setup = getattr(self.instance, "setup", None)
             if setup is not None:
-                result = setup()
-                if inspect.isawaitable(result):
-                    await result
+                try:
+                    result = setup()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    exc.add_note(f"raised by {self.target.__qualname__}.setup(), which runs once in each worker "
+                                 "before it takes calls")
+                    raise
         return {"pid": os.getpid(), "python": PYTHON_VERSION, "gpuflex": __version__, "started": time.time()}
 
     async def reload(self, spec: dict[str, Any]) -> None:
@@ -199,7 +205,7 @@ class WorkerRuntime:
         if len(args) != 1 or kwargs:
             raise BatchError(f"a batched endpoint takes exactly one item per call; this call passed {len(args)} "
                              f"positional and {len(kwargs)} keyword argument(s)")
-        return encode_value(await self._batcher(method).add(args[0], key=job_id))
+        return dump_value(await self._batcher(method).add(args[0], key=job_id))
 
     def cancel(self, job_id: str) -> None:
         for batcher in self.batchers.values():
@@ -232,7 +238,7 @@ class WorkerRuntime:
                 outcome, status = await self._invoke(job_id, self._resolve(method), args, kwargs), "ok"
         except asyncio.CancelledError:
             outcome, status = None, "cancelled"
-        except BaseException as exc:  # the user's exception goes back to the caller
+        except BaseException as exc:  # the user's exception (or an unserializable result) goes back to the caller
             outcome, status = encode_error(exc), "error"
         self._done(job_id, status, outcome)
 
@@ -246,11 +252,11 @@ class WorkerRuntime:
             fn = self._resolve(method)
             if inspect.isgeneratorfunction(fn):
                 for chunk in fn(*args, **kwargs):
-                    self.send(("chunk", job_id, encode_value(chunk)))
-                outcome, status = encode_value(None), "ok"
+                    self.send(("chunk", job_id, dump_value(chunk, "yielded")))
+                outcome, status = dump_value(None), "ok"
             else:
-                outcome, status = encode_value(fn(*args, **kwargs)), "ok"
-        except BaseException as exc:  # the user's exception goes back to the caller
+                outcome, status = dump_value(fn(*args, **kwargs)), "ok"
+        except BaseException as exc:  # the user's exception (or an unserializable result) goes back to the caller
             outcome, status = encode_error(exc), "error"
         self._done(job_id, status, outcome)
 
@@ -258,22 +264,22 @@ class WorkerRuntime:
         inline = self.concurrency == 1
         if inspect.isasyncgenfunction(fn):
             async for chunk in fn(*args, **kwargs):
-                self.send(("chunk", job_id, encode_value(chunk)))
-            return encode_value(None)
+                self.send(("chunk", job_id, dump_value(chunk, "yielded")))
+            return dump_value(None)
         if inspect.isgeneratorfunction(fn):
             gen = fn(*args, **kwargs)
             done = object()
             while True:
                 chunk = next(gen, done) if inline else await asyncio.to_thread(next, gen, done)
                 if chunk is done:
-                    return encode_value(None)
-                self.send(("chunk", job_id, encode_value(chunk)))
+                    return dump_value(None)
+                self.send(("chunk", job_id, dump_value(chunk, "yielded")))
         if inspect.iscoroutinefunction(fn):
-            return encode_value(await fn(*args, **kwargs))
+            return dump_value(await fn(*args, **kwargs))
         value = fn(*args, **kwargs) if inline else await asyncio.to_thread(fn, *args, **kwargs)
         if inspect.isawaitable(value):
             value = await value
-        return encode_value(value)
+        return dump_value(value)
 
 
 class _StdinProtocol(asyncio.Protocol):
@@ -313,7 +319,7 @@ def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
     def send(message: tuple[Any, ...]) -> None:
         parts = codec.encode(message)
         with lock:
-            write_frame_sync(proto_out, parts)
+            write_frame_sync(proto_out, parts, codec)
 
     init = read_frame_sync(proto_in)
     if init is None or init[0] != "init":

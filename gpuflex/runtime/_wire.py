@@ -5,9 +5,14 @@ sizes of the raw buffers that follow, so large buffers are written without being
 Buffers of a payload may instead travel through shared memory (``ShmRef``), when both ends share a machine.
 
 Messages (client -> worker): ``("init", spec)``, ``("call", job_id, method, payload)``, ``("cancel", job_id)``,
-``("stop",)``. Worker -> client: ``("ready", info)``, ``("fatal", payload)``, ``("started", job_id)``,
-``("chunk", job_id, payload)``, ``("done", job_id, status, payload)`` with status ``"ok"``, ``"error"`` or
-``"cancelled"``.
+``("reload", spec)``, ``("stop",)``. Worker -> client: ``("ready", info)``, ``("fatal", payload)``,
+``("started", job_id)``, ``("chunk", job_id, payload)``, ``("done", job_id, status, payload)`` with status ``"ok"``,
+``"error"`` or ``"cancelled"``, and ``("output", stream, text)`` at any time.
+
+Reading and writing are symmetric: ``write_frame(stream, message)`` / ``read_frame(stream) -> message`` on anyio
+streams, ``write_frame_sync(file, message)`` / ``read_frame_sync(file) -> message`` on blocking files, and
+``FrameParser.feed(bytes) -> [message, ...]`` for bytes that arrive in pieces. A ``WireCodec`` passed to a writer
+keeps its shared-memory settings (and the names of the files it exported); without one, buffers travel in the frame.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ if TYPE_CHECKING:
     from anyio.abc import ByteSendStream
     from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["FrameParser", "ShmRef", "WireCodec", "read_frame_sync", "write_frame_sync"]
+__all__ = ["FrameParser", "ShmRef", "WireCodec", "read_frame", "read_frame_sync", "write_frame", "write_frame_sync"]
 
 _LEN = struct.Struct("<Q")
 SHM_DIR = "/dev/shm"
@@ -148,11 +153,20 @@ class WireCodec:
         return tuple(unpack(v) for v in packed)
 
 
+def _parts(frame: tuple[Any, ...] | Sequence[Any], codec: WireCodec | None) -> Sequence[Any]:
+    """A message (a tuple) encoded with ``codec``; a list is taken as parts ``WireCodec.encode`` made already."""
+    if isinstance(frame, tuple):
+        return (codec or WireCodec()).encode(frame)
+    return frame
+
+
 # -- worker side: blocking file descriptors ------------------------------------------------------------------
 
 
-def write_frame_sync(out: BinaryIO, parts: Sequence[Any]) -> None:
-    for part in parts:
+def write_frame_sync(out: BinaryIO, message: tuple[Any, ...] | Sequence[Any], codec: WireCodec | None = None) -> None:
+    """Write one message (``read_frame_sync`` reads it back) and flush. ``message`` may also be the list of parts
+    ``codec.encode(message)`` returned."""
+    for part in _parts(message, codec):
         out.write(part)
     out.flush()
 
@@ -181,7 +195,11 @@ def read_frame_sync(inp: BinaryIO) -> tuple[Any, ...] | None:
 # -- client side: anyio streams -------------------------------------------------------------------------------
 
 
-async def write_frame(stream: ByteSendStream, parts: Sequence[Any]) -> None:
+async def write_frame(stream: ByteSendStream, message: tuple[Any, ...] | Sequence[Any],
+                      codec: WireCodec | None = None) -> None:
+    """Send one message (``read_frame`` reads it back). ``message`` may also be the list of parts
+    ``codec.encode(message)`` returned."""
+    parts = _parts(message, codec)
     if sum(memoryview(p).nbytes for p in parts) < 1 << 20:
         await stream.send(b"".join(parts))
         return
@@ -190,6 +208,7 @@ async def write_frame(stream: ByteSendStream, parts: Sequence[Any]) -> None:
 
 
 async def read_frame(stream: BufferedByteReceiveStream) -> tuple[Any, ...]:
+    """Receive one message (raises ``anyio.IncompleteRead``/``EndOfStream`` when the stream ends first)."""
     (length,) = _LEN.unpack(await stream.receive_exactly(_LEN.size))
     packed, sizes = pickle.loads(await stream.receive_exactly(length))
     raws = [bytearray(await stream.receive_exactly(size)) if size else bytearray() for size in sizes]

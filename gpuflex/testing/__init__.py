@@ -9,12 +9,25 @@
 from __future__ import annotations
 
 from ._conformance import CHECKS as CHECKS
-from ._conformance import BackendFactory as BackendFactory
-from ._conformance import Check as Check
-from ._conformance import CheckSkipped as CheckSkipped
-from ._conformance import backend_in_use as backend_in_use
 from ._conformance import run_check as run_check
-from ._conformance import wait_until as wait_until
+from ._harness import BackendFactory as BackendFactory
+from ._harness import Check as Check
+from ._harness import CheckSkipped as CheckSkipped
+from ._harness import backend_in_use as backend_in_use
+from ._harness import wait_until as wait_until
+from ._installed import installed_backends as installed_backends
+from ._installed import probe_backend as probe_backend
 from ._requires import require as require
 
-__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "require", "run_check", "wait_until"]
+__all__ = [
+    "CHECKS",
+    "BackendFactory",
+    "Check",
+    "CheckSkipped",
+    "backend_in_use",
+    "installed_backends",
+    "probe_backend",
+    "require",
+    "run_check",
+    "wait_until",
+]

@@ -10,66 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
+import os
 import threading
 import time
 import typing
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gpuflex
 from gpuflex import errors
-from gpuflex.backend import Backend
 from gpuflex.client._session import get_session
 
 from . import _endpoints as ep
+from . import _harness
+from ._harness import WAIT, BackendFactory, Check, CheckSkipped, backend_in_use, wait_until
+from ._harness import needs as _needs
+from ._harness import tmp_dir as _tmp
+from ._interrupts import check_interrupt
 
-__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "run_check"]
-
-BackendFactory = Callable[[], Backend]
-Check = Callable[[BackendFactory], None]
-WAIT = 60.0
-
-
-class CheckSkipped(Exception):
-    """The backend declares it lacks what this check needs."""
-
-
-@contextlib.contextmanager
-def backend_in_use(make_backend: BackendFactory) -> Iterator[Backend]:
-    """Install a fresh backend from the factory, route every endpoint called inside the block to it, and close
-    it afterwards."""
-    backend = make_backend()
-    session = get_session()
-    session.install_backend(backend)
-    try:
-        with gpuflex.use(backend.name):
-            yield backend
-    finally:
-        session.run(session.remove_backend(backend))
-
-
-def _needs(backend: Backend, *features: str) -> None:
-    for feature in features:
-        reason = backend.live_capabilities().get(feature)
-        if reason:
-            raise CheckSkipped(f"{backend.name} lacks {feature}: {reason}")
-
-
-def wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    """Poll ``predicate`` until it holds; fail the check (AssertionError) after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {limit} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def _tmp() -> Path:
-    return Path(tempfile.mkdtemp(prefix="gpuflex-conformance-"))
-
+__all__ = ["CHECKS", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "run_check", "wait_until"]
 
 # -- endpoint kinds ----------------------------------------------------------------------------------------------
 
@@ -410,6 +370,56 @@ def check_batching(make_backend: BackendFactory) -> None:
             raise AssertionError("a batched function returning too few results must raise BatchError")
 
 
+def check_endpoint_env(make_backend: BackendFactory) -> None:
+    """An endpoint's ``env=`` and ``secrets=`` reach its workers, and the secret's value shows in no log record
+    and on no command line (of the worker, its parent, or any process on this machine)."""
+    token = f"conformance-secret-{uuid.uuid4().hex}"
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.DEBUG)
+    loggers = [logging.getLogger(), logging.getLogger("gpuflex"), logging.getLogger("gpuflex.worker")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+    logging.getLogger("gpuflex").setLevel(logging.DEBUG)
+    saved = os.environ.get(ep.SECRET_NAME)
+    os.environ[ep.SECRET_NAME] = token
+    try:
+        with backend_in_use(make_backend):
+            seen = ep.environ()
+            commands = _command_lines_holding(token)
+        assert seen["env"] == ep.ENV_VALUE, f"env= did not reach the worker (it saw {seen['env']!r})"
+        assert seen["secret"] == token, "secrets= did not reach the worker (its variable was not set there)"
+        assert not any(token in line for line in seen["cmdlines"]), "a secret's value is on the worker's command line"
+        assert not commands, f"a secret's value is on the command line of {len(commands)} process(es) here"
+        leaked = [r.name for r in records if token in r.getMessage()]
+        assert not leaked, f"a secret's value was logged (by {sorted(set(leaked))})"
+    finally:
+        if saved is None:
+            os.environ.pop(ep.SECRET_NAME, None)
+        else:
+            os.environ[ep.SECRET_NAME] = saved
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+def _command_lines_holding(text: str) -> list[str]:
+    """The pids of processes on this machine whose command line contains ``text`` (Linux: /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes():
+                found.append(entry.name)
+        except OSError:
+            continue
+    return found
+
+
 CHECKS: list[Check] = [
     check_function,
     check_async_function,
@@ -427,16 +437,19 @@ CHECKS: list[Check] = [
     check_hot_reload,
     check_worker_output,
     check_batching,
+    check_endpoint_env,
+    check_interrupt,
 ]
 
 
 def run_check(check: Check, make_backend: BackendFactory) -> None:
-    """Run one check; under pytest a missing capability becomes a skip."""
+    """Run one check. A missing capability raises :class:`CheckSkipped`, which becomes a skip when pytest runs the
+    check (and stays ``CheckSkipped`` in a plain script, even with pytest installed)."""
     try:
         check(make_backend)
     except CheckSkipped as exc:
-        try:
-            import pytest
-        except ImportError:
-            raise exc from None
+        if not _harness.pytest_sessions:  # a plain script (which may import pytest, or inherit pytest's env)
+            raise
+        import pytest
+
         pytest.skip(str(exc))

@@ -178,3 +178,32 @@ def batched(items: list[int]) -> list[tuple[int, tuple[int, ...]]]:
         raise ConformanceError(f"bad item in batch {items}")
     results = [(2 * i, tuple(items)) for i in items]
     return results[:-1] if -2 in items else results
+
+
+@gpuflex.endpoint(name="conformance_hold", max_workers=2)
+def hold(index: int, marks: str, release_below: int) -> int:
+    """Mark that call ``index`` started; calls below ``release_below`` return at once, the others wait (a minute at
+    most) for the caller to create ``marks/open``. Marks ``done-<index>`` when it returns."""
+    Path(marks, f"started-{index}").touch()
+    if index >= release_below:
+        _wait_for_file(os.path.join(marks, "open"))
+    Path(marks, f"done-{index}").touch()
+    return index
+
+
+ENV_VALUE = "set by env="
+SECRET_NAME = "GPUFLEX_CONFORMANCE_SECRET"
+
+
+@gpuflex.endpoint(name="conformance_environ", env={"GPUFLEX_CONFORMANCE_ENV": ENV_VALUE}, secrets=[SECRET_NAME])
+def environ() -> dict[str, Any]:
+    """What the worker sees of the endpoint's ``env`` and ``secrets``, and the command lines of its process and
+    its parent (where no secret may appear)."""
+    cmdlines = []
+    for pid in (os.getpid(), os.getppid()):
+        try:
+            cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return {"env": os.environ.get("GPUFLEX_CONFORMANCE_ENV"), "secret": os.environ.get(SECRET_NAME),
+            "cmdlines": cmdlines}

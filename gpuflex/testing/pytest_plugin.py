@@ -3,6 +3,8 @@
 * ``--backend NAME``: limit ``gpuflex_backend`` to one backend.
 * ``--run-live``: allow tests marked ``live`` (real clouds, real credentials); skipped otherwise.
 * ``gpuflex_backend``: a fixture parametrized over the installed backends, giving a factory of fresh instances.
+  Without ``--backend``, a backend that cannot run a call here with its default options (no credentials, no hosts:
+  see :func:`gpuflex.testing.probe_backend`) is skipped with the reason; named with ``--backend``, it runs.
 * ``conformance_check``: parametrized over :data:`gpuflex.testing.CHECKS`.
 * At the end of a run, a summary of what did not run and why, grouped by reason, with the command that enables
   each group (see :func:`gpuflex.testing.require`).
@@ -17,7 +19,9 @@ import pytest
 
 from gpuflex._registry import get_registry
 
+from . import _harness
 from ._conformance import CHECKS
+from ._installed import probe_backend
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "live: talks to a real cloud; runs only with --run-live")
+    _harness.pytest_sessions += 1  # run_check turns CheckSkipped into a skip only while pytest runs
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _harness.pytest_sessions -= 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,6 +62,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("conformance_check", CHECKS, ids=[c.__name__ for c in CHECKS])
 
 
+_probed: dict[str, str | None] = {}  # backend name -> why it cannot run here (probed once per test run)
+
+
 @pytest.fixture
 def gpuflex_backend(request: pytest.FixtureRequest) -> Callable[[], Backend]:
     """A factory of fresh instances of one installed backend (default options)."""
@@ -61,6 +73,13 @@ def gpuflex_backend(request: pytest.FixtureRequest) -> Callable[[], Backend]:
     def make() -> Backend:
         return cls()
 
+    if not request.config.getoption("--backend"):  # every installed backend: skip those that cannot run here
+        if cls.name not in _probed:
+            _probed[cls.name] = probe_backend(make)
+        reason = _probed[cls.name]
+        if reason is not None:
+            pytest.skip(f"the {cls.name} backend cannot run here with its default options ({reason}); "
+                        f"configure it and pass --backend {cls.name}")
     return make
 
 

@@ -26,7 +26,7 @@ import attrs
 from .._models import JobStatus
 from ..backend import Backend, Call, JobUpdate, Payload
 from ..errors import BackendUnavailable
-from ..runtime._protocol import worker_init
+from ..runtime._protocol import endpoint_environ, worker_init
 from ..runtime._wire import SHM_MIN_BYTES, export_payload
 from ._pool import EndpointPool, Mailbox, Placement, PoolJob, empty_updates
 from ._process import StartFailed, WorkerProcess
@@ -80,6 +80,10 @@ class WorkerPoolBackend(Backend, abc.ABC):
     def worker_ready(self, worker: WorkerProcess) -> None:  # noqa: B027 - optional
         """A worker started and loaded its endpoint."""
 
+    def worker_idle(self, worker: WorkerProcess) -> None:  # noqa: B027 - optional
+        """A worker has no call left to run (it started, finished its last call, or loaded new code). The pool stops
+        it after the endpoint's ``idle_timeout`` by itself; override to act sooner (release a host, evict)."""
+
     def worker_released(self, pool: EndpointPool) -> None:
         """A worker's reservation was given back: endpoints waiting for room (GPUs held by another endpoint's
         workers) may start one now."""
@@ -96,9 +100,11 @@ class WorkerPoolBackend(Backend, abc.ABC):
         return str(bundle.root)
 
     def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:
-        """The ``init``/``reload`` message for ``worker``: where it finds the bundle. A job runs as soon as it reaches a
-        free slot, so RUNNING is reported at dispatch and the worker need not send ``started``."""
-        return worker_init(spec, bundle, report_started=False)
+        """The ``init``/``reload`` message for ``worker``: where it finds the bundle, and the endpoint's ``env`` and
+        ``secrets`` (:func:`gpuflex.worker.endpoint_environ`: in the frame, never on a command line). A job runs as
+        soon as it reaches a free slot, so RUNNING is reported at dispatch and the worker need not send ``started``.
+        An override that points ``bundle_root`` elsewhere passes ``environ=endpoint_environ(spec)`` too."""
+        return worker_init(spec, bundle, report_started=False, environ=endpoint_environ(spec))
 
     async def prepare(self, endpoint: EndpointSpec, bundle: Bundle) -> None:  # noqa: B027 - optional
         """Checks and set-up before ``endpoint`` gets a pool (or a new bundle): raise to refuse the deploy."""

@@ -52,6 +52,7 @@ class PoolOwner(Protocol):
     def release_worker(self, worker_id: str) -> None: ...
     def retry_start(self, worker: WorkerProcess, failure: StartFailed) -> bool: ...
     def worker_ready(self, worker: WorkerProcess) -> None: ...
+    def worker_idle(self, worker: WorkerProcess) -> None: ...
     def worker_released(self, pool: EndpointPool) -> None: ...
     async def worker_command(self, spec: EndpointSpec, worker: WorkerProcess) -> tuple[list[str], dict[str, str]]: ...
     def worker_cwd(self, bundle: Bundle) -> str: ...
@@ -260,6 +261,8 @@ class EndpointPool:
         if worker.draining:  # a redeploy with new settings came while it started
             await worker.stop()
         worker.pool.kick()
+        if not worker.active and worker.info.state is WorkerState.IDLE:
+            self.backend.worker_idle(worker)
         how = await worker.wait_closed()
         worker.pool._worker_gone(worker, how)  # the pool that holds it now (a reload may have moved it)
 
@@ -297,6 +300,8 @@ class EndpointPool:
             worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()
             worker.info.bundle_hash = self.bundle.hash
             self.kick()
+            if not worker.active:
+                self.backend.worker_idle(worker)
             return
         if kind == "fatal":  # the new code does not load: replace the process (a fresh start reports why)
             worker.kill()
@@ -334,6 +339,8 @@ class EndpointPool:
                 tg.start_soon(worker.stop)
             self._maybe_reload(worker)
             self.kick()
+            if not worker.active and worker.info.state is WorkerState.IDLE:
+                self.backend.worker_idle(worker)  # nothing queued took its slot
 
     def _adapt_prefetch(self, seconds: float) -> None:
         """Short calls (a moving average under ``AUTO_PREFETCH_BELOW`` seconds) get up to ``AUTO_PREFETCH`` more

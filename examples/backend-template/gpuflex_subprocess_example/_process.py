@@ -144,7 +144,7 @@ async def _talk(job: SubprocessJob, process: Process, config: SubprocessConfig, 
     codec = WireCodec()  # plain pipes (the local backend also moves large buffers through shared memory)
 
     async def send(*message: Any) -> None:
-        await write_frame(stdin, codec.encode(message))
+        await write_frame(stdin, message, codec)
 
     name = job.call.endpoint.name
     worker_id = f"{name}-{process.pid}"
