@@ -309,6 +309,7 @@ class StatsCollector:
         """Merge a backend's own list of its workers (``Backend.workers()``): workers still starting or stopping,
         which no hook reports, and the states of workers the backend reports only this way."""
         with self._lock:
+            before = self._worker_states()
             seen = set()
             for info in infos:
                 seen.add(info.id)
@@ -324,7 +325,12 @@ class StatsCollector:
                 if view.backend == backend and view.id not in seen and not view.from_hooks and view.state \
                         is not None and view.id not in self._output:
                     del self._workers[view.id]
-        self._changed()
+            changed = self._worker_states() != before
+        if changed:
+            self._changed()
+
+    def _worker_states(self) -> list[tuple[str, WorkerState | None, tuple[str, ...]]]:
+        return [(w.id, w.state, w.gpus) for w in self._workers.values()]
 
     def snapshot(self, *, spent_usd: float | None = None, budget_usd: float | None = None) -> Stats:
         with self._lock:

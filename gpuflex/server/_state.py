@@ -30,6 +30,7 @@ class ServerState:
         self.called: set[str] = set()  # endpoints called since start: hot reload redeploys them right away
         self.reloads = 0
         self.tasks: TaskGroup | None = None  # the server's own tasks, while it runs (set by its lifespan)
+        self.watchers = 0  # dashboard pages open (GET /stats as server-sent events)
 
     def spawn(self, route: Route, body: BaseModel | None) -> Job:
         with use(self.backend) if self.backend else contextlib.nullcontext():
