@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from typing import ClassVar
 
 import pytest
@@ -235,3 +236,35 @@ def test_an_older_ledger_gains_the_gpu_column(tmp_path):
                    "VALUES ('a', 'e', 'local', 'COMPLETED', 5.0, 1)")
     (record,) = read_ledger(path)
     assert record["id"] == "a" and record["gpu"] is None and record["gpus"] == 1
+
+
+def test_a_load_on_each_endpoint_of_an_app(priced, home):
+    app_file = str(__import__("pathlib").Path(__file__).parent / "apps" / "observe_app.py")
+    data = _json(home, "--app", app_file, "--gpu", "L4", "--calls-per-hour", "10")
+    assert [g["label"] for g in data["groups"]] == ["broken (L4)", "doubled (L4)", "slow (L4)"]
+    assert all(g["gpu"] == "L4" and g["seconds_per_call"] == 1.0 for g in data["groups"])
+
+
+def test_the_ledger_records_the_gpu_an_endpoint_asked_for(tmp_path):
+    from pathlib import Path
+
+    from gpuflex import Bundle, Cost, EndpointKind, EndpointSpec, JobStatus, Resources
+    from gpuflex._ledger import JobLedger
+    from gpuflex._models import FunctionRef
+    from gpuflex.gpus import GPU
+
+    class Job:
+        id, endpoint, backend, status, attempts, worker, reason = "j", "e", "local", JobStatus.COMPLETED, 1, "w", None
+        finished_at = time.time()  # kept by the ledger's retention (30 days)
+        submitted_at = started_at = finished_at - 1.0
+        queue_time, run_time = 0.0, 1.0
+        cost, tail = Cost(usd=0.1, billed_seconds=1.0, rule="uptime"), Cost()
+
+    ledger = JobLedger(tmp_path / "jobs.db")
+    spec = EndpointSpec(name="e", kind=EndpointKind.FUNCTION, target=FunctionRef(module="m", qualname="e"),
+                        resources=Resources(gpu=GPU("H100", 2)))
+    ledger.gpuflex_deployed(spec=spec, bundle=Bundle(hash="h", root=Path(tmp_path), files=()), backend="local")
+    ledger.gpuflex_job_finished(job=Job())
+    ledger.close()
+    (record,) = read_ledger(tmp_path / "jobs.db")
+    assert (record["gpu"], record["gpus"]) == ("H100:2", 2)
