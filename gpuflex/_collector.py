@@ -41,7 +41,7 @@ PLUGIN_NAME = "gpuflex-stats"
 RECENT_JOBS = 200
 STOPPED_WORKERS = 50
 OUTPUT_LINES = 50
-BATCH_WINDOW = 0.002  # seconds: calls of one batch finish together (see EndpointStats.batch_size)
+BATCH_WINDOW = 0.02  # seconds: calls of one batch finish together, give or take a thread switch (batch_size)
 hookimpl = pluggy.HookimplMarker("gpuflex")  # the same marker as gpuflex.hookimpl (no import of the plugin manager)
 
 

@@ -65,7 +65,7 @@ class EndpointStats:
     ``cost_usd`` sums the jobs' own costs (their run, billed by the backend's rule); the idle tails of per-second
     workers, billed once per burst of calls, are in :attr:`Stats.spent_usd` and ``gpuflex.costs()``.
     ``batch_size`` is set for a batched endpoint (``max_batch_size``): how many calls a worker answered together,
-    seen from the caller (calls of one worker that finished within 2 ms of each other, up to ``max_batch_size``;
+    seen from the caller (calls of one worker that finished within 20 ms of each other, up to ``max_batch_size``;
     the worker's own count does not travel back).
     """
 

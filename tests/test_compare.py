@@ -241,7 +241,7 @@ def test_an_older_ledger_gains_the_gpu_column(tmp_path):
 def test_a_load_on_each_endpoint_of_an_app(priced, home):
     app_file = str(__import__("pathlib").Path(__file__).parent / "apps" / "observe_app.py")
     data = _json(home, "--app", app_file, "--gpu", "L4", "--calls-per-hour", "10")
-    assert [g["label"] for g in data["groups"]] == ["broken (L4)", "doubled (L4)", "slow (L4)"]
+    assert [g["label"] for g in data["groups"]] == ["Warming (L4)", "broken (L4)", "doubled (L4)", "slow (L4)"]
     assert all(g["gpu"] == "L4" and g["seconds_per_call"] == 1.0 for g in data["groups"])
 
 

@@ -49,7 +49,7 @@ def test_a_job_submitted_while_the_page_is_open_appears_and_completes(browser, t
         browser.wait_for("document.getElementById('conn')?.dataset.state === 'live'", "the page to go live")
         endpoints = browser.evaluate("[...document.querySelectorAll('#endpoints tr[data-endpoint]')]"
                                      ".map(r => r.dataset.endpoint)")
-        assert endpoints == ["broken", "doubled", "slow"]
+        assert endpoints == ["Warming", "broken", "doubled", "slow"]
         assert browser.evaluate("document.getElementById('app').textContent") == "observe_app.py"
 
         job_id = srv.client.post("/slow/jobs", json={"seconds": 1.5}).json()["id"]

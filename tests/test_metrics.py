@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,15 +42,25 @@ def _key(**labels) -> tuple:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory):
-    """A server at $1 a second on the local backend, after 3 calls of ``slow``, 1 of ``broken`` and 7 batched
-    calls of ``doubled`` (a batch of 4, then one of 3), with what each job reported, and its metrics."""
+    """A server at $1 a second on the local backend, after 1 call of ``Warming`` (its worker seen STARTING), 3 of
+    ``slow``, 1 of ``broken`` and 7 batched calls of ``doubled`` (a batch of 4, then one of 3), with what each job
+    reported, and its metrics."""
     tmp = tmp_path_factory.mktemp("metrics")
     root = helpers.project(tmp, hourly_rate=3600.0)
     srv = helpers.Server(root / "observe_app.py", tmp / "server.log", "--max-cost", "50", cwd=root)
     try:
+        warming = srv.client.post("/Warming/jobs", json={}).json()["id"]
+        starting = _key(endpoint="Warming", backend="local", state="STARTING")
+        deadline = time.monotonic() + 60
+        while _samples(srv.client.get("/metrics").text).get("gpuflex_workers", {}).get(starting) != 1:
+            assert time.monotonic() < deadline, "never saw the worker starting"
+            time.sleep(0.05)
+        warmed = srv.wait_job(warming)
+        assert warmed["status"] == "COMPLETED"
         ids = {"slow": [srv.client.post("/slow/jobs", json={"seconds": 0.05}).json()["id"] for _ in range(3)],
                "broken": [srv.client.post("/broken/jobs", json={}).json()["id"]]}
         jobs = {name: [srv.wait_job(i) for i in job_ids] for name, job_ids in ids.items()}
+        jobs["Warming"] = [warmed]
         jobs["doubled"] = []
         for size in (4, 3):
             with ThreadPoolExecutor(size) as pool:  # together: the worker batches them
@@ -72,6 +83,7 @@ def test_jobs_total_by_endpoint_backend_and_status(ran):
         _key(endpoint="slow", backend="local", status="COMPLETED"): 3.0,
         _key(endpoint="broken", backend="local", status="FAILED"): 1.0,
         _key(endpoint="doubled", backend="local", status="COMPLETED"): 7.0,
+        _key(endpoint="Warming", backend="local", status="COMPLETED"): 1.0,
     }
     assert all(v == 0 for v in samples["gpuflex_jobs_in_flight"].values())
 
@@ -111,7 +123,7 @@ def test_cost_total_is_what_the_jobs_cost(ran):
 def test_workers_by_state(ran):
     _, samples = ran
     workers = samples["gpuflex_workers"]
-    for endpoint in ("slow", "broken", "doubled"):
+    for endpoint in ("slow", "broken", "doubled", "Warming"):  # Warming's was seen STARTING (the fixture)
         states = {dict(k)["state"]: v for k, v in workers.items() if dict(k)["endpoint"] == endpoint}
         assert states == {"STARTING": 0, "IDLE": 1, "BUSY": 0, "STOPPING": 0}
 

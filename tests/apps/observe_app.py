@@ -28,3 +28,15 @@ def broken() -> None:
 def doubled(xs: list[int]) -> list[int]:
     """Batched: a full batch of 4 runs at once; fewer wait a second for more."""
     return [2 * x for x in xs]
+
+
+@gpuflex.endpoint(name="Warming")
+class Warming:
+    """A class whose setup() takes a while: its worker is seen STARTING."""
+
+    def setup(self) -> None:
+        time.sleep(2.0)
+
+    def __call__(self) -> str:
+        return "warm"
+
