@@ -168,7 +168,10 @@
       if (line.startsWith("event: ")) event = line.slice(7);
       else if (line.startsWith("data: ")) data += line.slice(6);
     }
-    if (event === "stats" && data) render(JSON.parse(data));
+    if (event === "stats" && data) {
+      render(JSON.parse(data));
+      setConnection("live", "live");  // only once there is something to show
+    }
   }
 
   function retry() {
@@ -196,7 +199,6 @@
     }
     $("login").hidden = true;
     $("main").hidden = false;
-    setConnection("live", "live");
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     try {
