@@ -98,6 +98,17 @@ class _Worker:
 
 
 @attrs.define
+class _Flight:
+    """A job not finished yet: its view is built when someone reads it, not on every hook call."""
+
+    job: Job
+    worker: _Worker | None = None
+    cold_start: float | None = None
+    status: JobStatus | None = None  # QUEUED again while a retry waits (job.status says otherwise until then)
+    reason: str | None = None
+
+
+@attrs.define
 class _Batch:
     first_finished: float
     size: int
@@ -117,7 +128,8 @@ class StatsCollector:
         self._endpoints: dict[tuple[str, str], _Endpoint] = {}
         self._workers: dict[str, _Worker] = {}
         self._output: dict[str, collections.deque[tuple[float, str, str]]] = {}
-        self._jobs: collections.OrderedDict[str, JobStats] = collections.OrderedDict()
+        self._flight: dict[str, _Flight] = {}  # jobs submitted and not finished
+        self._done: collections.deque[JobStats] = collections.deque(maxlen=RECENT_JOBS)
         self._batches: dict[tuple[str, str, str], _Batch] = {}
         self._listeners: list[Callable[[], None]] = []
 
@@ -163,29 +175,33 @@ class StatsCollector:
     def gpuflex_job_submitted(self, job: Job) -> None:
         with self._lock:
             self._endpoint(job.endpoint, job.backend)
-            self._record(job)
+            self._flight[job.id] = _Flight(job)
         self._changed()
 
     @hookimpl
     def gpuflex_job_started(self, job: Job) -> None:
         with self._lock:
+            flight = self._flight.get(job.id)
+            if flight is None:
+                flight = self._flight[job.id] = _Flight(job)
             worker = self._workers.get(job.worker or "")
-            cold: float | None = None
             if worker is None and job.worker:
                 worker = self._workers[job.worker] = _Worker(job.worker, job.endpoint, job.backend, None)
+            flight.worker, flight.status = worker, None
             if worker is not None:
                 worker.active.add(job.id)
                 if worker.from_hooks:
                     worker.state = WorkerState.BUSY
-                    cold = self._cold_start(worker, job)
-            self._record(job, cold_start=cold)
+                    flight.cold_start = self._cold_start(worker, job)
         self._changed()
 
     @hookimpl
     def gpuflex_job_retrying(self, job: Job, reason: str) -> None:
         with self._lock:
-            self._release(job)
-            self._record(job, status=JobStatus.QUEUED, reason=reason)
+            flight = self._flight.get(job.id)
+            if flight is not None:
+                self._release(flight)
+                flight.worker, flight.status, flight.reason = None, JobStatus.QUEUED, reason
         self._changed()
 
     @hookimpl
@@ -195,8 +211,10 @@ class StatsCollector:
             entry.jobs[job.status.value] += 1
             entry.cost_usd += job.cost.usd
             entry.unpriced += job.cost.rule == "unknown"
-            worker = self._release(job, finished=True)
-            view = self._record(job)
+            flight = self._flight.pop(job.id, None) or _Flight(job)
+            worker = self._release(flight, finished=True)
+            view = _view(flight)
+            self._done.append(view)
             for phase in PHASES:
                 value = getattr(view, phase)
                 if value is not None:
@@ -250,38 +268,15 @@ class StatsCollector:
         began = max(job.submitted_at, worker.started_at or job.submitted_at)
         return max(0.0, min(job.started_at, worker.ready_at) - began)
 
-    def _release(self, job: Job, *, finished: bool = False) -> _Worker | None:
-        """Take ``job`` off its worker; returns that worker."""
-        for worker in self._workers.values():
-            if job.id in worker.active:
-                worker.active.discard(job.id)
-                worker.jobs_done += finished
-                if worker.from_hooks and worker.state is WorkerState.BUSY and not worker.active:
-                    worker.state = WorkerState.IDLE
-                return worker
-        return None
-
-    def _record(self, job: Job, *, status: JobStatus | None = None, reason: str | None = None,
-                cold_start: float | None = None) -> JobStats:
-        old = self._jobs.pop(job.id, None)
-        if cold_start is None and old is not None:
-            cold_start = old.cold_start
-        queue = job.queue_time
-        view = JobStats(
-            id=job.id, endpoint=job.endpoint, backend=job.backend, status=status or job.status, worker=job.worker,
-            attempts=job.attempts, submitted_at=job.submitted_at, started_at=job.started_at,
-            finished_at=job.finished_at if (status or job.status).is_terminal else None,
-            queued=None if queue is None else max(0.0, queue - (cold_start or 0.0)),
-            cold_start=None if queue is None else cold_start and min(cold_start, queue),
-            run=job.run_time if job.status.is_terminal else None, cost_usd=job.cost.usd, billing=job.cost.rule,
-            reason=reason or job.reason)
-        self._jobs[job.id] = view
-        while len(self._jobs) > RECENT_JOBS:  # forget the oldest finished job (never one in flight)
-            oldest = next((k for k, v in self._jobs.items() if v.status.is_terminal), None)
-            if oldest is None:
-                break
-            del self._jobs[oldest]
-        return view
+    def _release(self, flight: _Flight, *, finished: bool = False) -> _Worker | None:
+        """Take the job off its worker; returns that worker."""
+        worker = flight.worker
+        if worker is not None and flight.job.id in worker.active:
+            worker.active.discard(flight.job.id)
+            worker.jobs_done += finished
+            if worker.from_hooks and worker.state is WorkerState.BUSY and not worker.active:
+                worker.state = WorkerState.IDLE
+        return worker
 
     def _batch(self, entry: _Endpoint, worker: _Worker, finished_at: float) -> None:
         """Count calls of a batched endpoint that ``worker`` answered together: they finish within
@@ -297,7 +292,7 @@ class StatsCollector:
             if group is not None:
                 entry.batch.observe(group.size)
             group = _Batch(finished_at, 1)
-        running = any(self._jobs[j].endpoint == entry.name for j in worker.active if j in self._jobs)
+        running = any(self._flight[j].job.endpoint == entry.name for j in worker.active if j in self._flight)
         if group.size >= limit or not running:
             entry.batch.observe(group.size)
         else:
@@ -339,12 +334,13 @@ class StatsCollector:
                 started_at=w.started_at, ready_at=w.ready_at, stopped_at=w.stopped_at, reason=w.reason,
                 active_jobs=len(w.active), jobs_done=w.jobs_done, output=tuple(self._output.get(w.id, ())))
                 for w in self._workers.values()]
-            jobs = tuple(self._jobs.values())
+            flying = [_view(f) for f in self._flight.values()]
+            jobs = tuple(sorted([*self._done, *flying], key=lambda j: j.submitted_at)[-RECENT_JOBS:])
             endpoints = []
             for (name, backend), e in sorted(self._endpoints.items()):
                 states = collections.Counter(w.state.value for w in workers if w.endpoint == name
                                              and w.backend == backend and w.state not in (None, WorkerState.DEAD))
-                flight = collections.Counter(j.status.value for j in jobs if j.endpoint == name
+                flight = collections.Counter(j.status.value for j in flying if j.endpoint == name
                                              and j.backend == backend and not j.status.is_terminal)
                 endpoints.append(EndpointStats(
                     endpoint=name, backend=backend, gpu=e.gpu, settings=dict(e.settings), jobs=dict(e.jobs),
@@ -361,8 +357,23 @@ class StatsCollector:
             self._endpoints.clear()
             self._workers.clear()
             self._output.clear()
-            self._jobs.clear()
+            self._flight.clear()
+            self._done.clear()
             self._batches.clear()
+
+
+def _view(flight: _Flight) -> JobStats:
+    job, cold = flight.job, flight.cold_start
+    status = flight.status or job.status
+    queue = job.queue_time
+    return JobStats(
+        id=job.id, endpoint=job.endpoint, backend=job.backend, status=status, worker=job.worker,
+        attempts=job.attempts, submitted_at=job.submitted_at, started_at=job.started_at,
+        finished_at=job.finished_at if status.is_terminal else None,
+        queued=None if queue is None else max(0.0, queue - min(cold or 0.0, queue)),
+        cold_start=None if queue is None or cold is None else min(cold, queue),
+        run=job.run_time if status.is_terminal else None, cost_usd=job.cost.usd, billing=job.cost.rule,
+        reason=job.reason or flight.reason)
 
 
 _collector: StatsCollector | None = None

@@ -124,3 +124,27 @@ def test_a_job_in_flight_shows_as_running(fresh):
     job.result(timeout=60)
     _wait(lambda: [w.state for w in gpuflex.stats().workers if w.endpoint == "slow"] == [WorkerState.IDLE],
           "the worker to be idle again")
+
+
+def _core_app():
+    module = sys.modules.get("_gpuflex_app")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("_gpuflex_app", Path(__file__).with_name("_gpuflex_app.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_gpuflex_app"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def test_a_retried_job_counts_once_with_its_attempts(fresh, tmp_path):
+    job = _core_app().hook_retrying.spawn(str(tmp_path / "marker"))  # fails once, then succeeds
+    assert job.result(timeout=60) == "second attempt"
+    _wait(lambda: gpuflex.stats().endpoint("hook_retrying") is not None
+          and gpuflex.stats().endpoint("hook_retrying").jobs, "the job to count")
+    stats = gpuflex.stats()
+    assert stats.endpoint("hook_retrying").jobs == {"COMPLETED": 1}
+    (seen,) = [j for j in stats.jobs if j.id == job.id]
+    assert seen.status is JobStatus.COMPLETED and seen.attempts == 2
+    assert seen.reason  # why it was retried, as the core said
+    (worker,) = [w for w in stats.workers if w.endpoint == "hook_retrying"]
+    assert worker.active_jobs == 0 and worker.state is WorkerState.IDLE
