@@ -153,9 +153,17 @@ def serve(
     err.print(f"  docs: http://{host}:{port}/docs" + ("" if no_reload else "  [dim](hot reload on)[/dim]"))
     from ..client._session import shutdown
 
+    server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="info", lifespan="on",
+                                           timeout_graceful_shutdown=5))
+    exit_server = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:  # Ctrl-C: open dashboards must not hold the server up
+        state.close_streams()
+        exit_server(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
     try:
-        uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="info", lifespan="on",
-                                      timeout_graceful_shutdown=5)).run()
+        server.run()
     finally:
         shutdown()
 

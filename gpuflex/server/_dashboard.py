@@ -125,15 +125,18 @@ async def _stats_events(state: ServerState) -> AsyncIterator[str]:
 
     unsubscribe = collector().subscribe(changed)
     state.watchers += 1
+    state.wakers.add(changed)
     try:
-        while True:
+        while not state.closing:
             wake.clear()
             yield sse(server_stats(state), event="stats")
             with anyio.move_on_after(QUIET_SECONDS):
                 await wake.wait()
-            await anyio.sleep(THROTTLE_SECONDS)
+            if not state.closing:
+                await anyio.sleep(THROTTLE_SECONDS)
     finally:
         state.watchers -= 1
+        state.wakers.discard(changed)
         unsubscribe()
 
 
