@@ -18,6 +18,7 @@ MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client ve
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
     "import-linter>=2.1", "schemathesis>=4.0",
+    "opentelemetry-sdk>=1.20", "matplotlib>=3.8",
 ]
 BACKENDS = ["backends/local", "backends/pod", "backends/modal", "backends/runpod"]
 # RunPod's worker loop for the emulator's workers, installed without boto3 (imported only by its S3 upload helper):

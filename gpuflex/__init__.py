@@ -22,6 +22,11 @@ from ._models import WorkerInfo as WorkerInfo
 from ._models import WorkerState as WorkerState
 from ._plugins import hookimpl as hookimpl
 from ._registry import list_backends as list_backends
+from ._stats import EndpointStats as EndpointStats
+from ._stats import Histogram as Histogram
+from ._stats import JobStats as JobStats
+from ._stats import Stats as Stats
+from ._stats import WorkerStats as WorkerStats
 from ._version import __version__ as __version__
 from .client._endpoint import Endpoint as Endpoint
 from .client._endpoint import RemoteInstance as RemoteInstance
@@ -44,6 +49,16 @@ def reload() -> None:
     _get_session().invalidate_bundles()
 
 
+def stats() -> Stats:
+    """Jobs by status, their queue, cold-start and run times, workers by state with their output, recent jobs,
+    and what was spent against the budget, for this process so far: the numbers the dev server's dashboard and
+    ``/metrics`` show, for a script without a server."""
+    from ._collector import collector
+
+    session = _get_session()
+    return collector().snapshot(spent_usd=session.meter.total().usd, budget_usd=session.budget.current_limit())
+
+
 def total_cost() -> Cost:
     """What every job this process ran has cost so far."""
     return _get_session().meter.total()
@@ -58,15 +73,20 @@ __all__ = sorted(
         "EndpointCosts",
         "EndpointKind",
         "EndpointSpec",
+        "EndpointStats",
         "GpuflexError",
+        "Histogram",
         "Job",
+        "JobStats",
         "JobStatus",
         "Price",
         "RemoteError",
         "RemoteInstance",
         "Resources",
+        "Stats",
         "WorkerInfo",
         "WorkerState",
+        "WorkerStats",
         "__version__",
         "costs",
         "endpoint",
@@ -75,6 +95,7 @@ __all__ = sorted(
         "list_backends",
         "reload",
         "shutdown",
+        "stats",
         "total_cost",
         "use",
     ]

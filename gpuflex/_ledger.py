@@ -49,7 +49,7 @@ COLUMNS = {
     "submitted_at": "REAL", "started_at": "REAL", "finished_at": "REAL NOT NULL", "queue_time": "REAL",
     "run_time": "REAL", "attempts": "INTEGER", "worker": "TEXT", "gpus": "INTEGER", "cost_usd": "REAL",
     "billed_seconds": "REAL", "billing": "TEXT", "tail_usd": "REAL", "tail_seconds": "REAL", "reason": "TEXT",
-    "pid": "INTEGER",
+    "pid": "INTEGER", "gpu": "TEXT",  # gpu: what the endpoint asked for ("H100", "H100:2"), for costs --compare
 }
 _SCHEMA = [
     f"CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY, "
@@ -108,6 +108,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     for statement in _SCHEMA:
         db.execute(statement)
+    have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name in [c for c in COLUMNS if c not in have]:  # a ledger written by an earlier version
+        with contextlib.suppress(sqlite3.OperationalError):  # another process added it a moment ago
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {COLUMNS[name]}")
     legacy = path.with_name("jobs.jsonl")
     if legacy.is_file():
         _import_jsonl(db, legacy)
@@ -172,11 +176,13 @@ class JobLedger:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._gpus: dict[tuple[str, str], int] = {}
+        self._gpu_names: dict[tuple[str, str], str | None] = {}
         self._worker_gpus: dict[str, int] = {}
 
     @hookimpl
     def gpuflex_deployed(self, spec: EndpointSpec, bundle: Bundle, backend: str) -> None:
         self._gpus[(backend, spec.name)] = spec.gpu.count if spec.gpu else 0
+        self._gpu_names[(backend, spec.name)] = str(spec.gpu) if spec.gpu else None
 
     @hookimpl
     def gpuflex_worker_started(self, worker: WorkerInfo, backend: str) -> None:
@@ -192,6 +198,7 @@ class JobLedger:
             "gpus": gpus, "cost_usd": job.cost.usd, "billed_seconds": job.cost.billed_seconds,
             "billing": job.cost.rule, "tail_usd": job.tail.usd,
             "tail_seconds": job.tail.billed_seconds, "reason": job.reason, "pid": os.getpid(),
+            "gpu": self._gpu_names.get((job.backend, job.endpoint)),
         }
         with self._lock:
             self._buffer.append(_row(record))

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from . import hookspecs
+from ._collector import PLUGIN_NAME as STATS_PLUGIN
+from ._collector import collector
+from ._tracing import TRACING_ENV, install_tracing
 from .errors import GpuflexWarning
 
 if TYPE_CHECKING:
@@ -61,6 +64,9 @@ def build_plugin_manager() -> pluggy.PluginManager:
     for name in filter(None, os.environ.get("GPUFLEX_DISABLE_PLUGINS", "").split(",")):
         pm.set_blocked(name.strip())
     _load_entry_points(pm)
+    pm.register(collector(), name=STATS_PLUGIN)  # gpuflex.stats(): counts every job of the process
+    if os.environ.get(TRACING_ENV, "").strip().lower() not in ("", "0", "false", "no", "off"):
+        install_tracing(pm)
     pm.check_pending()
     if os.environ.get("GPUFLEX_TRACE_PLUGINS"):
         pm.trace.root.setwriter(print)

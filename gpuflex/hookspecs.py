@@ -174,3 +174,16 @@ def gpuflex_worker_stopped(worker: WorkerInfo, backend: str, reason: str) -> Non
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def gpuflex_worker_output(endpoint: str, worker: str, stream: str, text: str, backend: str) -> None:
+    """A worker printed a line (``stream`` ``"stdout"`` or ``"stderr"``) or logged one (``"log"``, the text starting
+    with the level name).
+
+    Called on the gpuflex loop thread for every line a backend reports through ``BackendEvents.worker_output``,
+    besides the record of the ``gpuflex.worker`` logger (whose level does not filter what this hook sees): keep it
+    quick. ``worker`` is the backend's name for the worker (``image-build`` for Modal's build lines).
+
+    .. versionadded:: 0.1
+    """

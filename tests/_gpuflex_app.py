@@ -92,6 +92,15 @@ def _pid() -> int:
 hook_workers = gpuflex.endpoint(name="hook_workers", idle_timeout=0.2)(_pid)
 
 
+@gpuflex.endpoint(name="hook_output")
+def hook_output(text: str) -> str:
+    import logging
+
+    print(text, flush=True)
+    logging.getLogger("hook_output").warning("logged %s", text)
+    return text
+
+
 @gpuflex.endpoint(name="hook_bundle")
 def hook_bundle() -> list[str]:
     """The files of the bundle this worker runs from (this module sits in its ``tests/``)."""

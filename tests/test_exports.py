@@ -53,7 +53,8 @@ def test_all_is_sorted_and_unique(module):
 
 def test_package_all_is_plainly_sorted():
     assert gpuflex.__all__ == sorted(gpuflex.__all__)
-    assert {"GPU", "Job", "endpoint", "use", "hookimpl", "list_backends", "errors"} <= set(gpuflex.__all__)
+    assert {"GPU", "Job", "endpoint", "use", "hookimpl", "list_backends", "errors", "stats", "Stats"} \
+        <= set(gpuflex.__all__)
 
 
 def test_public_modules_are_found():
@@ -121,6 +122,11 @@ def test_private_module_classes_are_rewritten_and_errors_keep_their_module():
         gpuflex.Cost(usd=1.0, billed_seconds=2.0, rule="uptime"),
         gpuflex.GPU("H100", 2),
         gpuflex.Resources(cpu=2),
+        gpuflex.Stats(endpoints=(gpuflex.EndpointStats(endpoint="e", backend="local", batch_size=gpuflex.Histogram(
+            buckets=((1.0, 0), (float("inf"), 2)), count=2, sum=5.0)),),
+            workers=(gpuflex.WorkerStats(id="w", endpoint="e", backend="local", state=gpuflex.WorkerState.IDLE),),
+            jobs=(gpuflex.JobStats(id="j", endpoint="e", backend="local", status=gpuflex.JobStatus.RUNNING,
+                                   submitted_at=1.0),)),
     ],
     ids=repr,
 )
@@ -217,7 +223,8 @@ def test_errors_with_arguments_have_useful_messages():
 
 FINAL = [
     gpuflex.Job, gpuflex.Endpoint, gpuflex.GPU, gpuflex.EndpointSpec, gpuflex.Resources, gpuflex.Price,
-    gpuflex.Cost, gpuflex.Bundle,
+    gpuflex.Cost, gpuflex.Bundle, gpuflex.Stats, gpuflex.EndpointStats, gpuflex.WorkerStats, gpuflex.JobStats,
+    gpuflex.Histogram,
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import os
 import sys
 import threading
@@ -394,6 +395,29 @@ def test_hook_worker_stopped(register):
     assert worker_pid == pid
     assert backend == "local"
     assert isinstance(reason, str)
+
+
+def test_hook_worker_output(register):
+    seen: list[tuple[str, str, str, str, str]] = []
+
+    class Plugin:
+        @hookimpl
+        def gpuflex_worker_output(self, endpoint, worker, stream, text, backend):
+            seen.append((endpoint, worker, stream, text, backend))
+
+    register(Plugin())
+    quiet = logging.getLogger("gpuflex.worker")
+    level, quiet.level = quiet.level, logging.CRITICAL  # the logger's level filters the log, not the hook
+    try:
+        job = app.hook_output.spawn("a line")
+        assert job.result(timeout=WAIT) == "a line"
+        _wait_until(lambda: len(seen) >= 2, "both lines")
+    finally:
+        quiet.setLevel(level)
+    printed, logged = seen
+    assert printed == ("hook_output", job.worker, "stdout", "a line", "local")
+    assert logged[:3] == ("hook_output", job.worker, "log") and logged[4] == "local"
+    assert logged[3].startswith("WARNING") and "logged a line" in logged[3]
 
 
 # -- order, and every hook has a test -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import attrs
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -152,9 +153,17 @@ def serve(
     err.print(f"  docs: http://{host}:{port}/docs" + ("" if no_reload else "  [dim](hot reload on)[/dim]"))
     from ..client._session import shutdown
 
+    server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="info", lifespan="on",
+                                           timeout_graceful_shutdown=5))
+    exit_server = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:  # Ctrl-C: open dashboards must not hold the server up
+        state.close_streams()
+        exit_server(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
     try:
-        uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_level="info", lifespan="on",
-                                      timeout_graceful_shutdown=5)).run()
+        server.run()
     finally:
         shutdown()
 
@@ -309,10 +318,38 @@ def jobs(
         out.print(jobs_table(records, out.width))
 
 
+CompareOpt = Annotated[bool, typer.Option(
+    "--compare", help="Re-price the ledger's jobs (or, with --calls-per-hour, an expected load) on every installed "
+    "backend's price model for the same GPU, with the break-even utilisation of a pod against serverless.")]
+GpuOpt = Annotated[str | None, typer.Option("--gpu", help="--compare: price on this GPU (H100, A100-80GB:2...) "
+                                            "instead of the one each endpoint asked for.")]
+CallsOpt = Annotated[float | None, typer.Option("--calls-per-hour", min=0, help="--compare: price this expected "
+                                                "load instead of the ledger (evenly spaced calls).")]
+SecondsOpt = Annotated[float | None, typer.Option("--seconds-per-call", "-s", min=0.001, help="--compare: seconds "
+                                                  "per call (default: 1 for a load, the jobs' mean for the ledger).")]
+CompareAppOpt = Annotated[Path | None, typer.Option("--app", exists=True, dir_okay=False, resolve_path=True,
+                                                    help="--compare with --calls-per-hour: price the load on each "
+                                                    "endpoint of this app, with its settings.")]
+PodRateOpt = Annotated[float | None, typer.Option("--pod-rate", min=0, help="--compare: also price a pod at this "
+                                                  "many USD per GPU-hour, billed by the hour.")]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", dir_okay=False, help="--compare: draw cost per hour "
+                                              "against utilisation per backend to this file (.png or .svg; needs "
+                                              "matplotlib: pip install 'gpuflex[plot]').")]
+
+
 @app.command()
-def costs(as_json: JsonOpt = False) -> None:
+def costs(as_json: JsonOpt = False, compare: CompareOpt = False, gpu: GpuOpt = None, calls_per_hour: CallsOpt = None,
+          seconds_per_call: SecondsOpt = None, app_file: CompareAppOpt = None, pod_rate: PodRateOpt = None,
+          plot: PlotOpt = None) -> None:
     """Calls, compute seconds and dollars per endpoint for every job in the ledger, with the idle tails of
-    per-second workers (once per burst of calls)."""
+    per-second workers (once per burst of calls); --compare prices the same work on every installed backend."""
+    given = {"--gpu": gpu, "--calls-per-hour": calls_per_hour, "--seconds-per-call": seconds_per_call,
+             "--app": app_file, "--pod-rate": pod_rate, "--plot": plot}
+    if not compare and any(v is not None for v in given.values()):
+        _fail(f"{', '.join(k for k, v in given.items() if v is not None)} go(es) with --compare", 2)
+    if compare:
+        _compare(as_json, gpu, calls_per_hour, seconds_per_call, app_file, pod_rate, plot)
+        return
     from ._report import costs_json, costs_table
 
     records = _ledger_records()
@@ -322,6 +359,42 @@ def costs(as_json: JsonOpt = False) -> None:
         _nothing_yet()
     else:
         out.print(costs_table(records, out.width))
+
+
+def _compare(as_json: bool, gpu: str | None, calls_per_hour: float | None, seconds_per_call: float | None,
+             app_file: Path | None, pod_rate: float | None, plot: Path | None) -> None:
+    from ._compare import compare, ledger_workloads, plan_workloads
+    from ._compare_out import compare_json, compare_tables, plot_comparisons
+
+    if app_file is not None and calls_per_hour is None:
+        _fail("--app prices an expected load: give --calls-per-hour (and --seconds-per-call) with it", 2)
+    try:
+        if calls_per_hour is not None:
+            specs = [ep.spec for ep in _load(app_file).endpoints.values()] if app_file else []
+            workloads = plan_workloads(specs, gpu, calls_per_hour, seconds_per_call or 1.0)
+        else:
+            records = _ledger_records()
+            if not records:
+                _nothing_yet()
+                return
+            workloads = ledger_workloads(records, gpu)
+            if not workloads:
+                _fail("the ledger's jobs ran on GPUs recorded without a name (before gpuflex recorded it): "
+                      "say which with --gpu", 2)
+            if seconds_per_call is not None:
+                workloads = [attrs.evolve(w, seconds_per_call=seconds_per_call) for w in workloads]
+        comparisons = [compare(w, pod_rate) for w in workloads]
+        if plot is not None:
+            plot_comparisons(comparisons, plot)
+    except GpuflexError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        sys.stdout.write(json.dumps(compare_json(comparisons), indent=2) + "\n")
+    else:
+        for renderable in compare_tables(comparisons, out.width):
+            out.print(renderable)
+        if plot is not None:
+            out.print(f"[dim]plot written to {escape(str(plot))}[/dim]")
 
 
 def main() -> None:

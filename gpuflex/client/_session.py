@@ -79,6 +79,11 @@ class _HookEvents(BackendEvents):
     def worker_stopped(self, worker: WorkerInfo, reason: str) -> None:
         _plugins.call_hook("gpuflex_worker_stopped", worker=worker, backend=self.backend_name, reason=reason)
 
+    def worker_output(self, endpoint: str, worker: str, stream: str, text: str) -> None:
+        _plugins.call_hook("gpuflex_worker_output", endpoint=endpoint, worker=worker, stream=stream, text=text,
+                           backend=self.backend_name)
+        super().worker_output(endpoint, worker, stream, text)
+
 
 @attrs.define
 class _Binding:

@@ -8,14 +8,16 @@ Routes (``<name>`` is the endpoint's name; a class endpoint's methods are ``/<na
 * ``POST /<name>/jobs`` -> ``{"id": ...}`` (202); ``GET /jobs/<id>``; ``GET /jobs/<id>/stream`` (server-sent
   events: one ``data:`` line of JSON per chunk, then ``event: end`` or ``event: error``); ``POST /jobs/<id>/cancel``.
 * ``GET /health``; OpenAPI at ``/openapi.json`` and ``/docs``.
+* ``GET /``: a live dashboard (endpoints, workers, jobs, spend); ``GET /stats``: the same numbers as JSON, or as
+  server-sent events; ``GET /metrics``: Prometheus (see :mod:`gpuflex.server._dashboard`).
 
 A body that is not JSON gets 400; JSON that does not fit the signature (validated strictly: a boolean is not a
 number) 422 naming the field; an unknown job 404. Errors of accepted calls are listed in
 :mod:`gpuflex.server._jobs` (502 when the endpoint's own code raised); :mod:`gpuflex.server._openapi` writes every
 status into the OpenAPI document. Failures that answer a 5xx are logged (``gpuflex.server``) with the remote
 traceback. Only JSON comes in: never pickle.
-Bound to anything but loopback, the server needs a token, and every route but ``/health`` then requires
-``Authorization: Bearer <token>``.
+Bound to anything but loopback, the server needs a token, and every route but ``/health`` and the dashboard's
+static page and script (which hold no data) then requires ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from starlette.exceptions import HTTPException
 
 from .._apps import load_app
 from ..errors import ConfigError, GpuflexError
+from ._dashboard import OPEN_PATHS, add_dashboard_routes, poll_workers_forever
 from ._jobs import error_body, error_status, job_json, remote_traceback, sse
 from ._openapi import build_openapi
 from ._schema import NotJson, to_jsonable
@@ -198,14 +201,14 @@ def bind_routes(app: FastAPI, state: ServerState, static: list[Any]) -> None:
 
 
 class _TokenGuard:
-    """Every route but /health requires ``Authorization: Bearer <token>``."""
+    """Every route but /health and the dashboard's page and script requires ``Authorization: Bearer <token>``."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = JSONResponse({"error": "Unauthorized", "message": "send Authorization: Bearer <token>"},
@@ -238,6 +241,7 @@ def create_app(module_path: str | Path, *, token: str | None = None, backend: st
         async with anyio.create_task_group() as tg:
             state.tasks = tg
             stop = anyio.Event()
+            tg.start_soon(poll_workers_forever, state)
             if reload:
                 from ._reload import Reloader
 
@@ -296,6 +300,7 @@ def create_app(module_path: str | Path, *, token: str | None = None, backend: st
         await entry.job.acancel()
         return JSONResponse({"id": job_id, "status": entry.job.status.value})
 
+    add_dashboard_routes(app, state)
     static = list(app.router.routes)
     bind_routes(app, state, static)
     return app

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .._models import JobStatus  # noqa: TC001 - pydantic reads the annotations at run time
 from .._version import __version__
+from ._stats_schema import MODELS as STATS_MODELS
+from ._stats_schema import stats_paths
 
 if TYPE_CHECKING:
     from ._schema import Route
@@ -168,12 +170,15 @@ def _job_paths(refs: dict[Any, dict[str, Any]], token: bool) -> dict[str, Any]:
     }
 
 
+_OPEN = {("get", "/health"), ("get", "/"), ("get", "/dashboard.js")}  # no data in them: no token needed
+
+
 def build_openapi(*, title: str, description: str, routes: list[Route], token: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a server serving ``routes`` (with a bearer token when ``token``)."""
     inputs: list[tuple[Any, Literal["validation", "serialization"], TypeAdapter[Any]]] = [
         (name, "serialization", TypeAdapter(model))
         for name, model in (("ErrorBody", ErrorBody), ("JobId", JobId), ("JobInfo", JobInfo),
-                            ("CancelAnswer", CancelAnswer), ("Health", Health))
+                            ("CancelAnswer", CancelAnswer), ("Health", Health), *STATS_MODELS.items())
     ]
     for route in routes:
         inputs.append((("in", route.path), "validation", TypeAdapter(route.model)))
@@ -183,8 +188,10 @@ def build_openapi(*, title: str, description: str, routes: list[Route], token: b
     paths: dict[str, Any] = {"/health": {"get": {
         "tags": ["server"], "summary": "Liveness, the app, its backend, endpoints and routes", "operationId": "health",
         "responses": {"200": {"description": "The server is up.", "content": _json(refs["Health"])}}}}}
-    for route in routes:
-        paths.update(_endpoint_paths(route, refs, token))
+    paths.update(stats_paths(refs, _errors((), refs["ErrorBody"], token)))
+    for route in routes:  # an endpoint named like a route of the server's (``stats``) adds its POST beside the GET
+        for path, operations in _endpoint_paths(route, refs, token).items():
+            paths.setdefault(path, {}).update(operations)
     paths.update(_job_paths(refs, token))
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -195,7 +202,7 @@ def build_openapi(*, title: str, description: str, routes: list[Route], token: b
     if token:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, item in paths.items():
-            if path != "/health":
-                for operation in item.values():
+            for method, operation in item.items():
+                if (method, path) not in _OPEN:
                     operation["security"] = [{"bearer": []}]
     return document

@@ -10,6 +10,8 @@ from ._jobs import JobTable
 from ._schema import Route, routes_for
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anyio.abc import TaskGroup
     from pydantic import BaseModel
 
@@ -30,6 +32,15 @@ class ServerState:
         self.called: set[str] = set()  # endpoints called since start: hot reload redeploys them right away
         self.reloads = 0
         self.tasks: TaskGroup | None = None  # the server's own tasks, while it runs (set by its lifespan)
+        self.watchers = 0  # dashboard pages open (GET /stats as server-sent events)
+        self.closing = False  # the server is shutting down: live streams end rather than hold it up
+        self.wakers: set[Callable[[], None]] = set()  # wake each live stream (to end it)
+
+    def close_streams(self) -> None:
+        """End the dashboard's live streams (the server is stopping; may be called from a signal handler)."""
+        self.closing = True
+        for wake in list(self.wakers):
+            wake()
 
     def spawn(self, route: Route, body: BaseModel | None) -> Job:
         with use(self.backend) if self.backend else contextlib.nullcontext():
