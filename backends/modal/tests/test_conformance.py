@@ -25,6 +25,6 @@ def test_conformance(check, shared_fake, monkeypatch, tmp_path):
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))
     try:
-        run_check(check, lambda: ModalBackend(ModalConfig(server_url=shared_fake.url)))
+        run_check(check, lambda: ModalBackend(ModalConfig(server_url=shared_fake.url, secrets_from="local")))
     finally:
         gpuflex.shutdown()

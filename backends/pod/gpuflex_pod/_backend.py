@@ -24,7 +24,7 @@ import attrs
 from gpuflex import Bundle, EndpointSpec, Price, WorkerState
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
 from gpuflex.gpus import identify_gpu
-from gpuflex.worker import OWN_GROUP_ENV, PYTHON_VERSION, RUNTIME_MODULE, worker_init
+from gpuflex.worker import OWN_GROUP_ENV, PYTHON_VERSION, RUNTIME_MODULE, endpoint_environ, worker_init
 from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, WorkerProcess
 
 from ._config import PodConfig
@@ -257,9 +257,7 @@ class PodBackend(WorkerPoolBackend):
 
     def worker_init(self, spec: EndpointSpec, bundle: Bundle, worker: WorkerProcess) -> dict[str, Any]:
         host = self._host_of(worker.id)
-        environ = dict(spec.env)
-        environ.update({name: os.environ[name] for name in spec.secrets if name in os.environ})
-        return worker_init(spec, bundle, report_started=False, environ=environ,
+        return worker_init(spec, bundle, report_started=False, environ=endpoint_environ(spec),
                            bundle_root=self._bundle_paths[(host.label, bundle.hash)])
 
     def live_capabilities(self) -> Mapping[str, str | None]:
