@@ -17,7 +17,7 @@ TORCH = "torch==2.13.0"
 MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
-    "import-linter>=2.1", "schemathesis>=4.0",
+    "import-linter>=2.1", "schemathesis>=4.0", "pytest-xdist>=3.5",
     "opentelemetry-sdk>=1.20", "matplotlib>=3.8",
 ]
 BACKENDS = ["backends/local", "backends/pod", "backends/modal", "backends/runpod"]
@@ -50,7 +50,8 @@ def tests(session: nox.Session) -> None:
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
                 "backends/modal/gpuflex_modal", "backends/runpod/gpuflex_runpod",
                 "examples/backend-template/gpuflex_subprocess_example")
-    session.run("pytest", *session.posargs)
+    # test files run in parallel (one file per worker process: files share fixtures such as a session's sshd)
+    session.run("pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
 
 
 @nox.session(python=PYTHON, venv_params=["--seed"])

@@ -71,3 +71,10 @@ def pytest_runtest_makereport(item, call):
     report = (yield).get_result()
     if report.when == "call":
         item.rep_call = report
+
+
+@pytest.fixture(autouse=True)
+def _needs_openssh():
+    """The pod backend drives OpenSSH's own client (ssh -G resolves every host, even in tests that start no
+    server): every test here needs it, and most need its server."""
+    need_ssh()
