@@ -38,7 +38,8 @@ __all__ = ["CONTROL_GROUP", "OUTPUT_GROUP", "WorkerActor"]
 CONTROL_GROUP, OUTPUT_GROUP = "control", "output"
 
 
-@ray.remote(concurrency_groups={CONTROL_GROUP: 1, OUTPUT_GROUP: 1}, max_restarts=0, max_task_retries=0)
+@ray.remote(concurrency_groups={CONTROL_GROUP: 1, OUTPUT_GROUP: 1}, max_restarts=0,  # type: ignore[call-overload]
+            max_task_retries=0)
 class WorkerActor:
     """Runs one endpoint's calls in this actor (see the module's docstring)."""
 
@@ -105,7 +106,7 @@ class WorkerActor:
         except BaseException as exc:
             return pack(("fatal", encode_error(exc)))
         context = ray.get_runtime_context()
-        info.update(node_id=context.get_node_id(), host=ray.util.get_node_ip_address(),
+        info.update(node_id=context.get_node_id(), host=ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
                     gpus=[str(g) for g in ray.get_gpu_ids()])
         return pack(("ready", info))
 

@@ -21,7 +21,7 @@ import attrs
 
 import gpuflex
 from gpuflex import Bundle, EndpointSpec, Price
-from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
+from gpuflex.errors import ConfigError, GpuflexWarning
 from gpuflex.gpus import CATALOG
 from gpuflex.worker import worker_init
 from gpuflex.workerpool import Placement, WorkerPoolBackend, WorkerProcess

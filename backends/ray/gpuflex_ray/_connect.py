@@ -8,6 +8,7 @@ Disconnecting ends the job, which kills every actor it created; a local cluster 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -44,6 +45,14 @@ class Connection:
 _current: Connection | None = None
 
 
+class _NoSigtermNotice(logging.Filter):
+    """Ray notes that it set no SIGTERM handler when ``ray.init`` runs off the main thread (gpuflex's does): the
+    program's own handling of SIGTERM is what should stay, so the notice says nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
 def _describe(address: str | None) -> str:
     return f"the Ray cluster at {address}" if address else "a local Ray cluster"
 
@@ -71,6 +80,8 @@ def connect(address: str | None, namespace: str | None, init_options: dict[str, 
         target = address or os.environ.get("RAY_ADDRESS") or None
         options = dict(init_options)
         options.setdefault("log_to_driver", False)  # worker output travels through gpuflex, marked per worker
+        options.setdefault("logging_level", logging.WARNING)  # not Ray's "Connecting to..." lines at each start
+        logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
         if target is None:  # a local cluster for development: no dashboard to serve
             options.setdefault("include_dashboard", False)
         if namespace is not None:

@@ -22,8 +22,8 @@ _PAYLOAD_AT = {"call": 3, "chunk": 2, "done": 3, "fatal": 1}
 
 def pack(message: tuple[Any, ...]) -> Wire:
     """``message`` (a worker protocol message, possibly holding a ``Payload``) as what crosses Ray."""
-    at = _PAYLOAD_AT.get(message[0])
-    payload = message[at] if at is not None and at < len(message) else None
+    at = _PAYLOAD_AT.get(message[0], len(message))
+    payload = message[at] if at < len(message) else None
     if not isinstance(payload, Payload):
         return pickle.dumps(message, protocol=5)
     flat = (*message[:at], payload.data, *message[at + 1:])
@@ -35,13 +35,14 @@ def pack(message: tuple[Any, ...]) -> Wire:
 
 def unpack(wire: Wire) -> tuple[Any, ...]:
     """The message ``pack`` made, its payload rebuilt (with writable buffers)."""
+    buffers: list[Any]
     if isinstance(wire, bytes | bytearray):
-        meta, buffers = wire, ()
+        meta, buffers = wire, []
     else:
         meta, buffers = wire
     message: tuple[Any, ...] = pickle.loads(meta)
-    at = _PAYLOAD_AT.get(message[0])
-    if at is None or at >= len(message) or not isinstance(message[at], bytes | bytearray):
+    at = _PAYLOAD_AT.get(message[0], len(message))
+    if at >= len(message) or not isinstance(message[at], bytes | bytearray):
         return message
     own = tuple(bytearray(b) if memoryview(b).readonly else b for b in buffers)
     return (*message[:at], Payload(bytes(message[at]), own), *message[at + 1:])

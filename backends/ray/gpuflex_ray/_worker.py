@@ -16,7 +16,6 @@ as Ray's own awaitables need) with ``call_soon_threadsafe``, so no task is spawn
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from gpuflex.workerpool import StartFailed, WorkerProcess
 from ._wire import pack, unpack
 
 if TYPE_CHECKING:
+    import concurrent.futures
     from collections.abc import Callable, Mapping
 
 __all__ = ["RayWorker", "describe_ray_error"]
