@@ -110,11 +110,12 @@ class WorkerActor:
                     gpus=[str(g) for g in ray.get_gpu_ids()])
         return pack(("ready", info))
 
-    def call(self, wire: Wire, streams: bool) -> Wire:
-        """Run one call; return its ``done`` message (with the outbox position it follows)."""
+    def call(self, wire: Wire) -> Wire:
+        """Run one call (``("call", handle, method, payload, streams)``); return its ``done`` message, with the
+        outbox position it follows."""
         runtime = self.runtime
         assert runtime is not None
-        _, handle, method, payload = unpack(wire)
+        _, handle, method, payload, streams = unpack(wire)
         if streams:
             self.streaming.add(handle)
         if runtime.runs_inline(method):  # one sync call at a time: right here, like a plain actor method

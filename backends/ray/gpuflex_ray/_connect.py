@@ -53,8 +53,20 @@ class _NoSigtermNotice(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
+_QUIET = _NoSigtermNotice()
+
+
 def _describe(address: str | None) -> str:
     return f"the Ray cluster at {address}" if address else "a local Ray cluster"
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Ray reports a wrong token as a failed connection; the cause it chains says which."""
+    while exc is not None:
+        if "InvalidAuthToken" in str(exc) or "Unauthenticated" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def connect(address: str | None, namespace: str | None, init_options: dict[str, Any],
@@ -81,7 +93,7 @@ def connect(address: str | None, namespace: str | None, init_options: dict[str, 
         options = dict(init_options)
         options.setdefault("log_to_driver", False)  # worker output travels through gpuflex, marked per worker
         options.setdefault("logging_level", logging.WARNING)  # not Ray's "Connecting to..." lines at each start
-        logging.getLogger("ray._private.worker").addFilter(_NoSigtermNotice())
+        logging.getLogger("ray._private.worker").addFilter(_QUIET)
         if target is None:  # a local cluster for development: no dashboard to serve
             options.setdefault("include_dashboard", False)
         if namespace is not None:
@@ -93,13 +105,14 @@ def connect(address: str | None, namespace: str | None, init_options: dict[str, 
             options["runtime_env"] = job_env
         try:
             context = ray.init(address=target, **options)
-        except ConnectionError as exc:
-            raise BackendUnavailable(f"could not reach {_describe(target)}: {exc}; check the address (ray://host:10001 "
-                                     "for Ray Client, 'auto' on a node of the cluster) and that it runs") from exc
         except Exception as exc:
-            if "auth" in str(exc).lower() and "token" in str(exc).lower():
-                raise AuthenticationError(f"{_describe(target)} refused this client's credentials: set RAY_AUTH_TOKEN "
-                                          "or RAY_AUTH_TOKEN_PATH to the cluster's token") from None
+            if _refused_token(exc):
+                raise AuthenticationError(f"{_describe(target)} refused this client's token: set RAY_AUTH_TOKEN or "
+                                          "RAY_AUTH_TOKEN_PATH to the cluster's own") from None
+            if isinstance(exc, ConnectionError):
+                raise BackendUnavailable(
+                    f"could not reach {_describe(target)}: {exc}; check the address (ray://host:10001 for Ray Client, "
+                    "'auto' on a node of the cluster) and that the cluster runs") from exc
             raise BackendUnavailable(f"could not connect to {_describe(target)}: {type(exc).__name__}: {exc}") from exc
         client = target is not None and target.startswith("ray://")
         reached = target or getattr(context, "address_info", {}).get("gcs_address", "local")

@@ -108,8 +108,8 @@ class RayWorker(WorkerProcess):
     def send(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "call":
-            streams = self.pool.spec.kind_of(message[2]).streams
-            self._watch(self.actor.call.remote(pack(message), streams), self._call_done)
+            streams = self.pool.spec.kind_of(message[2]).streams  # its chunks go by the outbox
+            self._watch(self.actor.call.remote(pack((*message, streams))), self._call_done)  # one argument: cheapest
         elif kind == "cancel":
             self._watch(self.actor.cancel.remote(message[1]), self._ignore)
         elif kind == "reload":

@@ -204,3 +204,27 @@ def test_an_endpoint_that_fails_to_load_fails_its_calls_with_the_reason(ray_clus
     finally:
         sys.path.remove(str(project))
         sys.modules.pop(name, None)
+
+
+def test_a_wrong_token_is_an_authentication_error_that_never_shows_it(ray_cluster, tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import gpuflex
+        import _ray_app as app
+        try:
+            with gpuflex.use("ray", address={ray_cluster.address!r}):
+                app.where()
+        except gpuflex.errors.GpuflexError as exc:
+            print(type(exc).__name__, exc)
+        finally:
+            gpuflex.shutdown()
+    """))
+    wrong = "f" * 64
+    env = dict(os.environ, RAY_AUTH_TOKEN=wrong, RAY_gcs_server_port_wait_time_s="1")  # one try, not twenty
+    env.pop("RAY_AUTH_TOKEN_PATH")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("AuthenticationError"), done.stdout + done.stderr
+    assert "RAY_AUTH_TOKEN" in done.stdout, "the error must say where the token goes"
+    assert wrong not in done.stdout + done.stderr
