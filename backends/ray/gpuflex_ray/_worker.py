@@ -69,8 +69,9 @@ class RayWorker(WorkerProcess):
     # -- start ------------------------------------------------------------------------------------------------
 
     async def start(self, command: list[str], env: Mapping[str, str], cwd: str, init: dict[str, Any],
-                    on_frame: FrameHandler) -> None:
-        """Create the actor and wait until it has loaded the endpoint (or say why it could not)."""
+                    on_frame: FrameHandler, **process_options: Any) -> None:
+        """Create the actor and wait until it has loaded the endpoint (or say why it could not). The options of a
+        process's start (a preamble, its stderr) have no meaning for an actor."""
         self._frames, self._loop, self._gone = on_frame, asyncio.get_running_loop(), asyncio.Event()
         backend, spec = self.backend, self.pool.spec
         options = backend.actor_options(spec, self.id)
