@@ -15,7 +15,7 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"
 MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
-RAY = "ray==2.60.0"  # the Ray backend's tests start a real two-node cluster of this version
+RAY = "ray[client]==2.60.0"  # the Ray backend's tests start a real two-node cluster of this version
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
     "import-linter>=2.1", "schemathesis>=4.0",

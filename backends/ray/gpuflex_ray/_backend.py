@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 __all__ = ["ActorUsage", "RayBackend"]
 
 
+def shipped_packages() -> list[str]:
+    """The package directories ``ship_gpuflex`` sends with the job: this machine's gpuflex and gpuflex_ray."""
+    return [str(Path(gpuflex.__file__).parent), str(Path(__file__).parent)]
+
+
 @attrs.frozen
 class ActorUsage:
     """One actor's bill so far: its uptime at its hourly rate (idle time included: its node is held)."""
@@ -91,7 +96,7 @@ class RayBackend(WorkerPoolBackend):
         async with self._connecting:
             if self.connection is None:
                 config = self.config
-                ship = [str(Path(gpuflex.__file__).parent), str(Path(__file__).parent)] if config.ship_gpuflex else []
+                ship = shipped_packages() if config.ship_gpuflex else []
                 self.connection = await anyio.to_thread.run_sync(
                     connect, config.address, config.namespace, config.init_options, ship)
                 self._uploads = BundleUploads(ray_module())

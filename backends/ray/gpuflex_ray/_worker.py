@@ -89,6 +89,9 @@ class RayWorker(WorkerProcess):
         except Exception as exc:
             self._close("it did not start")
             raise StartFailed(f"the Ray actor did not start: {describe_ray_error(exc)}") from None
+        except BaseException:  # cancelled (the backend closes): the actor must not outlive it
+            self._close("it was stopped while starting")
+            raise
         if answer[0] == "fatal":
             self._close("the endpoint failed to load")
             raise StartFailed("the endpoint failed to load in the worker", answer[1])
@@ -108,15 +111,19 @@ class RayWorker(WorkerProcess):
 
     def send(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == "call":
-            streams = self.pool.spec.kind_of(message[2]).streams  # its chunks go by the outbox
-            self._watch(self.actor.call.remote(pack((*message, streams))), self._call_done)  # one argument: cheapest
-        elif kind == "cancel":
-            self._watch(self.actor.cancel.remote(message[1]), self._ignore)
-        elif kind == "reload":
-            self._watch(self.actor.reload.remote(message[1]), self._reload_done)
-        else:
+        if kind not in ("call", "cancel", "reload"):
             raise ValueError(f"a Ray worker does not take {kind!r} messages")
+        try:
+            if kind == "call":
+                streams = self.pool.spec.kind_of(message[2]).streams  # its chunks go by the outbox
+                ref = self.actor.call.remote(pack((*message, streams)))  # one argument: Ray's cheapest call
+                self._watch(ref, self._call_done)
+            elif kind == "cancel":
+                self._watch(self.actor.cancel.remote(message[1]), self._ignore)
+            else:
+                self._watch(self.actor.reload.remote(message[1]), self._reload_done)
+        except Exception as exc:  # the connection to the cluster is gone: so is this worker
+            self._lost(exc)
 
     def send_many(self, messages: list[tuple[Any, ...]]) -> None:
         for message in messages:

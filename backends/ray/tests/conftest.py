@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from gpuflex_ray._backend import shipped_packages
+from gpuflex_ray._connect import connect, disconnect
 
 import gpuflex
 
@@ -15,10 +18,23 @@ from _ray_helpers import TestCluster  # noqa: E402
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """Started once (about 20 s here); at the end, no process of it may be left."""
+    """Started once (about 20 s here); at the end, no process of it may be left.
+
+    The session holds one connection (one Ray job), which every backend of the tests joins: a long-running program
+    with several backends does the same, and each test saves a job's start. It is made from the cluster's directory,
+    because Ray puts the driver's directory on its workers' path, and this checkout's gpuflex would then shadow the
+    shipped one.
+    """
     cluster = TestCluster()
+    here = os.getcwd()
+    os.chdir(cluster.root)
+    try:
+        connection = connect(cluster.address, None, {}, shipped_packages())
+    finally:
+        os.chdir(here)
     yield cluster
     gpuflex.shutdown()
+    disconnect(connection)
     left = cluster.shutdown()
     assert not left, f"processes of the Ray cluster were still running after it was shut down: {left}"
 

@@ -53,10 +53,16 @@ def test_a_node_lost_mid_call_is_retried_on_another_node(ray_cluster, tmp_path):
         assert job.status is gpuflex.JobStatus.COMPLETED
 
 
-def test_actors_run_the_shipped_gpuflex_and_the_bundle(ray_cluster, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # Ray puts the driver's directory on the workers' path: not this checkout
-    with backend_in_use(lambda: RayBackend(ray_cluster.config())):
-        seen = app.where()
+def test_actors_run_the_shipped_gpuflex_and_the_bundle_and_cost_their_uptime(ray_cluster):
+    with backend_in_use(lambda: RayBackend(ray_cluster.config(cpu_hourly_rate=36.0))) as backend:
+        job = app.where.spawn()
+        seen = job.result(timeout=WAIT)
+        price = backend.price(app.where.spec)
+        assert (price.billing, price.usd_per_hour) == ("uptime", 36.0)
+        assert job.cost is not None and job.cost.usd > 0, "a call costs its running time at the actor's rate"
+        [usage] = [u for u in backend.usage() if u.endpoint == "ray_where"]
+        assert usage.uptime_seconds > 0 and usage.usd == pytest.approx(usage.uptime_seconds * 36.0 / 3600)
+        assert usage.node == seen["node"]
     runtime_resources = os.path.join(ray_cluster.root, "ray")
     assert seen["gpuflex"].startswith(runtime_resources), "gpuflex must come from the job's py_modules"
     assert seen["gpuflex_ray"].startswith(runtime_resources)
@@ -166,18 +172,6 @@ def test_hot_reload_sends_only_the_changed_file_and_keeps_the_actor(ray_cluster,
         sys.modules.pop(f"ray_reload_{tag}", None)
 
 
-def test_costs_count_running_time_and_usage_counts_uptime(ray_cluster):
-    with backend_in_use(lambda: RayBackend(ray_cluster.config(cpu_hourly_rate=36.0))) as backend:
-        job = app.where.spawn()
-        job.result(timeout=WAIT)
-        price = backend.price(app.where.spec)
-        assert (price.billing, price.usd_per_hour) == ("uptime", 36.0)
-        assert job.cost is not None and job.cost.usd > 0
-        [usage] = [u for u in backend.usage() if u.endpoint == "ray_where"]
-        assert usage.uptime_seconds > 0 and usage.usd == pytest.approx(usage.uptime_seconds * 36.0 / 3600)
-        assert usage.node == job.result()["node"]
-
-
 def test_an_endpoint_that_fails_to_load_fails_its_calls_with_the_reason(ray_cluster, tmp_path):
     project = tmp_path / "broken"
     project.mkdir()
@@ -228,3 +222,38 @@ def test_a_wrong_token_is_an_authentication_error_that_never_shows_it(ray_cluste
     assert done.stdout.startswith("AuthenticationError"), done.stdout + done.stderr
     assert "RAY_AUTH_TOKEN" in done.stdout, "the error must say where the token goes"
     assert wrong not in done.stdout + done.stderr
+
+
+def test_ray_client_addresses_work_too(ray_cluster, tmp_path):
+    """``ray://`` (what a KubeRay head exposes on port 10001), from a process of its own: a call with a large
+    argument, a cancel, and output (the road generator chunks take too). The cluster already has this gpuflex (the
+    test cluster's client proxy cannot build a job's runtime environment, so nothing is shipped)."""
+    script = tmp_path / "client.py"
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    gate.touch()
+    script.write_text(textwrap.dedent(f"""
+        import logging, os, sys, time
+        import gpuflex
+        from gpuflex.testing import _endpoints as ep
+
+        logging.getLogger("gpuflex.worker").addHandler(logging.StreamHandler(sys.stdout))
+        logging.getLogger("gpuflex.worker").setLevel(logging.INFO)
+        with gpuflex.use("ray", address={ray_cluster.client_address!r}, ship_gpuflex=False):
+            blob = bytes(range(256)) * 4096
+            assert ep.echo(blob) == blob
+            job = ep.async_sleep.spawn(60, {str(started)!r})
+            while not os.path.exists({str(started)!r}):
+                time.sleep(0.05)
+            job.cancel()
+            try:
+                job.result(timeout=60)
+            except gpuflex.errors.JobCancelled:
+                print("cancelled")
+            print("result", ep.chatty("client-tag", {str(gate)!r}))
+        gpuflex.shutdown()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "cancelled" in done.stdout, done.stdout
+    assert "result client-tag" in done.stdout, done.stdout
+    assert "client-tag to stdout" in done.stdout, "output must reach a Ray Client caller too"
