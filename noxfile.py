@@ -16,6 +16,7 @@ PYTHON = "3.11"
 TORCH = "torch==2.13.0"
 MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
 RAY = "ray[client]==2.60.0"  # the Ray backend's tests start a real two-node cluster of this version
+RAY_NODE_DEPS = ["virtualenv"]  # what a Ray node needs to build pip environments (ray[default] has it)
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
     "import-linter>=2.1", "schemathesis>=4.0",
@@ -43,7 +44,7 @@ def _install(session: nox.Session, *extra: str, torch: bool = False, backends: l
 def tests(session: nox.Session) -> None:
     """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
     _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
-             MODAL, RAY, *RUNPOD_DEPS, torch=True)
+             MODAL, RAY, *RAY_NODE_DEPS, *RUNPOD_DEPS, torch=True)
     session.install("--no-deps", RUNPOD)
     session.run("ruff", "check", ".")
     session.run("lint-imports")  # the layering contracts in pyproject.toml

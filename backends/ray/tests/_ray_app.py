@@ -61,3 +61,10 @@ def add_one(array):  # noqa: ANN001, ANN201 - a numpy array in, written to in pl
     array += 1
     return array
 
+
+
+@gpuflex.endpoint(name="ray_with_dependency", dependencies=("six==1.16.0",))
+def with_dependency() -> dict:
+    import six
+
+    return {"six": six.__version__, "python": sys.executable}

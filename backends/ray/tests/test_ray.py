@@ -7,8 +7,10 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -22,6 +24,7 @@ from gpuflex.testing import backend_in_use, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _ray_app as app  # noqa: E402
+from _ray_helpers import processes_under  # noqa: E402
 
 WAIT = 90.0
 
@@ -257,3 +260,39 @@ def test_ray_client_addresses_work_too(ray_cluster, tmp_path):
     assert "cancelled" in done.stdout, done.stdout
     assert "result client-tag" in done.stdout, done.stdout
     assert "client-tag to stdout" in done.stdout, "output must reach a Ray Client caller too"
+
+
+def test_dependencies_are_installed_through_the_runtime_environment(ray_cluster):
+    """``six`` is not in this environment: Ray builds a virtual environment with it for the endpoint's actors."""
+    with backend_in_use(lambda: RayBackend(ray_cluster.config())):
+        seen = app.with_dependency()
+    assert seen["six"] == "1.16.0"
+    assert seen["python"] != sys.executable, "the actor must run in the environment Ray built for the dependencies"
+
+
+def test_a_local_cluster_is_started_on_demand_and_gone_afterwards(ray_cluster, tmp_path):
+    """No address and no RAY_ADDRESS: gpuflex starts a local cluster for development (a GPU endpoint runs on its
+    CPU, with a warning), and stops it when it closes, leaving no process behind."""
+    root = Path(tempfile.mkdtemp(prefix="gfl-", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    script = tmp_path / "local.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, warnings
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import gpuflex
+        import _ray_app as app
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with gpuflex.use("ray", init_options={{"num_cpus": 1, "object_store_memory": 80 * 2**20}}):
+                print("node", app.on_gpu())
+            gpuflex.shutdown()
+        print("warned", any("runs on CPU" in str(w.message) for w in seen))
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(root)
+    try:
+        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=170)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert "warned True" in done.stdout and "node " in done.stdout, done.stdout
+        assert not processes_under(str(root)), "the local cluster must be stopped when gpuflex closes"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
