@@ -53,7 +53,6 @@ class RayWorker(WorkerProcess):
         super().__init__(*args, **kwargs)
         self.actor: Any = None
         self.node_id: str | None = None
-        self.started_wall: float | None = None
         self._frames: Callable[[WorkerProcess, tuple[Any, ...]], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gone: asyncio.Event | None = None
@@ -98,7 +97,6 @@ class RayWorker(WorkerProcess):
         info = answer[1]
         self.info.pid, self.info.host, self.info.gpus = info["pid"], info["host"], tuple(info["gpus"])
         self.node_id = info["node_id"]
-        self.started_wall = time.time()
         self.info.state = WorkerState.IDLE
         self.idle_since = time.monotonic()
         backend.task_group.start_soon(self._pump, name=f"gpuflex-ray output of {self.id}")
