@@ -15,12 +15,14 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 TORCH = "torch==2.13.0"
 MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
+RAY = "ray[client]==2.60.0"  # the Ray backend's tests start a real two-node cluster of this version
+RAY_NODE_DEPS = ["virtualenv"]  # what a Ray node needs to build pip environments (ray[default] has it)
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
     "import-linter>=2.1", "schemathesis>=4.0", "pytest-xdist>=3.5",
     "opentelemetry-sdk>=1.20", "matplotlib>=3.8",
 ]
-BACKENDS = ["backends/local", "backends/pod", "backends/modal", "backends/runpod"]
+BACKENDS = ["backends/local", "backends/pod", "backends/modal", "backends/runpod", "backends/ray"]
 # RunPod's worker loop for the emulator's workers, installed without boto3 (imported only by its S3 upload helper):
 # boto3 pins python-dateutil<3, which brings six back, and the local backend's isolation test needs six absent.
 RUNPOD = "runpod==1.12.0"
@@ -43,12 +45,12 @@ def _install(session: nox.Session, *extra: str, torch: bool = False, backends: l
 def tests(session: nox.Session) -> None:
     """Lint, type-check and run the whole test suite (the README's test command; CI runs it)."""
     _install(session, *TEST_DEPS, "uv", "-e", "examples/backend-template", "diffusers", "transformers", "pillow",
-             MODAL, *RUNPOD_DEPS, torch=True)
+             MODAL, RAY, *RAY_NODE_DEPS, *RUNPOD_DEPS, torch=True)
     session.install("--no-deps", RUNPOD)
     session.run("ruff", "check", ".")
     session.run("lint-imports")  # the layering contracts in pyproject.toml
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
-                "backends/modal/gpuflex_modal", "backends/runpod/gpuflex_runpod",
+                "backends/modal/gpuflex_modal", "backends/runpod/gpuflex_runpod", "backends/ray/gpuflex_ray",
                 "examples/backend-template/gpuflex_subprocess_example")
     # test files run in parallel (one file per worker process: files share fixtures such as a session's sshd)
     session.run("pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
@@ -64,7 +66,7 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def benchmarks(session: nox.Session) -> None:
     """Measure gpuflex against ProcessPoolExecutor and Ray; write docs/benchmarks.md."""
-    _install(session, "numpy>=1.26", "ray", MODAL, *RUNPOD_DEPS, torch=True)
+    _install(session, "numpy>=1.26", RAY, MODAL, *RUNPOD_DEPS, torch=True)
     session.install("--no-deps", RUNPOD)
     session.run("python", "benchmarks/run.py", *session.posargs)
 

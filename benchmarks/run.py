@@ -7,9 +7,10 @@
 
 Measures (1) the warm round trip of a no-op call, (2) ``.map`` throughput with two workers, (3) a large numpy
 array sent to a worker and back, (4) the cold start of a ``min_workers=0`` endpoint and (5) a GPU matmul
-endpoint against the same function called directly (CUDA hosts only). Baselines: ``ProcessPoolExecutor(2)``,
-Ray (when installed; run in a child process with ``RAY_USAGE_STATS_ENABLED=0``, on loopback, in a network
-namespace where ``unshare`` allows one) and ``numpy.copy``.
+endpoint against the same function called directly (CUDA hosts only); then hot reload, the dev server, the pod
+backend (8), the serverless backend (9) and the Ray backend against raw Ray on one local cluster (10). Baselines:
+``ProcessPoolExecutor(2)``, Ray (when installed; run in a child process with ``RAY_USAGE_STATS_ENABLED=0``, on
+loopback, in a network namespace where ``unshare`` allows one) and ``numpy.copy``.
 """
 
 from __future__ import annotations
@@ -329,6 +330,56 @@ def bench_runpod(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"report": done.stdout.strip()}
 
 
+def bench_ray_backend(cfg: dict[str, Any]) -> dict[str, Any]:
+    """benchmarks/_ray_backend_bench.py in a child process (it starts its own two-node Ray cluster)."""
+    if not ray_installed() or importlib.util.find_spec("gpuflex_ray") is None:
+        return {"skip": "gpuflex-ray or ray is not installed"}
+    settings = {"roundtrip_n": cfg["roundtrip_n"] // 2, "warmup": cfg["warmup"], "blocks": cfg["blocks"],
+                "map_n": cfg["map_n"] // 5, "map_reps": cfg["map_reps"], "reload_reps": cfg["reload_reps"]}
+    command = [*_netns_prefix(), sys.executable, str(HERE / "_ray_backend_bench.py"), json.dumps(settings)]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT "):])
+            result["netns"] = command[0] == "unshare"
+            return result
+    return {"error": f"exit code {done.returncode}: {done.stderr.strip()[-1500:]}"}
+
+
+def section_ray_backend(res: dict[str, Any]) -> str:
+    title = "## 10. Ray backend against raw Ray on the same cluster\n\n"
+    if "error" in res:
+        return title + f"Failed: {res['error']}\n"
+    if "skip" in res:
+        return title + f"Not measured: {res['skip']}.\n"
+    call, raw = statistics.median(res["call_gpuflex_s"]) * 1e6, statistics.median(res["call_raw_s"]) * 1e6
+    call90, raw90 = p90(res["call_gpuflex_s"]) * 1e6, p90(res["call_raw_s"]) * 1e6
+    n = res["map_n"]
+    gmap, rmap = n / statistics.median(res["map_gpuflex_s"]), n / statistics.median(res["map_raw_s"])
+    reload = statistics.median(res["reload_s"])
+    ratio = call / raw
+    lines = [
+        title.rstrip("\n") + "\n",
+        f"Ray {res['version']}, `ray.cluster_utils.Cluster` on this machine: a head node and one worker node, one CPU "
+        f"each{' (in its own network namespace, loopback only)' if res.get('netns') else ''}; starting it took "
+        f"{res['cluster_start_s']:.1f} s and the first call (connect, ship gpuflex, place and start an actor) "
+        f"{res['first_call_s']:.1f} s. Both sides run on the same cluster in the same driver process.\n",
+        "| what | gpuflex on Ray | raw Ray | ratio | target | result |",
+        "|---|---|---|---|---|---|",
+        f"| warm no-op call, median of {len(res['call_gpuflex_s'])} (one actor vs a plain actor's `def noop`) | "
+        f"{call:,.0f} µs | {raw:,.0f} µs | {ratio:.2f}x | ≤ 1.3x | {'PASS' if ratio <= 1.3 else 'MISS'} |",
+        f"| the same, p90 | {call90:,.0f} µs | {raw90:,.0f} µs | {call90 / raw90:.2f}x | — | — |",
+        f"| `.map` of {n:,} no-op calls, 2 actors vs `ray.get([f.remote(i) ...])` tasks (calls/s, median of "
+        f"{len(res['map_gpuflex_s'])}) | {gmap:,.0f} | {rmap:,.0f} | {gmap / rmap:.2f}x | — | — |",
+        "",
+        f"Hot reload on Ray (save, rebuild the bundle, put the changed file in the object store, the actor loads the "
+        f"new code in place, the call answers): median {reload * 1000:.0f} ms over {len(res['reload_s'])} edits; "
+        f"target under 1 s (issue #4): {'PASS' if reload < 1.0 else 'MISS'}.\n",
+    ]
+    return "\n".join(lines)
+
+
 def section_runpod(res: dict[str, Any]) -> str:
     title = "## 9. Serverless backend against the RunPod emulator\n\n"
     if "error" in res:
@@ -588,6 +639,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_serve(results["serve"]),
         section_pod(results["pod"]),
         section_runpod(results["runpod"]),
+        section_ray_backend(results["ray_backend"]),
     ]
     return "\n".join(parts)
 
@@ -647,6 +699,10 @@ def main(argv: list[str] | None = None) -> int:
     results["serve"] = guarded("7. dev server", lambda: bench_serve(cfg["serve_calls"], cfg["reload_reps"]))
     results["pod"] = guarded("8. pod backend over sshd", lambda: bench_pod(cfg))
     results["runpod"] = guarded("9. serverless backend against the RunPod emulator", lambda: bench_runpod(cfg))
+    if args.no_ray:
+        results["ray_backend"] = {"skip": "skipped (--no-ray)"}
+    else:
+        results["ray_backend"] = guarded("10. Ray backend against raw Ray", lambda: bench_ray_backend(cfg))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)

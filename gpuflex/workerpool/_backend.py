@@ -55,6 +55,9 @@ class WorkerPoolBackend(Backend, abc.ABC):
     #: the worker process's own stderr (what escapes the runtime's capture: a crash, C libraries, a remote
     #: shell) reaches the caller marked with endpoint and worker, like the output the runtime sends
     capture_stderr: bool = False
+    #: the class of this backend's workers: a subclass of ``WorkerProcess`` speaks to workers that are not local
+    #: processes (the Ray backend's actors) with the same messages
+    worker_class: type[WorkerProcess] = WorkerProcess
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)

@@ -47,6 +47,7 @@ class PoolOwner(Protocol):
     worker_preamble: bytes
     preamble_timeout: float
     capture_stderr: bool
+    worker_class: type[WorkerProcess]
 
     def place_worker(self, spec: EndpointSpec, worker_id: str) -> Placement | None: ...
     def release_worker(self, worker_id: str) -> None: ...
@@ -172,9 +173,10 @@ class EndpointPool:
             placement = self.backend.place_worker(self.spec, worker_id)
             if placement is None:
                 break  # every device (or host slot) is held: the queue waits for one to free up
-            worker = WorkerProcess(worker_id, self.spec.name, self.bundle.hash, placement.gpus,
-                                   concurrency=self.spec.calls_per_worker, use_shm=self.backend.shared_memory,
-                                   prefetch=self.prefetch, host=placement.host)
+            worker = self.backend.worker_class(worker_id, self.spec.name, self.bundle.hash, placement.gpus,
+                                               concurrency=self.spec.calls_per_worker,
+                                               use_shm=self.backend.shared_memory, prefetch=self.prefetch,
+                                               host=placement.host)
             self.workers[worker_id] = worker
             tg.start_soon(self._run_worker, worker)
         for worker_id in decision.stop:
