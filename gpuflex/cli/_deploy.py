@@ -25,18 +25,32 @@ __all__ = ["deploy_app", "teardown_backend"]
 _PROCESS_BOUND = frozenset({"local", "pod"})
 
 
-def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None:
+def deploy_app(loaded: LoadedApp, backend: str | None, console: Console, *, env: str = "prod",
+               as_json: bool = False) -> None:
+    """Backends that keep deployments (RunPod...) get plan -> apply (:mod:`._release`); the others deploy every
+    endpoint and publish."""
+    from ._release import deploy_releases, keeps_releases
+
     session = get_session()
     instances: list[Backend] = []
     table = Table(title="deployed")
     for column in ("endpoint", "backend", "bundle", "files", "workers now"):
         table.add_column(column)
     try:
+        done = deploy_releases(loaded, backend, env, console, as_json)
+        if as_json:
+            return
+
         def install(instance: Backend) -> None:
             session.install_backend(instance)
             instances.append(instance)
 
-        for ep, instance in endpoint_backends(loaded, backend, install):
+        pairs = [(ep, instance) for ep, instance in endpoint_backends(loaded, backend, install)
+                 if not keeps_releases(instance)]
+        instances[:] = [i for i in instances if not keeps_releases(i)]
+        if done and not pairs:
+            return
+        for ep, instance in pairs:
             spec = call_endpoint_spec(ep.spec)
             with console.status(f"bundling and deploying {escape(ep.name)} on {instance.name}..."):
                 bundle = session.bundle_for(ep)
