@@ -20,6 +20,7 @@ from pydantic import TypeAdapter
 from rich.markup import escape
 from rich.table import Table
 
+from .._bundle import GENERATED_SUFFIX
 from .._config import resolve_backend, use
 from .._jsoncall import CallSchema, call_schemas
 from .._plugins import call_endpoint_spec
@@ -150,7 +151,7 @@ def _schemas(ep: Endpoint[Any, Any]) -> list[CallSchema]:
 def _write_openapi(loaded: LoadedApp, env: str, done: list[DeployedEndpoint], calls: dict[str, list[CallSchema]],
                    backends: dict[str, Backend]) -> Path:
     document = openapi_document(loaded.path.name, env, done, calls, backends)
-    path = loaded.path.with_name(f"{loaded.path.stem}.{env}.openapi.json")
+    path = loaded.path.with_name(f"{loaded.path.stem}.{env}.openapi{GENERATED_SUFFIX}")  # never bundled
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 import shutil
@@ -17,7 +18,7 @@ import attrs
 
 from gpuflex import EndpointKind, JobStatus, WorkerInfo, WorkerState
 from gpuflex.backend import Backend, Call, DeployedEndpoint, EndpointPlan, JobUpdate, Payload, Release, Version
-from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge
+from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge, VersionMismatch
 from gpuflex.worker import worker_init
 
 from ._bootstrap import runtime_ref
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RunPodBackend"]
 
+log = logging.getLogger("gpuflex.runpod")
+
 
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod's limit on one /run request body
 _STATUSES = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING, "RUNNING": JobStatus.RUNNING,
@@ -61,6 +64,7 @@ class _Deployment:
     request: dict[str, Any]  # the part of every job's input that names the code: init, bundle, dependencies
     inline_left: int = 0  # jobs that still carry the bundle inline (a fresh bundle: one per possible worker)
     extra_env: dict[str, str] | None = None  # template variables besides the spec's (the object store)
+    attached: bool = False  # a deployed endpoint this instance calls as it is (``env``): never changed or deleted
 
 
 @attrs.define
@@ -189,6 +193,9 @@ class RunPodBackend(Backend):
     async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
         if self._closed:
             raise BackendUnavailable("the serverless backend is closed")
+        if self.config.env is not None:
+            await self._attach(endpoint, bundle)
+            return
         store = await self.object_store(required=False)
         ref = await anyio.to_thread.run_sync(self._bundle_ref, bundle, store is not None)
         if "archive" in ref:  # over the inline limit: through the object store, once per hash
@@ -215,6 +222,34 @@ class RunPodBackend(Backend):
         self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request,
                                                    inline_left=endpoint.max_workers, extra_env=extra)
 
+    async def _attach(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        """``env`` set: call the endpoint ``gpuflex deploy --env`` made, as it is (nothing is created or changed),
+        running its deployed code: the jobs name the release's bundle, which its workers fetched at start."""
+        if endpoint.name in self.deployed:
+            return
+        env = self.config.env
+        assert env is not None
+        store = await self.object_store(required=True)
+        assert store is not None
+        with self._errors(f"find the deployed endpoint {endpoint.name!r}"):
+            remote = await self._find(self.releases.remote_name(env, endpoint.name))
+            variables = {str(i["key"]): str(i["value"]) for i in (remote or {}).get("template", {}).get("env") or []}
+            manifest = await store.get_json(f"releases/{variables.get('GPUFLEX_RELEASE')}.json") if remote else None
+        if remote is None or manifest is None:
+            raise BackendUnavailable(f"endpoint {endpoint.name!r} is not deployed in environment {env!r}: run "
+                                     f"`gpuflex deploy APP.py --backend serverless --env {env}` first")
+        runtime = runtime_ref()
+        if manifest["runtime"] != runtime["hash"]:
+            raise VersionMismatch("gpuflex runtime", runtime["hash"], f"{manifest['runtime']} (deployed to "
+                                  f"{remote['name']}: deploy again from here, or call it with plain JSON)")
+        if manifest["bundle"] != bundle.hash:
+            log.warning("endpoint %s runs the code deployed to %s (%s), not this project's current code (%s)",
+                        endpoint.name, env, manifest["bundle"], bundle.hash)
+        request = {"version": PROTOCOL_VERSION, "init": manifest["init"],
+                   "bundle": {"hash": manifest["bundle"], "store": True}, "runtime": runtime}
+        self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest="attached", request=request,
+                                                   attached=True)
+
     async def _find(self, remote_name: str) -> dict[str, Any] | None:
         if self._listing is None:
             self._listing = await self.control.list_endpoints()
@@ -239,6 +274,9 @@ class RunPodBackend(Backend):
 
     async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:
         deployment = self.deployed[endpoint]
+        if deployment.attached:
+            raise ConfigError(f"{endpoint!r} is a deployed endpoint ({deployment.remote['name']}): change its "
+                              "min_workers/max_workers in the code and `gpuflex deploy` again")
         spec = attrs.evolve(deployment.spec, min_workers=min_workers, max_workers=max_workers)
         with self._errors(f"scale endpoint {endpoint!r}"):
             deployment.remote = await self.control.ensure(spec, name=deployment.remote["name"],
@@ -260,7 +298,7 @@ class RunPodBackend(Backend):
                    "blocking": kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)}
         # the first jobs after a deploy carry an inline bundle (one per worker that may start); later ones name it by
         # hash, and a worker that lacks it answers "missing" and gets the call again with the bundle
-        inline = deployment.inline_left > 0 or "zip" not in request["bundle"]
+        inline = deployment.inline_left > 0 or ("zip" not in request["bundle"] and not deployment.attached)
         if deployment.inline_left > 0:
             deployment.inline_left -= 1
         job = _Job(endpoint=call.endpoint.name, endpoint_id=deployment.remote["id"], remote_id="", request=request,
@@ -274,7 +312,8 @@ class RunPodBackend(Backend):
 
     async def _run(self, job: _Job, *, inline: bool) -> str:
         """``POST /run`` for one call; returns RunPod's job id."""
-        request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]},
+        bundle = {k: v for k, v in job.request["bundle"].items() if k != "zip"}
+        request = job.request if inline else {**job.request, "bundle": bundle,
                                               "runtime": {"hash": job.request["runtime"]["hash"]}}
         body: dict[str, Any] = {"input": {"gpuflex": request}}
         if job.execution_timeout:
@@ -514,7 +553,8 @@ class RunPodBackend(Backend):
             if self.config.delete_on_close and not self._published and self.deployed and self._api is not None:
                 with anyio.move_on_after(30, shield=True), self._errors("remove endpoints on close"):
                     for deployment in list(self.deployed.values()):
-                        await self.control.delete(deployment.remote)
+                        if not deployment.attached:
+                            await self.control.delete(deployment.remote)
         finally:
             self._closed = True
             self.deployed.clear()

@@ -68,6 +68,8 @@ class RunPodConfig:
         that read the store, never into logs or errors.
     :param store_secret_key: the S3 secret (default ``$RUNPOD_S3_SECRET_KEY``, else ``$AWS_SECRET_ACCESS_KEY``).
     :param deploy_prefix: ``gpuflex deploy`` names an endpoint ``<deploy_prefix><env>-<name>``.
+    :param env: call the endpoints ``gpuflex deploy --env ENV`` made instead of deploying development ones: nothing
+        is created or changed, and calls (gpuflex's own, pickled) run the deployed code.
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -101,6 +103,7 @@ class RunPodConfig:
     store_access_key: str | None = attrs.field(default=None, repr=False)
     store_secret_key: str | None = attrs.field(default=None, repr=False)
     deploy_prefix: str = "gpuflex-"
+    env: str | None = None
 
     @property
     def graphql_url(self) -> str:
