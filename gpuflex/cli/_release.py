@@ -176,8 +176,11 @@ def openapi_document(title: str, env: str, deployed: list[DeployedEndpoint], cal
             described.append({"method": call.method, "streams": call.kind.streams, "input": body,
                               "output": refs[("out", call.label)], "summary": call.doc or ""})
         paths.update(backends[d.name].http_api(d, described))
-    return {
-        "openapi": "3.1.0",
+    servers = {json.dumps(item.get("servers"), sort_keys=True) for item in paths.values()}
+    document: dict[str, Any] = {"openapi": "3.1.0"}
+    if len(servers) == 1 and paths:  # one backend: its API's base URL for the whole document too
+        document["servers"] = next(iter(paths.values())).get("servers")
+    return document | {
         "info": {"title": f"gpuflex: {title} ({env})", "version": __version__, "description": (
             "The deployed endpoints of a gpuflex app, called with plain JSON: each job's input holds the "
             "function's arguments by name (a class endpoint's names its method with \"method\"), validated "

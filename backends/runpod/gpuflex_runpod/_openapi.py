@@ -62,8 +62,11 @@ def http_api(jobs_url: str, deployed: DeployedEndpoint, calls: list[Mapping[str,
     servers = [{"url": jobs_url}]
     streamed = any(call["streams"] for call in calls)
     job = _job(_output(calls, streamed))
+    # RunPod refuses an empty input (400): the arguments of a function whose parameters all have defaults are
+    # sent as at least one of them
     request = {"required": True, "content": _json({
-        "type": "object", "required": ["input"], "properties": {"input": calls[0]["input"]}})}
+        "type": "object", "required": ["input"],
+        "properties": {"input": {"allOf": [calls[0]["input"]], "minProperties": 1}}})}
     job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     links = {name: {"operationId": f"{op}_{deployed.name}", "parameters": {"job_id": "$response.body#/id"}}
              for name, op in (("Status", "status"), ("Stream", "stream"), ("Cancel", "cancel"))}

@@ -24,24 +24,27 @@ ENV = "staging"
 PREFIX = f"gpuflex-{ENV}-"
 APP = '''
 from collections.abc import Iterator
+from typing import Annotated
+
+from pydantic import Field
 
 import gpuflex
 
 GREETING = "hello"
 
 
-@gpuflex.endpoint(name="greet", max_workers=1, timeout=60)
-def greet(name: str, times: int = 1) -> str:
+@gpuflex.endpoint(name="greet", max_workers=1, timeout=60, concurrency=4)
+def greet(name: str, times: Annotated[int, Field(ge=1, le=3)] = 1) -> str:
     """Greet someone, ``times`` times."""
     return " ".join([f"{GREETING} {name}"] * times)
 
 
-@gpuflex.endpoint(name="count", max_workers=1, timeout=60)
-def count(n: int) -> Iterator[int]:
+@gpuflex.endpoint(name="count", max_workers=1, timeout=60, concurrency=4)
+def count(n: Annotated[int, Field(ge=0, le=5)]) -> Iterator[int]:
     yield from range(n)
 
 
-@gpuflex.endpoint(name="tools", max_workers=1, timeout=60)
+@gpuflex.endpoint(name="tools", max_workers=1, timeout=60, concurrency=4)
 class Tools:
     def setup(self) -> None:
         self.prefix = b"<"
@@ -121,7 +124,7 @@ def deployed(project):
 
 def test_deploy_prints_where_each_endpoint_is_called(project, deployed):
     assert set(deployed) == {"greet", "count", "tools"}
-    for name, entry in deployed.items():
+    for entry in deployed.values():
         assert entry["backend"] == "serverless" and entry["env"] == ENV and entry["action"] == "create"
         assert entry["url"] == f"{project.url}/v2/{entry['id']}/runsync" and entry["version"] == 1
     live = project.endpoints()
@@ -204,6 +207,24 @@ def test_a_second_deploy_of_the_same_code_makes_no_mutating_call(project, deploy
         {name: (e["id"], 1) for name, e in deployed.items()}
 
 
+@pytest.mark.timeout(400)
+def test_schemathesis_finds_nothing_in_the_deployed_json_api(project, deployed):
+    """Every check, against the OpenAPI document the deploy wrote, on the emulator: documented statuses and
+    bodies, results that fit the function's declared schema, auth enforced, the /run -> /status links. Positive
+    data only: RunPod answers every well-formed request 200 and fails the job (HTTP cannot refuse bad input), which
+    test_a_plain_http_client_calls_the_deployed_endpoints checks."""
+    document = project.root / f"app.{ENV}.openapi.gpuflex.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", str(document), "--url", f"{project.url}/v2",
+         "--checks", "all", "--mode", "positive", "--header", f"Authorization: Bearer {project.key}",
+         "--max-examples", "5", "--seed", "1", "--workers", "1", "--generation-database", "none", "--no-color",
+         "--request-timeout", "120"],
+        capture_output=True, text=True, timeout=380, cwd=project.root.parent, env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-3000:]
+    summary = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+    assert summary and summary[1] == summary[2] and "failed" not in done.stdout.split("SUMMARY")[-1], done.stdout
+
+
 def test_drift_is_reported_by_plan_and_fixed_by_deploy(project, deployed):
     """RunPod lowers workersMax on an endpoint idle for days, and sets workersStandby itself."""
     live = project.endpoints()["greet"]
@@ -234,7 +255,7 @@ def test_drift_is_reported_by_plan_and_fixed_by_deploy(project, deployed):
 def test_rollback_restores_the_previous_code_and_settings(project, deployed):
     app = project.root / "app.py"
     app.write_text(APP.replace('GREETING = "hello"', 'GREETING = "hi"').replace(
-        'name="greet", max_workers=1', 'name="greet", max_workers=2'))
+        'name="greet", max_workers=1,', 'name="greet", max_workers=2,'))
     plan = project.cli("plan", "app.py", "--env", ENV).stdout
     assert "workersMax: 1 -> 2" in plan and "env.GPUFLEX_BUNDLE" in plan
     changed = project.deploy()
