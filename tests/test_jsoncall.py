@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator  # noqa: TC003 - the schema reads the hints at run time
 
 import numpy as np
 import pytest
