@@ -55,9 +55,10 @@ def call(fn, body, kind=EndpointKind.FUNCTION):
 
 
 @pytest.mark.parametrize(("data", "media_type"), [
-    (PNG, "image/png"), (b"\xff\xd8\xff\xe0", "image/jpeg"), (b"GIF89a..", "image/gif"), (b"%PDF-1.7", "application/pdf"),
-    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"), (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
-    (b"\x93NUMPY\x01\x00", "application/x-npy"), (b"hello", "application/octet-stream"), (b"", "application/octet-stream"),
+    (PNG, "image/png"), (b"\xff\xd8\xff\xe0", "image/jpeg"), (b"GIF89a..", "image/gif"),
+    (b"%PDF-1.7", "application/pdf"), (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
+    (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"), (b"\x93NUMPY\x01\x00", "application/x-npy"),
+    (b"hello", "application/octet-stream"), (b"", "application/octet-stream"),
 ])
 def test_media_types_are_read_from_the_data(data, media_type):
     assert media_type_of(data) == media_type
