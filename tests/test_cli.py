@@ -23,7 +23,8 @@ from gpuflex.errors import ConfigError
 
 runner = CliRunner()
 
-COMMANDS = ["serve", "run", "backends", "plan", "deploy", "teardown", "jobs", "costs"]
+COMMANDS = ["serve", "run", "backends", "plan", "deploy", "teardown", "versions", "rollback", "call", "openapi",
+            "jobs", "costs"]
 
 SCRIPT = '''
 import sys
