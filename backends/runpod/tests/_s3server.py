@@ -76,10 +76,11 @@ class S3Server:
 @contextlib.contextmanager
 def start_s3(log_path: str) -> Iterator[S3Server]:
     port = _free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", "MOTO_ENABLE_RECORDING": "true"}
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     with open(log_path, "ab") as log:
         process = subprocess.Popen([_uv(), "tool", "run", "--from", MOTO, "moto_server", "-H", "127.0.0.1", "-p",
-                                    str(port)], stdout=log, stderr=log, env=env, start_new_session=True)
+                                    str(port)], stdout=log, stderr=log, env=env, start_new_session=True,
+                                   cwd=os.path.dirname(log_path))  # its recorder writes moto_recording here
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300  # the first run installs moto into uv's cache
