@@ -100,8 +100,9 @@ def _binary(value: Any) -> tuple[bytes, str | None] | None:
         if extra:
             raise ValueError(f"a binary value has only 'base64' and 'media_type', not {', '.join(extra)}")
         media_type = value.get("media_type")
-        if not isinstance(value["base64"], str) or not isinstance(media_type, str | None):
-            raise ValueError("'base64' and 'media_type' must be strings")
+        if not isinstance(value["base64"], str) or ("media_type" in value and not (isinstance(media_type, str)
+                                                                                  and media_type)):
+            raise ValueError("'base64' must be a string, and 'media_type' (when given) a non-empty string")
         return _b64(value["base64"]), media_type
     return None
 

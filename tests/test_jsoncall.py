@@ -70,7 +70,8 @@ def test_bytes_are_base64_with_a_media_type_or_the_base64_alone():
         schema, (args, kwargs) = call(reverse, {"data": sent})
         assert kwargs == {"data": PNG}
     assert schema.to_json(reverse(PNG)) == {"base64": b64(PNG[::-1]), "media_type": "application/octet-stream"}
-    for bad in ({"base64": "!!"}, {"base64": b64(PNG), "type": "image/png"}, {"base64": 5}, 7):
+    for bad in ({"base64": "!!"}, {"base64": b64(PNG), "type": "image/png"}, {"base64": 5}, 7,
+                {"base64": "", "media_type": None}, {"base64": "", "media_type": ""}):
         with pytest.raises(Exception, match="data"):
             call(reverse, {"data": bad})
 
