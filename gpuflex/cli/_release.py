@@ -109,8 +109,9 @@ def plan_releases(loaded: LoadedApp, backend: str | None, env: str, console: Con
 
 
 def deploy_releases(loaded: LoadedApp, backend: str | None, env: str, console: Console,
-                    as_json: bool) -> list[DeployedEndpoint]:
-    """Plan, apply the diff, write the OpenAPI document next to the app; return what is deployed."""
+                    as_json: bool) -> tuple[list[DeployedEndpoint], str | None]:
+    """Plan, apply the diff, write the OpenAPI document next to the app; return what is deployed and where the
+    document is."""
     session = get_session()
     done: list[DeployedEndpoint] = []
     calls: dict[str, list[CallSchema]] = {}
@@ -127,20 +128,17 @@ def deploy_releases(loaded: LoadedApp, backend: str | None, env: str, console: C
             calls[ep.name] = _schemas(ep)
             backends[ep.name] = instance
     if not done:
-        return done
+        return done, None
     path = _write_openapi(loaded, env, done, calls, backends)
-    if as_json:
-        sys.stdout.write(json.dumps({"endpoints": [d.to_json() for d in done], "openapi": str(path)},
-                                    indent=2) + "\n")
-        return done
-    table = Table(title=f"deployed (environment {env})")
-    for column in ("endpoint", "backend", "action", "version", "id", "URL (plain HTTP, JSON)"):
-        table.add_column(column, overflow="fold")
-    for d in done:
-        table.add_row(d.name, d.backend, d.action.value, str(d.version or "-"), d.id or "-", d.url or "-")
-    console.print(table)
-    console.print(f"OpenAPI document of the deployed app: {escape(str(path))}")
-    return done
+    if not as_json:
+        table = Table(title=f"deployed (environment {env})")
+        for column in ("endpoint", "backend", "action", "version", "id", "URL (plain HTTP, JSON)"):
+            table.add_column(column, overflow="fold")
+        for d in done:
+            table.add_row(d.name, d.backend, d.action.value, str(d.version or "-"), d.id or "-", d.url or "-")
+        console.print(table)
+        console.print(f"OpenAPI document of the deployed app: {escape(str(path))}")
+    return done, str(path)
 
 
 def _schemas(ep: Endpoint[Any, Any]) -> list[CallSchema]:
