@@ -189,8 +189,16 @@ class Releases:
                 continue
             live = listing.get(self.remote_name(release.env, name))
             warm = self._warm(live, state)
+            names.add(name)
             plans.append(EndpointPlan(name=name, backend=self.backend.name, action=PlanAction.REMOVE,
                                       id=live.get("id") if live else None, warm_usd_per_hour=(warm, 0.0)))
+        if not release.app:  # every app's: endpoints of the environment whose record was lost go too
+            prefix = self.remote_name(release.env, "")
+            for remote_name, live in listing.items():
+                name = remote_name.removeprefix(prefix)
+                if remote_name.startswith(prefix) and name not in names:
+                    plans.append(EndpointPlan(name=name, backend=self.backend.name, action=PlanAction.REMOVE,
+                                              id=live.get("id"), warm_usd_per_hour=(self._warm(live, None), 0.0)))
         return plans
 
     def _warm(self, live: dict[str, Any] | None, state: dict[str, Any] | None) -> float | None:

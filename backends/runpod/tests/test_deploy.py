@@ -294,8 +294,14 @@ def test_an_endpoint_gone_from_the_app_is_planned_for_removal(project, deployed)
 
 
 def test_teardown_leaves_nothing(project, deployed):
+    """The app's endpoints go with their records; an endpoint whose record was lost goes with the environment's
+    teardown (every app's); then nothing is left: endpoints, templates, objects."""
+    assert project.s3.request("DELETE", f"/emuvol0001/gpuflex/state/{ENV}/greet.json").status_code == 204
     done = project.cli("teardown", "app.py", "--env", ENV)
-    assert "greet" in done.stdout and "tools" in done.stdout
+    assert "count" in done.stdout and "tools" in done.stdout and "greet" not in done.stdout
+    assert set(project.endpoints()) == {"greet"}
+    done = project.cli("teardown", "--env", ENV)
+    assert "tore down greet" in done.stdout
     assert project.endpoints() == {}
     query = "query { myself { podTemplates { id name } } }"
     with project.admin() as admin:
