@@ -515,5 +515,5 @@ class JsonCalls:
                 return call.to_json(value[1]) if call is not None else to_jsonable(value[1])
             except NotJsonable as exc:
                 raise JsonCallError("NotJsonable", str(exc)) from None
-        _, _, label, message, _ = value
+        _, _, label, message, *_ = value
         raise JsonCallError(str(label).rsplit(".", 1)[-1], str(message))
