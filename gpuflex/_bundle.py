@@ -30,6 +30,7 @@ if typing.TYPE_CHECKING:
 __all__ = ["build_bundle", "changed_files", "find_project_root", "load_manifest"]
 
 MANIFEST = ".gpuflex-manifest.json"
+GENERATED_SUFFIX = ".gpuflex.json"  # files gpuflex writes into a project (a deploy's OpenAPI document): not code
 _ROOT_MARKERS = ("pyproject.toml", "gpuflex.toml", "setup.py", ".git")
 # Plus *.egg-info and any directory holding pyvenv.cfg:
 _SKIP_DIRS = frozenset(".git .hg .svn .venv venv env __pycache__ .mypy_cache .pytest_cache .ruff_cache .nox "
@@ -131,7 +132,7 @@ def _scan(root: Path, ignores: _Ignores, max_bytes: int, cache: str | None) -> t
         dirnames[:] = keep
         for name in filenames:
             full, rel = here / name, prefix + name
-            if name.endswith(".pyc") or name == ".git" or rel == MANIFEST:
+            if name.endswith((".pyc", GENERATED_SUFFIX)) or name == ".git" or rel == MANIFEST:
                 continue
             if _SECRETS_RE.match(name):
                 skipped.append(f"{rel} (looks like a secret)")

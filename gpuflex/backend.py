@@ -11,6 +11,8 @@ Life cycle, as the core drives it::
     async for chunk in backend.stream(handle): ...  # generator endpoints only
     await backend.cancel(handle)                    # when the caller cancels or a deadline passes
     await backend.teardown(name)                    # gpuflex teardown
+    # backends that keep deployments of their own (capability "releases"): gpuflex plan / deploy / versions /
+    # rollback / call go through plan_release, apply_release, versions, rollback and call_json instead
     await backend.aclose()                          # always, last
 
 Retries, deadlines, polling cadence, cost accounting and hooks live in the core client, not here.
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import attrs
 
 from ._models import JobStatus, Price, WorkerInfo
+from ._release import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Release, ReleaseEndpoint, Version
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,7 +37,8 @@ if TYPE_CHECKING:
     from ._models import Bundle, EndpointSpec, WorkerState
 
 __all__ = [
-    "WORKER_LOGGER", "Backend", "BackendEvents", "Call", "JobUpdate", "NoConfig", "Payload", "TaskSpawner",
+    "WORKER_LOGGER", "Backend", "BackendEvents", "Call", "DeployedEndpoint", "EndpointPlan", "FieldChange",
+    "JobUpdate", "NoConfig", "Payload", "PlanAction", "Release", "ReleaseEndpoint", "TaskSpawner", "Version",
     "log_worker_output",
 ]
 
@@ -224,6 +228,41 @@ class Backend(abc.ABC):
 
     async def teardown(self, endpoint: str | None = None) -> None:  # noqa: B027 - optional hook method
         """*optional* Remove what ``deploy`` created, for one endpoint or (``None``) all of them."""
+
+    # -- releases: deployments a backend keeps (capability "releases"; see gpuflex._release) -----------------
+
+    async def plan_release(self, release: Release) -> list[EndpointPlan]:
+        """*optional* ``gpuflex plan``/``deploy``: read what is deployed in ``release.env`` and compare it with
+        ``release``: one plan per endpoint, plus one ``REMOVE`` per endpoint this app deployed that is gone from
+        it. Creates and changes nothing."""
+        raise NotImplementedError(f"the {self.name} backend keeps no deployments of its own")
+
+    async def apply_release(self, release: Release, plans: list[EndpointPlan]) -> list[DeployedEndpoint]:
+        """*optional* ``gpuflex deploy``: make the changes in ``plans`` (nothing for an ``UNCHANGED`` one: no
+        mutating call), store each endpoint's code where its workers find it without a client, record a
+        :class:`Version` for every endpoint changed, and say where each endpoint is called."""
+        raise NotImplementedError(f"the {self.name} backend keeps no deployments of its own")
+
+    async def versions(self, env: str, endpoint: str) -> list[Version]:
+        """*optional* ``gpuflex versions``: every recorded deploy of ``endpoint`` in ``env``, oldest first."""
+        raise NotImplementedError(f"the {self.name} backend keeps no deployments of its own")
+
+    async def rollback(self, env: str, endpoint: str, version: int | None = None) -> Version:
+        """*optional* ``gpuflex rollback``: deploy the code and settings of ``version`` (default: the one before
+        the current) again, recorded as a new version; return it."""
+        raise NotImplementedError(f"the {self.name} backend keeps no deployments of its own")
+
+    async def call_json(self, env: str, endpoint: str, body: Any) -> Any:
+        """*optional* ``gpuflex call``: call a deployed endpoint as a plain HTTP client would, with JSON
+        arguments; return its JSON result (a generator's: the list of chunks). A call that fails raises
+        ``JobFailed`` with the endpoint's error (``ValidationError: steps: ...``)."""
+        raise NotImplementedError(f"the {self.name} backend keeps no deployments of its own")
+
+    def http_api(self, deployed: DeployedEndpoint, calls: list[Mapping[str, Any]]) -> dict[str, Any]:
+        """*optional* The OpenAPI path items a plain HTTP client calls ``deployed`` through (each with its own
+        ``servers``). ``calls`` describes each callable: ``method`` (None for a function), ``kind``,
+        ``input``/``output`` (JSON schemas, often ``$ref``), ``summary``."""
+        raise NotImplementedError(f"the {self.name} backend keeps no deployments of its own")
 
     # -- jobs -------------------------------------------------------------------------------------------------
 

@@ -12,9 +12,14 @@ Two ways to run a worker:
 The frame codec is symmetric: ``write_frame(stream, message)``/``read_frame(stream) -> message`` (async streams),
 ``write_frame_sync``/``read_frame_sync`` (files), ``FrameParser`` (bytes fed in pieces), ``WireCodec`` (payloads,
 shared memory).
+
+A worker that takes plain JSON calls (a deployed endpoint's HTTP callers) uses ``JsonCalls``: the same schema, built
+from the function's type hints, that the dev server publishes; imported on first use (it needs pydantic).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._envelope import PYTHON_VERSION, encode_error
 from .runtime._protocol import RUNTIME_MODULE, endpoint_environ, worker_command, worker_init
@@ -22,12 +27,17 @@ from .runtime._runner import IN_WORKER_ENV, OWN_GROUP_ENV, WorkerRuntime
 from .runtime._wire import FrameParser, WireCodec, read_frame, read_frame_sync, write_frame, write_frame_sync
 from .workerpool._channel import WorkerChannel, start_worker_process
 
+if TYPE_CHECKING:
+    from ._jsoncall import JsonCallError, JsonCalls
+
 __all__ = [
     "IN_WORKER_ENV",
     "OWN_GROUP_ENV",
     "PYTHON_VERSION",
     "RUNTIME_MODULE",
     "FrameParser",
+    "JsonCallError",
+    "JsonCalls",
     "WireCodec",
     "WorkerChannel",
     "WorkerRuntime",
@@ -41,3 +51,11 @@ __all__ = [
     "write_frame",
     "write_frame_sync",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("JsonCalls", "JsonCallError"):  # pydantic is imported only by workers that take JSON calls
+        from . import _jsoncall
+
+        return getattr(_jsoncall, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

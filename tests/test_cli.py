@@ -23,7 +23,8 @@ from gpuflex.errors import ConfigError
 
 runner = CliRunner()
 
-COMMANDS = ["serve", "run", "backends", "plan", "deploy", "teardown", "jobs", "costs"]
+COMMANDS = ["serve", "run", "backends", "plan", "deploy", "teardown", "versions", "rollback", "call", "openapi",
+            "jobs", "costs"]
 
 SCRIPT = '''
 import sys
@@ -177,6 +178,13 @@ def test_deploy_and_teardown_local(project, tmp_path):
     result = gpuflex("deploy", "small.py", "--backend", "local", cwd=project, home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "one" in result.stdout and "live only while" in result.stdout and "gpuflex serve" in result.stdout
+    result = gpuflex("deploy", "small.py", "--backend", "local", "--json", cwd=project, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["endpoints"] == [{"name": "one", "backend": "local", "env": None,
+                                                       "action": "deploy", "id": None, "url": None, "version": None}]
+    for command in (["versions", "one"], ["rollback", "one"], ["call", "one"]):
+        result = gpuflex(*command, "--backend", "local", cwd=project, home=tmp_path)
+        assert result.returncode == 1 and "keeps no deployments" in result.stderr, result.stderr
     result = gpuflex("teardown", "--backend", "local", cwd=project, home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "local" in result.stdout

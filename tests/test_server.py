@@ -116,11 +116,20 @@ def test_async_function_and_class_endpoints(server):
     assert server.client.post("/Counter/scaled", json={"x": 3, "factor": 5}).json() == 15
 
 
-def test_bytes_travel_as_base64(server):
+def test_bytes_travel_as_base64_with_a_media_type(server):
+    """One JSON form of binary data both ways: {"base64", "media_type"}; a caller may send the base64 alone."""
     data = b"hello\x00\xff"
-    response = server.client.post("/reverse_bytes", json={"data": base64.b64encode(data).decode()})
-    assert response.status_code == 200
-    assert base64.b64decode(response.json()) == data[::-1]
+    for sent in (base64.b64encode(data).decode(), {"base64": base64.b64encode(data).decode()}):
+        response = server.client.post("/reverse_bytes", json={"data": sent})
+        assert response.status_code == 200
+        body = response.json()
+        assert body["media_type"] == "application/octet-stream"
+        assert base64.b64decode(body["base64"]) == data[::-1]
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+    back = server.client.post("/reverse_bytes", json={"data": base64.b64encode(png[::-1]).decode()}).json()
+    assert back["media_type"] == "image/png"
+    response = server.client.post("/reverse_bytes", json={"data": {"base64": "aGk=", "mime": "x"}})
+    assert response.status_code == 422 and "mime" in response.json()["message"]
 
 
 @pytest.mark.parametrize(
@@ -320,7 +329,7 @@ def test_openapi_lists_every_route(server):
     assert {"/health", "/jobs/{job_id}", "/jobs/{job_id}/stream", "/jobs/{job_id}/cancel"} <= paths
     schemas = spec["components"]["schemas"]
     assert schemas["GreetInput"]["required"] == ["name"]
-    assert schemas["ReverseBytesInput"]["properties"]["data"]["contentEncoding"] == "base64"
+    assert schemas["ReverseBytesInput"]["properties"]["data"]["anyOf"][0]["contentEncoding"] == "base64"
     assert server.client.get("/docs").status_code == 200
 
 

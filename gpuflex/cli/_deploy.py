@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
@@ -25,18 +27,29 @@ __all__ = ["deploy_app", "teardown_backend"]
 _PROCESS_BOUND = frozenset({"local", "pod"})
 
 
-def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None:
+def deploy_app(loaded: LoadedApp, backend: str | None, console: Console, *, env: str = "prod",
+               as_json: bool = False) -> None:
+    """Backends that keep deployments (RunPod...) get plan -> apply (:mod:`._release`); the others deploy every
+    endpoint and publish. ``as_json`` prints one JSON document for both."""
+    from ._release import deploy_releases, keeps_releases
+
     session = get_session()
     instances: list[Backend] = []
     table = Table(title="deployed")
     for column in ("endpoint", "backend", "bundle", "files", "workers now"):
         table.add_column(column)
     try:
+        done, openapi = deploy_releases(loaded, backend, env, console, as_json)
+        entries = [d.to_json() for d in done]
+
         def install(instance: Backend) -> None:
             session.install_backend(instance)
             instances.append(instance)
 
-        for ep, instance in endpoint_backends(loaded, backend, install):
+        pairs = [(ep, instance) for ep, instance in endpoint_backends(loaded, backend, install)
+                 if not keeps_releases(instance)]
+        instances[:] = [i for i in instances if not keeps_releases(i)]
+        for ep, instance in pairs:
             spec = call_endpoint_spec(ep.spec)
             with console.status(f"bundling and deploying {escape(ep.name)} on {instance.name}..."):
                 bundle = session.bundle_for(ep)
@@ -45,13 +58,18 @@ def deploy_app(loaded: LoadedApp, backend: str | None, console: Console) -> None
                 workers = [w for w in session.run(instance.workers()) if w.endpoint == spec.name]
             states = ", ".join(f"{w.id} ({w.state.value.lower()})" for w in workers) or "none (scale from zero)"
             table.add_row(spec.name, instance.name, bundle.hash[:12], str(len(bundle.files)), states)
-        console.print(table)
+            entries.append({"name": spec.name, "backend": instance.name, "env": None, "action": "deploy",
+                            "id": None, "url": None, "version": None})
+        if pairs and not as_json:
+            console.print(table)
         for instance in instances:
             with console.status(f"publishing on {instance.name}..."):
                 where = session.run(instance.publish())
-            if where:
+            if where and not as_json:
                 console.print(f"published on {instance.name}: {escape(where)}")
-        if any(b.name in _PROCESS_BOUND for b in instances):
+        if as_json:
+            sys.stdout.write(json.dumps({"endpoints": entries, "openapi": openapi}, indent=2) + "\n")
+        elif any(b.name in _PROCESS_BOUND for b in instances):
             console.print("[yellow]Local and pod deployments live only while the process that made them "
                           "runs:[/yellow] they stop as `gpuflex deploy` exits. To keep endpoints up and call them, "
                           "run `gpuflex serve APP.py` (or call them from your program).")

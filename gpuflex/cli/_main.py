@@ -1,4 +1,5 @@
-"""The ``gpuflex`` command: serve, run, plan, deploy, teardown, backends, jobs, costs.
+"""The ``gpuflex`` command: serve, run, plan, deploy, teardown, versions, rollback, call, openapi, backends, jobs,
+costs.
 
 Heavy imports (FastAPI, uvicorn, the app itself) happen inside the commands that need them, so ``gpuflex
 --help`` and ``gpuflex backends`` start fast.
@@ -44,6 +45,8 @@ BackendOpt = Annotated[str | None, typer.Option("--backend", "-b", help="Backend
                                                 "(default: config file, GPUFLEX_BACKEND, then local).")]
 MaxCostOpt = Annotated[float | None, typer.Option("--max-cost", min=0, help="Refuse new jobs once this process "
                                                   "has spent this many USD.")]
+EnvOpt = Annotated[str, typer.Option("--env", "-e", help="The environment: each has its own deployed endpoints "
+                                     "(staging, prod...).")]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -228,12 +231,19 @@ def plan(
     backend: BackendOpt = None,
     seconds_per_call: Annotated[float, typer.Option("--seconds-per-call", "-s", min=0,
                                                     help="Assumed run time of one call, for the estimate.")] = 1.0,
+    env: EnvOpt = "prod",
 ) -> None:
-    """Show what deploying APP_FILE would create and cost, without creating anything."""
+    """Show what deploying APP_FILE would create and cost, and (on backends that keep deployments) what it would
+    change, per endpoint and field, against what is deployed; nothing is created or changed."""
     _check_backend(backend)
+    from .._release import check_env
     from ._report import plan as make_plan
     from ._report import plan_table
 
+    try:
+        env = check_env(env)
+    except GpuflexError as exc:
+        _fail(str(exc), 2)
     loaded = _load(app_file)
     if not loaded.endpoints:
         _fail(f"no gpuflex endpoints in {app_file}")
@@ -243,21 +253,39 @@ def plan(
         _fail(str(exc))
     for row in rows:
         out.print(plan_table(row, seconds_per_call))
-    out.print(f"[dim]Nothing was created. Estimates use each backend's price and billing rule at "
-              f"{seconds_per_call:g} s per call; idle cost counts only min_workers.[/dim]")
+    out.print(f"[dim]Estimates use each backend's price and billing rule at {seconds_per_call:g} s per call; idle "
+              f"cost counts only min_workers.[/dim]")
+    from ..client._session import shutdown
+    from ._release import plan_releases
+
+    try:
+        plan_releases(loaded, backend, env, out)
+    except GpuflexError as exc:
+        err.print(f"[yellow]cannot compare with what is deployed:[/yellow] {escape(str(exc))}")
+    finally:
+        shutdown()
+    out.print("[dim]Nothing was created or changed.[/dim]")
 
 
 @app.command()
-def deploy(app_file: AppFile, backend: BackendOpt = None) -> None:
-    """Deploy every endpoint of APP_FILE's current code to a backend and show what was created."""
+def deploy(
+    app_file: AppFile,
+    backend: BackendOpt = None,
+    env: EnvOpt = "prod",
+    as_json: Annotated[bool, typer.Option("--json", help="Print each endpoint's name, backend, id and URL as "
+                                          "JSON.")] = False,
+) -> None:
+    """Deploy APP_FILE: show the plan (what changes, per endpoint), apply only that, record a version; write the
+    OpenAPI document of the deployed JSON API next to APP_FILE."""
     _check_backend(backend)
+    from .._release import check_env
     from ._deploy import deploy_app
 
     loaded = _load(app_file)
     if not loaded.endpoints:
         _fail(f"no gpuflex endpoints in {app_file}")
     try:
-        deploy_app(loaded, backend, out)
+        deploy_app(loaded, backend, err if as_json else out, env=check_env(env), as_json=as_json)
     except GpuflexError as exc:
         _fail(str(exc))
 
@@ -267,16 +295,110 @@ def teardown(
     app_file: Annotated[Path | None, typer.Argument(help="Only this app's endpoints (default: all).",
                                                     exists=True, dir_okay=False, resolve_path=True)] = None,
     backend: BackendOpt = None,
+    env: Annotated[str | None, typer.Option("--env", "-e", help="Remove the endpoints `gpuflex deploy --env ENV` "
+                                            "made (this app's, or every app's without APP_FILE).")] = None,
 ) -> None:
-    """Remove what `gpuflex deploy` created on a backend."""
+    """Remove what `gpuflex deploy` created on a backend (with --env), or a development run's leftovers."""
     _check_backend(backend)
-    from ._deploy import teardown_backend
-
-    names = list(_load(app_file).endpoints) if app_file else None
+    loaded = _load(app_file) if app_file else None
     try:
-        teardown_backend(backend, names, out)
+        if env is not None:
+            from .._release import check_env
+            from ._release import teardown_env
+
+            teardown_env(loaded, backend, check_env(env), out)
+            return
+        from ._deploy import teardown_backend
+
+        teardown_backend(backend, list(loaded.endpoints) if loaded else None, out)
     except GpuflexError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def versions(
+    name: Annotated[str, typer.Argument(help="The endpoint's name.")],
+    backend: BackendOpt = None,
+    env: EnvOpt = "prod",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (settings included).")] = False,
+) -> None:
+    """Every deploy of endpoint NAME: its code (bundle hash), git commit and settings, the current one marked."""
+    _check_backend(backend)
+    from .._release import check_env
+    from ._release import list_versions
+
+    try:
+        list_versions(name, backend, check_env(env), out, as_json)
+    except GpuflexError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="The endpoint's name.")],
+    version: Annotated[int | None, typer.Argument(help="The version to restore (default: the one before the "
+                                                  "current).")] = None,
+    backend: BackendOpt = None,
+    env: EnvOpt = "prod",
+) -> None:
+    """Deploy an earlier version of endpoint NAME again, code and settings, recorded as a new version."""
+    _check_backend(backend)
+    from .._release import check_env
+    from ._release import rollback_endpoint
+
+    try:
+        rollback_endpoint(name, version, backend, check_env(env), out)
+    except GpuflexError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def call(
+    name: Annotated[str, typer.Argument(help="The deployed endpoint's name.")],
+    body: Annotated[str, typer.Option("--json", help="The arguments as a JSON object ('-' reads stdin); a class "
+                                      "endpoint's names its method with \"method\".")] = "{}",
+    backend: BackendOpt = None,
+    env: EnvOpt = "prod",
+) -> None:
+    """Call a deployed endpoint with JSON, as any HTTP client would; print its JSON result."""
+    _check_backend(backend)
+    from .._release import check_env
+    from ._release import call_deployed
+
+    try:
+        arguments = json.loads(sys.stdin.read() if body == "-" else body)
+    except ValueError as exc:
+        _fail(f"--json is not JSON: {exc}", 2)
+    try:
+        result = call_deployed(name, arguments, backend, check_env(env))
+    except GpuflexError as exc:
+        _fail(str(exc))
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+@app.command()
+def openapi(
+    app_file: AppFile,
+    backend: BackendOpt = None,
+    env: EnvOpt = "prod",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write it here (default: print it).")] = None,
+) -> None:
+    """The OpenAPI document of APP_FILE's deployed endpoints: the JSON API a plain HTTP client calls."""
+    _check_backend(backend)
+    from .._release import check_env
+    from ._release import deployed_openapi
+
+    loaded = _load(app_file)
+    try:
+        document = deployed_openapi(loaded, backend, check_env(env))
+    except GpuflexError as exc:
+        _fail(str(exc))
+    text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {escape(str(output))}")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

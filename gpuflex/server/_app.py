@@ -38,11 +38,11 @@ from fastapi.routing import APIRouter
 from starlette.exceptions import HTTPException
 
 from .._apps import load_app
+from .._jsoncall import NotJson, validation_errors
 from ..errors import ConfigError, GpuflexError
 from ._dashboard import OPEN_PATHS, add_dashboard_routes, poll_workers_forever
 from ._jobs import error_body, error_status, job_json, remote_traceback, sse
 from ._openapi import build_openapi
-from ._schema import NotJson, to_jsonable
 from ._state import ServerState
 
 if TYPE_CHECKING:
@@ -95,34 +95,16 @@ def _not_found(job_id: str) -> JSONResponse:
     return JSONResponse({"error": "NotFound", "message": f"no job {job_id!r} on this server"}, status_code=404)
 
 
-def _plain(error: Any) -> dict[str, Any]:
-    """One of pydantic's errors as JSON (context values that JSON cannot carry as strings)."""
-    plain = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"],
-             "input": to_jsonable_or_str(error.get("input"))}
-    if error.get("ctx"):
-        plain["ctx"] = {str(k): to_jsonable_or_str(v) for k, v in error["ctx"].items()}
-    return plain
-
-
-def to_jsonable_or_str(value: Any) -> Any:
-    try:
-        return to_jsonable(value)
-    except Exception:
-        return str(value)
-
-
 def _bad_body(exc: pydantic.ValidationError) -> JSONResponse:
     """422 for JSON that does not fit the signature; the message names each field."""
-    errors = [_plain(error) for error in exc.errors(include_url=False)]
-    parts = [f"{'.'.join(str(x) for x in error['loc']) or 'body'}: {error['msg']}" for error in errors]
-    body = {"error": "ValidationError", "message": "; ".join(parts), "detail": errors}
-    return JSONResponse(body, status_code=422)
+    message, errors = validation_errors(exc)
+    return JSONResponse({"error": "ValidationError", "message": message, "detail": errors}, status_code=422)
 
 
-async def _events(job: Job, *, cancel_on_close: bool) -> AsyncIterator[str]:
+async def _events(job: Job, route: Route, *, cancel_on_close: bool) -> AsyncIterator[str]:
     try:
         async for chunk in job.aiter_chunks():
-            yield sse(to_jsonable(chunk))
+            yield sse(route.call.to_json(chunk))
     except Exception as exc:
         yield sse(error_body(exc, job.endpoint), event="error")
         return
@@ -154,13 +136,13 @@ def _call_handler(state: ServerState, route: Route) -> Any:
             return job
         if route.kind.streams:
             if "text/event-stream" in request.headers.get("accept", ""):
-                return StreamingResponse(_events(job, cancel_on_close=True), media_type="text/event-stream")
+                return StreamingResponse(_events(job, route, cancel_on_close=True), media_type="text/event-stream")
             try:
-                return JSONResponse([to_jsonable(chunk) async for chunk in job.aiter_chunks()])
+                return JSONResponse([route.call.to_json(chunk) async for chunk in job.aiter_chunks()])
             except Exception as exc:
                 return _error(exc, route, job)
         try:
-            return JSONResponse(to_jsonable(await job.aresult()))
+            return JSONResponse(route.call.to_json(await job.aresult()))
         except Exception as exc:
             return _error(exc, route, job)
 
@@ -290,7 +272,7 @@ def create_app(module_path: str | Path, *, token: str | None = None, backend: st
             message = "already being streamed" if entry.streamed else "not a generator endpoint: GET /jobs/<id>"
             return JSONResponse({"error": "Conflict", "message": f"job {job_id}: {message}"}, status_code=409)
         entry.streamed = True
-        return StreamingResponse(_events(entry.job, cancel_on_close=False), media_type="text/event-stream")
+        return StreamingResponse(_events(entry.job, entry.route, cancel_on_close=False), media_type="text/event-stream")
 
     @app.post("/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> Response:

@@ -36,7 +36,7 @@ from ..errors import (
     RemoteTraceback,
     SerializationError,
 )
-from ._schema import NotJsonable, to_jsonable
+from ._schema import NotJsonable
 
 if TYPE_CHECKING:
     from .._job import Job
@@ -141,7 +141,7 @@ def job_json(entry: JobEntry) -> dict[str, Any]:
         else:
             if not entry.route.kind.streams:
                 try:
-                    data["result"] = to_jsonable(value)
+                    data["result"] = entry.route.call.to_json(value)
                 except NotJsonable as exc:
                     data["error"] = error_body(exc)
     return data

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,8 +17,8 @@ import anyio
 import attrs
 
 from gpuflex import EndpointKind, JobStatus, WorkerInfo, WorkerState
-from gpuflex.backend import Backend, Call, JobUpdate, Payload
-from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge
+from gpuflex.backend import Backend, Call, DeployedEndpoint, EndpointPlan, JobUpdate, Payload, Release, Version
+from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge, VersionMismatch
 from gpuflex.worker import worker_init
 
 from ._bootstrap import runtime_ref
@@ -33,6 +35,8 @@ from ._protocol import (
     parse_error,
     zip_bundle,
 )
+from ._release import Releases
+from ._store import ObjectStore, store_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
     from gpuflex import Bundle, EndpointSpec, Price
 
 __all__ = ["RunPodBackend"]
+
+log = logging.getLogger("gpuflex.runpod")
 
 
 RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod's limit on one /run request body
@@ -57,6 +63,8 @@ class _Deployment:
     digest: str
     request: dict[str, Any]  # the part of every job's input that names the code: init, bundle, dependencies
     inline_left: int = 0  # jobs that still carry the bundle inline (a fresh bundle: one per possible worker)
+    extra_env: dict[str, str] | None = None  # template variables besides the spec's (the object store)
+    attached: bool = False  # a deployed endpoint this instance calls as it is (``env``): never changed or deleted
 
 
 @attrs.define
@@ -89,7 +97,7 @@ class RunPodBackend(Backend):
     config_cls: ClassVar[type[Any]] = RunPodConfig
     capabilities: ClassVar[Mapping[str, str | None]] = {
         "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
-        "worker_output": None,
+        "worker_output": None, "releases": None,
     }
     # a payload travels base64-encoded (4/3 larger) inside a /run body of at most 10 MB
     max_payload_bytes: ClassVar[int | None] = RUN_LIMIT_BYTES * 3 // 4 - 256 * 1024
@@ -105,6 +113,9 @@ class RunPodBackend(Backend):
         self._listing: list[dict[str, Any]] | None = None
         self._closed = False
         self._published = False  # gpuflex deploy: the endpoints outlive this instance
+        self._store: ObjectStore | None = None
+        self._store_checked = False
+        self.releases = Releases(self)
 
     # -- connection -------------------------------------------------------------------------------------------
 
@@ -119,14 +130,40 @@ class RunPodBackend(Backend):
     def _errors(self, what: str) -> Any:
         return map_errors(what, self._api.api_key if self._api else self.config.api_key)
 
+    errors = _errors
+
+    async def object_store(self, *, required: bool) -> ObjectStore | None:
+        """The object store (``store_bucket``, or the network volume through RunPod's S3 API), or None when none
+        is configured and ``required`` is False. A store named without credentials is a ``ConfigError``."""
+        if self._store is None and (required or not self._store_checked):
+            self._store_checked = True
+            explicit = bool(self.config.store_bucket or self.config.store_access_key
+                            or os.environ.get("RUNPOD_S3_ACCESS_KEY"))
+            if not required and not explicit:
+                return None  # development without S3 keys: bundles ride in the jobs
+            if not (self.config.store_bucket or self.config.network_volume_id):
+                raise ConfigError(
+                    "gpuflex deploy keeps the endpoints' code in an object store, and none is set: attach a network "
+                    "volume (network_volume_id, with RunPod S3 API keys in RUNPOD_S3_ACCESS_KEY and "
+                    "RUNPOD_S3_SECRET_KEY) or name an S3 bucket (store_bucket, store_endpoint_url, store_region)")
+            centre = None
+            if self.config.network_volume_id and not (self.config.store_region and self.config.store_endpoint_url):
+                with self._errors("find the network volume's data centre"):
+                    centre = await self.control.volume_data_centre(self.config.network_volume_id)
+            settings = store_settings(self.config, centre)
+            if settings is not None:
+                self._store = ObjectStore(settings, timeout=max(300.0, self.config.request_timeout))
+        return self._store
+
     @property
     def control(self) -> ControlPlane:
         return ControlPlane(self.api, self.config)
 
     # -- deployment -------------------------------------------------------------------------------------------
 
-    def _bundle_ref(self, bundle: Bundle) -> dict[str, Any]:
-        """How jobs name the bundle: a path on the shared volume, or the zip inline (once built, reused)."""
+    def _bundle_ref(self, bundle: Bundle, store: bool = False) -> dict[str, Any]:
+        """How jobs name the bundle: a path on the shared volume, the zip inline (once built, reused), or (over
+        the inline limit, with an object store) ``{"hash", "store": True}``: the zip is uploaded by the caller."""
         ref = self._bundle_refs.get(bundle.hash)
         if ref is not None:
             return ref
@@ -140,11 +177,14 @@ class RunPodBackend(Backend):
             ref = {"hash": bundle.hash, "path": str(target)}
         else:
             archive = zip_bundle(bundle)
+            if len(archive) > self.config.inline_bundle_limit and store:
+                return {"hash": bundle.hash, "store": True, "archive": archive}
             if len(archive) > self.config.inline_bundle_limit:
                 raise ConfigError(
                     f"the project bundle zips to {len(archive):,} bytes, over inline_bundle_limit "
-                    f"({self.config.inline_bundle_limit:,}); set shared_bundle_dir to a network volume the workers "
-                    "mount, or exclude large files (.gitignore)"
+                    f"({self.config.inline_bundle_limit:,}); set up an object store (a network volume and RunPod "
+                    "S3 API keys in RUNPOD_S3_ACCESS_KEY / RUNPOD_S3_SECRET_KEY, or store_bucket), set "
+                    "shared_bundle_dir to a network volume the workers mount, or exclude large files (.gitignore)"
                 )
             ref = {"hash": bundle.hash, "zip": base64.b64encode(archive).decode("ascii")}
         self._bundle_refs[bundle.hash] = ref
@@ -153,10 +193,20 @@ class RunPodBackend(Backend):
     async def deploy(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
         if self._closed:
             raise BackendUnavailable("the serverless backend is closed")
-        ref = await anyio.to_thread.run_sync(self._bundle_ref, bundle)
+        if self.config.env is not None:
+            await self._attach(endpoint, bundle)
+            return
+        store = await self.object_store(required=False)
+        ref = await anyio.to_thread.run_sync(self._bundle_ref, bundle, store is not None)
+        if "archive" in ref:  # over the inline limit: through the object store, once per hash
+            assert store is not None
+            with self._errors("upload the bundle"):
+                await store.put_once(f"bundles/{bundle.hash}.zip", ref.pop("archive"))
+            self._bundle_refs[bundle.hash] = ref
+        extra = store.settings.worker_env() if store is not None else None
         init = init_to_json(worker_init(endpoint, bundle, report_started=False, bundle_root="."))
         request = {"version": PROTOCOL_VERSION, "init": init, "bundle": ref, "runtime": runtime_ref()}
-        digest = deploy_hash(endpoint, self.config)
+        digest = deploy_hash(endpoint, self.config, extra)
         current = self.deployed.get(endpoint.name)
         if current is not None and current.digest == digest:
             if current.request["bundle"]["hash"] != ref["hash"]:  # new code only: the next jobs carry it
@@ -167,9 +217,38 @@ class RunPodBackend(Backend):
         with self._errors(f"deploy endpoint {endpoint.name!r}"):
             existing = current.remote if current else await self._find(remote_name)
             # adopted as it is when its live settings are what this deploy would send, else updated in place
-            remote = await self.control.ensure(endpoint, name=remote_name, digest=digest, existing=existing)
+            remote = await self.control.ensure(endpoint, name=remote_name, digest=digest, existing=existing,
+                                               extra_env=extra)
         self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request,
-                                                   inline_left=endpoint.max_workers)
+                                                   inline_left=endpoint.max_workers, extra_env=extra)
+
+    async def _attach(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
+        """``env`` set: call the endpoint ``gpuflex deploy --env`` made, as it is (nothing is created or changed),
+        running its deployed code: the jobs name the release's bundle, which its workers fetched at start."""
+        if endpoint.name in self.deployed:
+            return
+        env = self.config.env
+        assert env is not None
+        store = await self.object_store(required=True)
+        assert store is not None
+        with self._errors(f"find the deployed endpoint {endpoint.name!r}"):
+            remote = await self._find(self.releases.remote_name(env, endpoint.name))
+            variables = {str(i["key"]): str(i["value"]) for i in (remote or {}).get("template", {}).get("env") or []}
+            manifest = await store.get_json(f"releases/{variables.get('GPUFLEX_RELEASE')}.json") if remote else None
+        if remote is None or manifest is None:
+            raise BackendUnavailable(f"endpoint {endpoint.name!r} is not deployed in environment {env!r}: run "
+                                     f"`gpuflex deploy APP.py --backend serverless --env {env}` first")
+        runtime = runtime_ref()
+        if manifest["runtime"] != runtime["hash"]:
+            raise VersionMismatch("gpuflex runtime", runtime["hash"], f"{manifest['runtime']} (deployed to "
+                                  f"{remote['name']}: deploy again from here, or call it with plain JSON)")
+        if manifest["bundle"] != bundle.hash:
+            log.warning("endpoint %s runs the code deployed to %s (%s), not this project's current code (%s)",
+                        endpoint.name, env, manifest["bundle"], bundle.hash)
+        request = {"version": PROTOCOL_VERSION, "init": manifest["init"],
+                   "bundle": {"hash": manifest["bundle"], "store": True}, "runtime": runtime}
+        self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest="attached", request=request,
+                                                   attached=True)
 
     async def _find(self, remote_name: str) -> dict[str, Any] | None:
         if self._listing is None:
@@ -195,10 +274,14 @@ class RunPodBackend(Backend):
 
     async def scale(self, endpoint: str, *, min_workers: int, max_workers: int) -> None:
         deployment = self.deployed[endpoint]
+        if deployment.attached:
+            raise ConfigError(f"{endpoint!r} is a deployed endpoint ({deployment.remote['name']}): change its "
+                              "min_workers/max_workers in the code and `gpuflex deploy` again")
         spec = attrs.evolve(deployment.spec, min_workers=min_workers, max_workers=max_workers)
         with self._errors(f"scale endpoint {endpoint!r}"):
             deployment.remote = await self.control.ensure(spec, name=deployment.remote["name"],
-                                                          digest=deployment.digest, existing=deployment.remote)
+                                                          digest=deployment.digest, existing=deployment.remote,
+                                                          extra_env=deployment.extra_env)
         deployment.spec = spec
 
     # -- jobs -------------------------------------------------------------------------------------------------
@@ -215,7 +298,7 @@ class RunPodBackend(Backend):
                    "blocking": kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)}
         # the first jobs after a deploy carry an inline bundle (one per worker that may start); later ones name it by
         # hash, and a worker that lacks it answers "missing" and gets the call again with the bundle
-        inline = deployment.inline_left > 0 or "zip" not in request["bundle"]
+        inline = deployment.inline_left > 0 or ("zip" not in request["bundle"] and not deployment.attached)
         if deployment.inline_left > 0:
             deployment.inline_left -= 1
         job = _Job(endpoint=call.endpoint.name, endpoint_id=deployment.remote["id"], remote_id="", request=request,
@@ -229,7 +312,8 @@ class RunPodBackend(Backend):
 
     async def _run(self, job: _Job, *, inline: bool) -> str:
         """``POST /run`` for one call; returns RunPod's job id."""
-        request = job.request if inline else {**job.request, "bundle": {"hash": job.request["bundle"]["hash"]},
+        bundle = {k: v for k, v in job.request["bundle"].items() if k != "zip"}
+        request = job.request if inline else {**job.request, "bundle": bundle,
                                               "runtime": {"hash": job.request["runtime"]["hash"]}}
         body: dict[str, Any] = {"input": {"gpuflex": request}}
         if job.execution_timeout:
@@ -435,6 +519,33 @@ class RunPodBackend(Backend):
         self._published = True
         return ", ".join(f"{name} = {d.remote['id']}" for name, d in sorted(self.deployed.items())) or "nothing"
 
+    # -- releases: gpuflex plan / deploy / versions / rollback / call (see _release) --------------------------
+
+    async def plan_release(self, release: Release) -> list[EndpointPlan]:
+        with self._errors("plan the deploy"):
+            return await self.releases.plan(release)
+
+    async def apply_release(self, release: Release, plans: list[EndpointPlan]) -> list[DeployedEndpoint]:
+        self._published = True  # what a deploy makes outlives this instance
+        with self._errors("deploy"):
+            return await self.releases.apply(release, plans)
+
+    async def versions(self, env: str, endpoint: str) -> list[Version]:
+        with self._errors(f"read the versions of {endpoint!r}"):
+            return await self.releases.versions(env, endpoint)
+
+    async def rollback(self, env: str, endpoint: str, version: int | None = None) -> Version:
+        with self._errors(f"roll {endpoint!r} back"):
+            return await self.releases.rollback(env, endpoint, version)
+
+    async def call_json(self, env: str, endpoint: str, body: Any) -> Any:
+        return await self.releases.call_json(env, endpoint, body)
+
+    def http_api(self, deployed: DeployedEndpoint, calls: list[Mapping[str, Any]]) -> dict[str, Any]:
+        from ._openapi import http_api
+
+        return http_api(self.config.jobs_url, deployed, calls)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -442,9 +553,12 @@ class RunPodBackend(Backend):
             if self.config.delete_on_close and not self._published and self.deployed and self._api is not None:
                 with anyio.move_on_after(30, shield=True), self._errors("remove endpoints on close"):
                     for deployment in list(self.deployed.values()):
-                        await self.control.delete(deployment.remote)
+                        if not deployment.attached:
+                            await self.control.delete(deployment.remote)
         finally:
             self._closed = True
             self.deployed.clear()
             if self._api is not None:
                 await self._api.aclose()
+            if self._store is not None:
+                await self._store.aclose()

@@ -56,6 +56,20 @@ class RunPodConfig:
     :param request_timeout: seconds per HTTP request.
     :param container_disk_gb: the template's container disk (``None``: 20 GB, or for CPU workers the most their
         instance allows, vCPUs x 10 GB, x 15 GB for cpu5 flavours, if that is less).
+    :param store_bucket: the S3 bucket of the object store deployed code lives in (``None``: the network volume,
+        through RunPod's S3 API). ``gpuflex deploy`` needs a store; during development it carries bundles over
+        ``inline_bundle_limit``.
+    :param store_endpoint_url: the store's S3 API (``None``: RunPod's, ``https://s3api-<data centre>.runpod.io``,
+        for the network volume's data centre).
+    :param store_region: the store's region (``None``: the network volume's data centre, as RunPod's S3 API wants).
+    :param store_prefix: the folder (key prefix) gpuflex keeps its objects under.
+    :param store_access_key: the S3 access key (default ``$RUNPOD_S3_ACCESS_KEY``, else ``$AWS_ACCESS_KEY_ID``;
+        RunPod's S3 API keys: your user id, ``user_...``). Goes into the template's environment of endpoints
+        that read the store, never into logs or errors.
+    :param store_secret_key: the S3 secret (default ``$RUNPOD_S3_SECRET_KEY``, else ``$AWS_SECRET_ACCESS_KEY``).
+    :param deploy_prefix: ``gpuflex deploy`` names an endpoint ``<deploy_prefix><env>-<name>``.
+    :param env: call the endpoints ``gpuflex deploy --env ENV`` made instead of deploying development ones: nothing
+        is created or changed, and calls (gpuflex's own, pickled) run the deployed code.
     """
 
     api_key: str | None = attrs.field(default=None, repr=False)
@@ -82,6 +96,14 @@ class RunPodConfig:
     http_retries: int = 5
     request_timeout: float = 60.0
     container_disk_gb: int | None = None
+    store_bucket: str | None = None
+    store_endpoint_url: str | None = None
+    store_region: str | None = None
+    store_prefix: str = "gpuflex"
+    store_access_key: str | None = attrs.field(default=None, repr=False)
+    store_secret_key: str | None = attrs.field(default=None, repr=False)
+    deploy_prefix: str = "gpuflex-"
+    env: str | None = None
 
     @property
     def graphql_url(self) -> str:

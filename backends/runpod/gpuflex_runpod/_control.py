@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from ._errors import RunPodApi
     from ._schema import ApiSchema
 
-__all__ = ["DEPLOY_HASH_ENV", "ControlPlane", "differences", "endpoint_input", "execution_timeout_ms", "verify"]
+__all__ = ["DEPLOY_HASH_ENV", "SECRET_ENV", "ControlPlane", "differences", "endpoint_input", "execution_timeout_ms",
+           "hidden_values", "hiding", "verify"]
 
 log = logging.getLogger("gpuflex.runpod")
 
@@ -75,8 +76,9 @@ def execution_timeout_ms(timeout: float | None) -> int:
     return math.ceil((timeout + EXECUTION_ALLOWANCE) * 1000)
 
 
-def _template_env(spec: EndpointSpec, config: RunPodConfig, deploy_hash: str) -> list[dict[str, str]]:
-    env = {**boot_env(spec, config), **spec.env}
+def _template_env(spec: EndpointSpec, config: RunPodConfig, deploy_hash: str,
+                  extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    env = {**boot_env(spec, config), **(extra or {}), **spec.env}
     missing = [name for name in spec.secrets if name not in os.environ]
     if missing:
         raise ConfigError(f"endpoint {spec.name!r} needs the secret(s) {', '.join(missing)}, which are not set in "
@@ -87,17 +89,20 @@ def _template_env(spec: EndpointSpec, config: RunPodConfig, deploy_hash: str) ->
     return [{"key": key, "value": value} for key, value in sorted(env.items())]
 
 
-def deploy_hash(spec: EndpointSpec, config: RunPodConfig) -> str:
-    """Changes when anything sent to RunPod changes (the spec's deploy settings or this backend's options)."""
+def deploy_hash(spec: EndpointSpec, config: RunPodConfig, extra: dict[str, str] | None = None) -> str:
+    """Changes when anything sent to RunPod changes (the spec's deploy settings, this backend's options, the
+    ``extra`` template variables: the object store, a release)."""
     boot = hashlib.sha256(boot_source().encode()).hexdigest()
-    data = [spec.config_hash(), image_for(spec, config), config.network_volume_id, python_version(),
+    data: list[Any] = [spec.config_hash(), image_for(spec, config), config.network_volume_id, python_version(),
             runtime_ref()["hash"], boot, config.scaler_type, config.scaler_value, config.flashboot,
             config.cpu_instance, config.container_disk_gb, config.default_idle_timeout, config.locations]
+    if extra:
+        data.append(sorted(extra.items()))
     return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
 
 def endpoint_input(spec: EndpointSpec, config: RunPodConfig, *, name: str, digest: str, hardware: dict[str, Any],
-                   disk_gb: int) -> dict[str, Any]:
+                   disk_gb: int, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """``EndpointInput`` for ``saveEndpoint``, every scaling field explicit. ``hardware``: ``gpuIds`` and
     ``gpuCount``, or (CPU workers) only ``instanceIds``: RunPod refuses GPU fields on CPU endpoints."""
     data: dict[str, Any] = {
@@ -115,7 +120,7 @@ def endpoint_input(spec: EndpointSpec, config: RunPodConfig, *, name: str, diges
             "imageName": image_for(spec, config),
             "containerDiskInGb": disk_gb,
             "dockerArgs": start_command(python_version()),
-            "env": _template_env(spec, config, digest),
+            "env": _template_env(spec, config, digest, extra_env),
         },
         **hardware,
     }
@@ -171,6 +176,16 @@ def verify(saved: dict[str, Any], sent: dict[str, Any]) -> None:
                            f"({'; '.join(wrong)}); fix them in the console or redeploy")
 
 
+#: template variables whose values are secret, besides the endpoint's ``secrets``
+SECRET_ENV = ("GPUFLEX_STORE_SECRET_KEY",)
+
+
+def hidden_values(spec: EndpointSpec, extra_env: dict[str, str] | None = None) -> list[str]:
+    """The secret values an error about ``spec``'s endpoint must never show."""
+    values = [os.environ[n] for n in spec.secrets if os.environ.get(n)]
+    return values + [v for k, v in (extra_env or {}).items() if k in SECRET_ENV and v]
+
+
 def _as_input(key: str, value: Any) -> Any:
     if key == "networkVolumeIds":  # the output type carries dataCenterId too; the input type only the id
         return [{"networkVolumeId": v["networkVolumeId"]} for v in value or () if isinstance(v, dict)]
@@ -178,7 +193,7 @@ def _as_input(key: str, value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _hiding(values: list[str]) -> Iterator[None]:
+def hiding(values: list[str]) -> Iterator[None]:
     """GraphQL errors may quote the input back (template env included): never let a secret's value through."""
     try:
         yield
@@ -243,7 +258,14 @@ class ControlPlane:
         saved: dict[str, Any] = (await self.api.graphql(query, {"input": data}, mutation=True))["saveEndpoint"]
         return saved
 
-    async def endpoint_input(self, spec: EndpointSpec, *, name: str, digest: str) -> dict[str, Any]:
+    async def volume_data_centre(self, volume_id: str) -> str | None:
+        """The data centre of one of the account's network volumes (RunPod's S3 API has one URL per centre)."""
+        data = await self.api.graphql("query gpuflexVolumes { myself { networkVolumes { id dataCenterId } } }", {})
+        volumes = (data.get("myself") or {}).get("networkVolumes") or []
+        return next((str(v["dataCenterId"]) for v in volumes if v and v.get("id") == volume_id), None)
+
+    async def endpoint_input(self, spec: EndpointSpec, *, name: str, digest: str,
+                             extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         """What ``saveEndpoint`` gets for ``spec``, with RunPod's own GPU pools and CPU disk limits, holding only
         fields the live schema accepts."""
         schema = await self.schema()
@@ -259,19 +281,19 @@ class ControlPlane:
                 raise ConfigError(f"container_disk_gb={disk} is more than a {instance} worker may have ({limit} GB); "
                                   "lower it or pick a CPU instance with more vCPUs")
             hardware = {"instanceIds": [instance]}
-        data = endpoint_input(spec, self.config, name=name, digest=digest, hardware=hardware, disk_gb=disk)
+        data = endpoint_input(spec, self.config, name=name, digest=digest, hardware=hardware, disk_gb=disk,
+                              extra_env=extra_env)
         data = keep_known(data, schema.endpoint_input, "EndpointInput")
         if "template" in data:
             data["template"] = keep_known(data["template"], schema.template_input, "EndpointTemplateInput")
         return data
 
-    async def ensure(self, spec: EndpointSpec, *, name: str, digest: str,
-                     existing: dict[str, Any] | None) -> dict[str, Any]:
+    async def ensure(self, spec: EndpointSpec, *, name: str, digest: str, existing: dict[str, Any] | None,
+                     extra_env: dict[str, str] | None = None) -> dict[str, Any]:
         """The RunPod endpoint for ``spec``: ``existing`` as it is when its live settings are what gpuflex would
         send, else updated in place; created when there is none."""
-        hidden = [os.environ[n] for n in spec.secrets if os.environ.get(n)]
-        with _hiding(hidden):
-            data = await self.endpoint_input(spec, name=name, digest=digest)
+        with hiding(hidden_values(spec, extra_env)):
+            data = await self.endpoint_input(spec, name=name, digest=digest, extra_env=extra_env)
             if existing is None:
                 remote = await self.create(data)
                 try:
@@ -310,9 +332,11 @@ class ControlPlane:
                             data["name"], exc)
         raise AssertionError("unreachable")
 
-    async def update(self, existing: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        """Save ``data`` over ``existing`` (the template first, when it changed), keeping what gpuflex does not
-        manage, since ``saveEndpoint`` replaces the whole endpoint."""
+    async def update(self, existing: dict[str, Any], data: dict[str, Any], *,
+                     force_template: bool = False) -> dict[str, Any]:
+        """Save ``data`` over ``existing`` (the template first, when it changed, or always with ``force_template``:
+        a variable changed in the console), keeping what gpuflex does not manage, since ``saveEndpoint`` replaces
+        the whole endpoint."""
         schema = await self.schema()
         data = dict(data)
         template = data.pop("template", None)
@@ -321,7 +345,7 @@ class ControlPlane:
                 data[key] = _as_input(key, existing[key])
         live: dict[str, Any] = existing["template"] if isinstance(existing.get("template"), dict) else {}
         template_id = existing.get("templateId") or live.get("id")
-        if template is not None and (not live or _template_differences(live, template)):
+        if template is not None and (force_template or not live or _template_differences(live, template)):
             env = _env(template.get("env"))
             env.update({k: v for k, v in _env(live.get("env")).items() if k in PLATFORM_ENV and k not in env})
             fields = {**template, "env": [{"key": k, "value": v} for k, v in sorted(env.items())],

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuflex.worker import IN_WORKER_ENV, WorkerRuntime, encode_error
 
+from ._jsonjobs import is_json_job, json_items, json_result
 from ._protocol import (
     AGGREGATE_BUDGET,
     MISSING_KEY,
@@ -44,29 +45,41 @@ from ._protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from gpuflex.backend import Payload
 
-__all__ = ["handler", "main"]
+__all__ = ["handler", "main", "plain_handler"]
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("GPUFLEX_RUNPOD_CACHE") or Path.home() / ".cache" / "gpuflex" / "runpod")
 
 
+#: reads one object of the object store by key (set by the boot script, which has the store's S3 client)
+fetch_object: Callable[[str], bytes] | None = None
+
+
 def materialise_bundle(ref: dict[str, Any]) -> str:
-    """The directory holding the bundle ``ref`` names: a shared path as is, or the inline zip unpacked once."""
+    """The directory holding the bundle ``ref`` names: a shared path as is, or the inline zip (or the object
+    store's, for ``"store"``) unpacked once."""
     if ref.get("path"):
         return str(ref["path"])
     target = cache_dir() / "bundles" / ref["hash"]
     if target.is_dir():
         return str(target)
-    if not ref.get("zip"):
+    if ref.get("store"):
+        if fetch_object is None:
+            raise OSError("this worker has no object store to fetch the bundle from (it was not started by "
+                          "gpuflex's boot script)")
+        data = fetch_object(f"bundles/{ref['hash']}.zip")
+    elif ref.get("zip"):
+        data = base64.b64decode(ref["zip"])
+    else:
         raise BundleMissing(ref["hash"])
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{ref['hash'][:12]}-", dir=target.parent))
-    with zipfile.ZipFile(io.BytesIO(base64.b64decode(ref["zip"]))) as archive:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
         for info in archive.infolist():
             path = archive.extract(info, staging)
             mode = (info.external_attr >> 16) & 0o777
@@ -225,8 +238,13 @@ def _lines_item(budget: _Budget) -> dict[str, Any] | None:
     return {"lines": lines, "worker": os.environ.get("RUNPOD_POD_ID", "")} if lines else None
 
 
-async def handler(job: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """Run one gpuflex call from a RunPod job, yielding the items described in :mod:`._protocol`."""
+async def handler(job: dict[str, Any]) -> AsyncIterator[Any]:
+    """Run one gpuflex call from a RunPod job, yielding the items described in :mod:`._protocol`; or a plain JSON
+    job (:mod:`._jsonjobs`), yielding its result or each chunk as JSON."""
+    if is_json_job(job):
+        async for value in json_items(_state, job):
+            yield value
+        return
     request = (job.get("input") or {}).get("gpuflex")
     if not isinstance(request, dict) or request.get("version") != PROTOCOL_VERSION:
         yield {"error": f"not a gpuflex job (protocol {PROTOCOL_VERSION} expected): the input lacks 'gpuflex'"}
@@ -293,6 +311,20 @@ async def _run_call(runtime: WorkerRuntime, call_id: str, request: dict[str, Any
         if request.get("blocking"):
             asyncio.get_running_loop().call_later(0.05, os._exit, 75)
         raise
+
+
+async def plain_handler(job: dict[str, Any]) -> Any:
+    """``handler`` for a deployed endpoint with no generator (``GPUFLEX_HANDLER=plain``): a JSON job's output is
+    the function's result itself; a gpuflex job's is the list of items ``handler`` yields (no streaming: what the
+    function prints reaches a gpuflex caller with the result)."""
+    if is_json_job(job):
+        return await json_result(_state, job)
+    items = []
+    async for item in handler(job):
+        if isinstance(item, dict) and "error" in item:
+            return {"error": item["error"]}
+        items.append(item)
+    return items
 
 
 def main() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import sys
+from pathlib import Path
 
 import pytest
 from gpuflex_runpod import RunPodBackend, RunPodConfig
 from gpuflex_runpod.emulator import start_emulator
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +47,20 @@ def make_backend(emulator_url, emulator_key):
         return RunPodBackend(RunPodConfig(**settings))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 (started once per session), checking every request's signature, with a bucket
+    named like the test volume: RunPod's S3 API serves a network volume as the bucket of its id."""
+    from _s3server import start_s3
+
+    with start_s3(str(tmp_path_factory.mktemp("s3") / "moto.log")) as server:
+        assert server.request("PUT", f"/{TEST_VOLUME}").status_code == 200
+        yield server
+
+
+@pytest.fixture
+def store_options(s3):
+    return {"store_endpoint_url": s3.url, "store_region": "us-east-1", "store_access_key": s3.access_key,
+            "store_secret_key": s3.secret_key}

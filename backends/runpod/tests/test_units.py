@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from gpuflex_runpod import RunPodConfig
-from gpuflex_runpod._control import _hiding, differences, endpoint_input
+from gpuflex_runpod._control import differences, endpoint_input, hiding
 from gpuflex_runpod._errors import find_api_key
 from gpuflex_runpod._hardware import gpu_ids
 from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
@@ -105,7 +105,7 @@ def test_an_endpoint_is_adopted_only_when_its_live_settings_match():
 
 
 def test_secrets_quoted_back_by_an_error_are_hidden():
-    with pytest.raises(errors.BackendError) as caught, _hiding(["s3cr3t-value"]):
+    with pytest.raises(errors.BackendError) as caught, hiding(["s3cr3t-value"]):
         raise errors.BackendError('refused: Found: {env: [{key: "T", value: "s3cr3t-value"}]}')
     assert "s3cr3t-value" not in str(caught.value) and "***" in str(caught.value)
 

@@ -311,6 +311,20 @@ def build_app(emu: Emulator) -> FastAPI:  # noqa: C901 - one closure per route k
     async def list_faults() -> Response:
         return JSONResponse({"faults": emu.faults})
 
+    @app.get("/_emulator/stats")
+    async def stats() -> Response:
+        """Mutations the control plane ran, by root field (a deploy with nothing to change must make none)."""
+        return JSONResponse({"mutations": control.mutations, "total_mutations": sum(control.mutations.values())})
+
+    @app.post("/_emulator/endpoints/{endpoint_id}/vendor")
+    async def vendor_values(endpoint_id: str, request: Request) -> Response:
+        """Set what RunPod itself sets on an endpoint (``{"workersStandby": 1}``): drift no client sent."""
+        endpoint = endpoint_or_none(endpoint_id)
+        if endpoint is None:
+            return _error(404, f"endpoint {endpoint_id} not found")
+        endpoint.vendor.update(await request.json())
+        return JSONResponse(endpoint.vendor)
+
     @app.get("/_emulator/workers")
     async def workers() -> Response:
         listing = [{"id": w.id, "endpoint": e.id, "name": e.settings.get("name"), "pid": emu.worker_pids.get(w.id),

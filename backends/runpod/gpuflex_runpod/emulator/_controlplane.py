@@ -39,6 +39,7 @@ class ControlPlane:
     def __init__(self, emu: Emulator) -> None:
         self.emu = emu
         self.templates: dict[str, dict[str, Any]] = {}
+        self.mutations: dict[str, int] = {}  # mutations run, by root field (GET /_emulator/stats)
 
     # -- templates ------------------------------------------------------------------------------------------------
 
@@ -172,7 +173,7 @@ class ControlPlane:
         volume = next((v for v in NETWORK_VOLUMES if v["id"] == view.get("networkVolumeId")), None)
         view.update(
             id=endpoint.id, templateId=endpoint.template["id"], template=endpoint.template, version=endpoint.version,
-            workersStandby=0, userId=USER_ID, aiKey=None, networkVolume=volume,
+            workersStandby=endpoint.vendor.get("workersStandby", 0), userId=USER_ID, aiKey=None, networkVolume=volume,
             createdAt=datetime.datetime.fromtimestamp(endpoint.created, datetime.UTC).isoformat(),
             networkVolumeIds=[{"networkVolumeId": v["networkVolumeId"], "dataCenterId": None}
                               for v in view.get("networkVolumeIds") or []],

@@ -120,6 +120,9 @@ async def answer(control: ControlPlane, body: Any) -> tuple[int, dict[str, Any]]
     if isinstance(coerced, list):
         return _refused(coerced)
     roots = {s.name.value for s in operation.selection_set.selections if isinstance(s, FieldNode)}
+    if operation.operation.value == "mutation":  # counted for tests: a deploy with nothing to change makes none
+        for root in roots:
+            control.mutations[root] = control.mutations.get(root, 0) + 1
     fault = _take_fault(control.emu.faults, roots)
     if fault is not None and not fault.get("after"):
         return fault["status"], {"errors": [{"message": f"injected fault {fault['status']}"}]}

@@ -102,6 +102,7 @@ class EmulatedEndpoint:
     crashes: int = 0  # workers in a row that died before asking for a job (reset when one asks)
     restart_at: float = 0.0
     changed: Notifier = attrs.field(factory=Notifier)
+    vendor: dict[str, Any] = attrs.field(factory=dict)  # output-only values RunPod sets itself (workersStandby)
 
     # -- settings, with RunPod's defaults for what the caller left out ------------------------------------------
 
