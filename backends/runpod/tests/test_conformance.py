@@ -7,7 +7,6 @@ import pytest
 
 from gpuflex.testing import CHECKS, run_check
 
-
 # check_interrupt: a call cancelled while RunPod's worker runs it keeps running to its end (RunPod's worker loop
 # does not interrupt a running handler on /cancel), so abandoned held calls finish. The fix (cancelling the running
 # call of a pack stops the pack) is on the `packing` branch, which did not land this round: known, not hidden.
