@@ -293,6 +293,7 @@ def test_a_local_cluster_is_started_on_demand_and_gone_afterwards(ray_cluster, t
         done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=170)
         assert done.returncode == 0, done.stdout + done.stderr[-3000:]
         assert "warned True" in done.stdout and "node " in done.stdout, done.stdout
-        assert not processes_under(str(root)), "the local cluster must be stopped when gpuflex closes"
+        # the cluster's processes exit on their own once told to stop: give them time on a loaded machine
+        wait_until(lambda: not processes_under(str(root)), "the local cluster to stop when gpuflex closes", 60)
     finally:
         shutil.rmtree(root, ignore_errors=True)
