@@ -47,17 +47,18 @@ import _endpoints as ep  # noqa: E402
 import numpy as np  # noqa: E402
 from _pod_bench import bench_pod, section_pod  # noqa: E402
 from _reload import bench_reload, section_reload  # noqa: E402
+from _runpod_bench import bench_runpod, section_runpod  # noqa: E402
 from _serve import bench_serve, section_serve  # noqa: E402
 
 import gpuflex  # noqa: E402
 
 warnings.simplefilter("ignore", gpuflex.errors.GpuflexWarning)  # GPU endpoints on a CPU-only host
 
-FULL = {"runpod_calls": 15, "runpod_inflight": 10_000,
+FULL = {"runpod_calls": 30, "runpod_inflight": 10_000, "runpod_fanin": 1000, "runpod_baseline": 200,
         "roundtrip_n": 2000, "warmup": 200, "blocks": 4, "map_n": 10_000, "map_reps": 3, "array_mib": 256,
         "array_reps": 5, "cold_reps": 5, "ray_cold_reps": 3, "matmul_n": 4096, "matmul_reps": 20, "gpu_reps": 5,
         "reload_reps": 9, "serve_calls": 1000}
-QUICK = {"runpod_calls": 3, "runpod_inflight": 0,
+QUICK = {"runpod_calls": 3, "runpod_inflight": 0, "runpod_fanin": 100, "runpod_baseline": 10,
          "roundtrip_n": 200, "warmup": 50, "blocks": 2, "map_n": 1000, "map_reps": 1, "array_mib": 32,
          "array_reps": 3, "cold_reps": 3, "ray_cold_reps": 1, "matmul_n": 2048, "matmul_reps": 10, "gpu_reps": 3,
          "reload_reps": 3, "serve_calls": 100}
@@ -317,19 +318,6 @@ def bench_gpu(cfg: dict[str, Any]) -> dict[str, Any]:
 # -- Markdown --------------------------------------------------------------------------------------------------
 
 
-def bench_runpod(cfg: dict[str, Any]) -> dict[str, Any]:
-    """benchmarks/_runpod_bench.py in a child process (it starts its own emulator and RunPod workers)."""
-    if importlib.util.find_spec("runpod") is None or importlib.util.find_spec("gpuflex_runpod") is None:
-        return {"skip": "gpuflex-runpod or the runpod SDK is not installed"}
-    command = [sys.executable, str(HERE / "_runpod_bench.py"), "--calls", str(cfg["runpod_calls"])]
-    if cfg["runpod_inflight"]:
-        command += ["--inflight", str(cfg["runpod_inflight"])]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": f"exit code {done.returncode}: {done.stderr[-1500:]}"}
-    return {"report": done.stdout.strip()}
-
-
 def bench_ray_backend(cfg: dict[str, Any]) -> dict[str, Any]:
     """benchmarks/_ray_backend_bench.py in a child process (it starts its own two-node Ray cluster)."""
     if not ray_installed() or importlib.util.find_spec("gpuflex_ray") is None:
@@ -379,19 +367,6 @@ def section_ray_backend(res: dict[str, Any]) -> str:
     ]
     return "\n".join(lines)
 
-
-def section_runpod(res: dict[str, Any]) -> str:
-    title = "## 9. Serverless backend against the RunPod emulator\n\n"
-    if "error" in res:
-        return title + f"Failed: {res['error']}\n"
-    if "skip" in res:
-        return title + f"Not measured: {res['skip']}.\n"
-    return title + (
-        "The emulator (`gpuflex-runpod-emulator`) on 127.0.0.1 runs RunPod's unmodified worker loop; raw HTTP is "
-        "`POST /run` then `/status` every 5 ms, on the same warm worker. RunPod's loop waits about 1 s between "
-        "back-to-back jobs on one worker, which both sides pay. Report of `benchmarks/_runpod_bench.py`:\n\n"
-        f"```text\n{res['report']}\n```\n"
-    )
 
 
 def mark(ok: bool | None) -> str:

@@ -1,59 +1,43 @@
-"""``RunPodBackend``: each gpuflex endpoint is a RunPod Serverless endpoint running the generic gpuflex worker
-image; each call is one RunPod job (``/run``, polled with ``/status``, streamed with ``/stream``)."""
+"""``RunPodBackend``: each gpuflex endpoint is a RunPod Serverless endpoint running gpuflex's worker on RunPod's
+own worker loop; a call is one RunPod job, or part of a pack of calls in one job while the endpoint's queue is
+long (the job path is :mod:`._jobs`)."""
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import attrs
 
-from gpuflex import EndpointKind, JobStatus, WorkerInfo, WorkerState
+from gpuflex import WorkerInfo, WorkerState
 from gpuflex.backend import Backend, Call, DeployedEndpoint, EndpointPlan, JobUpdate, Payload, Release, Version
-from gpuflex.errors import BackendUnavailable, ConfigError, PayloadTooLarge, VersionMismatch
+from gpuflex.errors import BackendUnavailable, ConfigError, VersionMismatch
 from gpuflex.worker import worker_init
 
 from ._bootstrap import runtime_ref
 from ._config import RunPodConfig
-from ._control import ControlPlane, deploy_hash, execution_timeout_ms
+from ._control import ControlPlane, deploy_hash
 from ._errors import RunPodApi, find_api_key, map_errors
+from ._jobs import RUN_LIMIT_BYTES, JobPath
+from ._leases import Lease
 from ._pricing import serverless_price
-from ._protocol import (
-    PROTOCOL_VERSION,
-    b64encode_payload,
-    init_to_json,
-    join_parts,
-    missing_bundle,
-    parse_error,
-    zip_bundle,
-)
+from ._protocol import PROTOCOL_VERSION, init_to_json, zip_bundle
 from ._release import Releases
 from ._store import ObjectStore, store_settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
     from gpuflex import Bundle, EndpointSpec, Price
 
 __all__ = ["RunPodBackend"]
 
 log = logging.getLogger("gpuflex.runpod")
-
-
-RUN_LIMIT_BYTES = 10 * 1024 * 1024  # RunPod's limit on one /run request body
-_STATUSES = {"IN_QUEUE": JobStatus.QUEUED, "IN_PROGRESS": JobStatus.RUNNING, "RUNNING": JobStatus.RUNNING,
-             "COMPLETED": JobStatus.COMPLETED, "FAILED": JobStatus.FAILED, "CANCELLED": JobStatus.CANCELLED,
-             "TIMED_OUT": JobStatus.TIMED_OUT}
 
 
 @attrs.define
@@ -65,28 +49,8 @@ class _Deployment:
     inline_left: int = 0  # jobs that still carry the bundle inline (a fresh bundle: one per possible worker)
     extra_env: dict[str, str] | None = None  # template variables besides the spec's (the object store)
     attached: bool = False  # a deployed endpoint this instance calls as it is (``env``): never changed or deleted
-
-
-@attrs.define
-class _Job:
-    endpoint: str
-    endpoint_id: str
-    remote_id: str  # the RunPod job now running the call (a resubmission with the bundle inline replaces it)
-    request: dict[str, Any]  # the job's gpuflex input, kept to resend it with the bundle
-    execution_timeout: float | None = None
-    submitted_at: float = attrs.field(factory=time.time)
-    moved: anyio.Event = attrs.field(factory=anyio.Event)  # set when resent (new remote id) or finished
-    seen: int = 0  # items of the job's output already read from /stream
-    chunk_parts: list[str] = attrs.field(factory=list)
-    chunks: MemoryObjectSendStream[Payload] | None = None  # generator calls: chunks for ``stream``
-    quiet_since: float = attrs.field(factory=time.time)  # last sign of progress while queued (queue_timeout)
-    progress: tuple[int, ...] | None = None
-    output: Any = None  # the job's aggregated output, once it completed
-
-    def move(self) -> None:
-        self.moved.set()
-        self.moved = anyio.Event()
-        self.seen, self.chunk_parts = 0, []
+    lock: anyio.Lock = attrs.field(factory=anyio.Lock)  # one redeploy at a time
+    lease: Lease | None = None  # this process uses the endpoint (see ``_leases``)
 
 
 class RunPodBackend(Backend):
@@ -107,9 +71,8 @@ class RunPodBackend(Backend):
         super().__init__(config, **kwargs)
         self._api: RunPodApi | None = None
         self.deployed: dict[str, _Deployment] = {}
-        self.jobs: dict[str, _Job] = {}
+        self.job_path = JobPath(self)
         self._bundle_refs: dict[str, dict[str, Any]] = {}
-        self._chunk_streams: dict[str, MemoryObjectReceiveStream[Payload]] = {}
         self._listing: list[dict[str, Any]] | None = None
         self._closed = False
         self._published = False  # gpuflex deploy: the endpoints outlive this instance
@@ -219,8 +182,15 @@ class RunPodBackend(Backend):
             # adopted as it is when its live settings are what this deploy would send, else updated in place
             remote = await self.control.ensure(endpoint, name=remote_name, digest=digest, existing=existing,
                                                extra_env=extra)
+        lease = current.lease if current is not None and current.remote["id"] == remote["id"] else None
+        if current is not None and current.lease is not None and lease is None:
+            current.lease.release()
         self.deployed[endpoint.name] = _Deployment(spec=endpoint, remote=remote, digest=digest, request=request,
-                                                   inline_left=endpoint.max_workers, extra_env=extra)
+                                                   inline_left=endpoint.max_workers, extra_env=extra,
+                                                   lease=lease or Lease(self._where(remote)))
+
+    def _where(self, remote: dict[str, Any]) -> str:
+        return f"{self.config.jobs_url}/{remote['id']}"
 
     async def _attach(self, endpoint: EndpointSpec, bundle: Bundle) -> None:
         """``env`` set: call the endpoint ``gpuflex deploy --env`` made, as it is (nothing is created or changed),
@@ -261,11 +231,16 @@ class RunPodBackend(Backend):
         with self._errors("remove endpoints"):
             if endpoint is not None:
                 deployment = self.deployed.pop(endpoint, None)
+                if deployment is not None and deployment.lease is not None:
+                    deployment.lease.release()
                 remote = deployment.remote if deployment else await self.control.find(
                     f"{self.config.name_prefix}{endpoint}")
                 if remote is not None:
                     await self.control.delete(remote)
                 return
+            for deployment in self.deployed.values():
+                if deployment.lease is not None:
+                    deployment.lease.release()
             self.deployed.clear()
             for remote in await self.control.list_endpoints():
                 if str(remote.get("name", "")).startswith(self.config.name_prefix):
@@ -284,208 +259,52 @@ class RunPodBackend(Backend):
                                                           extra_env=deployment.extra_env)
         deployment.spec = spec
 
-    # -- jobs -------------------------------------------------------------------------------------------------
+    # -- jobs (see ``_jobs``) ----------------------------------------------------------------------------------
 
-    def _url(self, endpoint_id: str, op: str) -> str:
+    def url(self, endpoint_id: str, op: str) -> str:
         return f"{self.config.jobs_url}/{endpoint_id}/{op}"
 
-    async def submit(self, call: Call) -> str:
-        deployment = self.deployed.get(call.endpoint.name)
-        if deployment is None:
-            raise BackendUnavailable(f"endpoint {call.endpoint.name!r} is not deployed on the serverless backend")
-        kind = call.endpoint.kind_of(call.method)
-        request = {**deployment.request, "payload": b64encode_payload(call.payload),
-                   "blocking": kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR)}
-        # the first jobs after a deploy carry an inline bundle (one per worker that may start); later ones name it by
-        # hash, and a worker that lacks it answers "missing" and gets the call again with the bundle
-        inline = deployment.inline_left > 0 or ("zip" not in request["bundle"] and not deployment.attached)
-        if deployment.inline_left > 0:
-            deployment.inline_left -= 1
-        job = _Job(endpoint=call.endpoint.name, endpoint_id=deployment.remote["id"], remote_id="", request=request,
-                   execution_timeout=call.timeout)
-        job.remote_id = await self._run(job, inline=inline)
-        handle = f"{job.endpoint_id}/{job.remote_id}"
-        self.jobs[handle] = job
-        if kind.streams:
-            job.chunks, self._chunk_streams[handle] = anyio.create_memory_object_stream[Payload](math.inf)
-        return handle
-
-    async def _run(self, job: _Job, *, inline: bool) -> str:
-        """``POST /run`` for one call; returns RunPod's job id."""
-        bundle = {k: v for k, v in job.request["bundle"].items() if k != "zip"}
-        request = job.request if inline else {**job.request, "bundle": bundle,
-                                              "runtime": {"hash": job.request["runtime"]["hash"]}}
-        body: dict[str, Any] = {"input": {"gpuflex": request}}
-        if job.execution_timeout:
-            body["policy"] = {"executionTimeout": execution_timeout_ms(job.execution_timeout)}
-        content = json.dumps(body).encode()
-        if len(content) > RUN_LIMIT_BYTES:
-            raise PayloadTooLarge(len(content), RUN_LIMIT_BYTES, "serverless (RunPod's 10 MB /run request limit)")
-        with self._errors(f"submit a job to {job.endpoint!r}"):
-            response = await self.api.request("POST", self._url(job.endpoint_id, "run"), content=content,
-                                              creates_job=True, pace="run")
-            if response.status_code == 404:
-                raise BackendUnavailable(f"RunPod endpoint {job.endpoint_id} for {job.endpoint!r} is gone; "
-                                         "it was deleted outside gpuflex: call again to redeploy")
-        return str(response.json()["id"])
-
-    def _remote(self, handle: str) -> tuple[str, str]:
-        job = self.jobs.get(handle)
-        if job is not None:
-            return job.endpoint_id, job.remote_id
-        endpoint_id, job_id = handle.split("/", 1)
-        return endpoint_id, job_id
-
-    async def status(self, handle: str) -> JobUpdate:
-        endpoint_id, job_id = self._remote(handle)
-        with self._errors(f"read the status of job {job_id}"):
-            response = await self.api.request("GET", self._url(endpoint_id, f"status/{job_id}"), pace="status")
-        if response.status_code == 404:
-            return JobUpdate(status=JobStatus.FAILED, reason=f"RunPod no longer knows job {job_id} (results are "
-                                                             "kept 30 minutes after a job ends)")
-        body = response.json()
-        job = self.jobs.get(handle)
-        if job is not None and job.remote_id == job_id and body.get("status") == "FAILED" \
-                and missing_bundle(body.get("error")):
-            job.remote_id = await self._run(job, inline=True)  # a fresh worker: send the code along
-            job.submitted_at = time.time()
-            job.move()
-            return JobUpdate(status=JobStatus.QUEUED)
-        if job is not None:
-            job.output = body.get("output")
-        return self._update(handle, body)
-
-    def _update(self, handle: str, body: dict[str, Any]) -> JobUpdate:
-        status = _STATUSES.get(str(body.get("status")), JobStatus.QUEUED)
-        job = self.jobs.get(handle)
-        started = finished = billed = None
-        if job is not None and body.get("delayTime") is not None:
-            started = job.submitted_at + float(body["delayTime"]) / 1000
-            if body.get("executionTime") is not None:
-                billed = float(body["executionTime"]) / 1000  # the price adds the idle tail and rounds up
-                finished = started + billed
-        update = JobUpdate(status=status, worker=body.get("workerId"), started_at=started, finished_at=finished,
-                           billed_seconds=billed if status.is_terminal else None)
-        if status is JobStatus.COMPLETED:
-            items = body.get("output")
-            results, _ = join_parts(items if isinstance(items, list) else [], "result")
-            if results:
-                return attrs.evolve(update, outcome=Payload.from_bytes(results[-1]))
-            return attrs.evolve(update, status=JobStatus.FAILED, reason="the RunPod worker returned no gpuflex "
-                                                                      "result (is the image gpuflex's worker?)")
-        if status is JobStatus.FAILED:
-            outcome, message = parse_error(body.get("error", ""))
-            if outcome is not None:
-                return attrs.evolve(update, outcome=outcome)
-            return attrs.evolve(update, retryable=True,
-                                reason=f"the RunPod worker died or was lost outside the function: {message}")
-        if status is JobStatus.CANCELLED:
-            return attrs.evolve(update, reason="cancelled on RunPod")
-        if status is JobStatus.TIMED_OUT:
-            return attrs.evolve(update, reason=f"RunPod stopped it at the endpoint's execution timeout "
-                                               f"({body.get('error') or 'executionTimeout'})")
-        return update
-
-    async def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
-        """Poll ``/status`` while the job is queued, then ``/stream`` (the worker's output lines and a generator's
-        chunks, as they come) until it ends; the final ``/status`` carries the result. A job queued longer than
-        ``queue_timeout`` with no sign of progress on its endpoint fails with the endpoint's health."""
-        job = self.jobs.get(handle)
-        delay, last = 0.02, None
-        while True:
-            if job is not None and last is JobStatus.RUNNING:
-                endpoint_id, job_id = self._remote(handle)
-                with self._errors(f"stream job {job_id}"):
-                    response = await self.api.request("GET", self._url(endpoint_id, f"stream/{job_id}"),
-                                                      pace="status")
-                body = response.json() if response.status_code != 404 else {"status": "FAILED"}
-                fresh = [item.get("output") for item in body.get("stream") or [] if isinstance(item, dict)]
-                self._take(job, fresh)
-                state = _STATUSES.get(str(body.get("status")), JobStatus.RUNNING)
-                update = await self.status(handle) if state.is_terminal else JobUpdate(status=state)
-                if fresh:
-                    delay = 0.02
-            else:
-                update = await self.status(handle)
-            if update.status.is_terminal:
-                if job is not None and isinstance(job.output, list):  # what /stream had not shown yet
-                    self._take(job, job.output[job.seen:])
-                self._forget(handle)
-                yield update
-                return
-            if update.status is not last:
-                last = update.status
-                yield update
-            if update.status is JobStatus.QUEUED and job is not None and self.config.queue_timeout is not None \
-                    and time.time() - job.quiet_since > self.config.queue_timeout:
-                stuck = await self._stuck(handle, job)
-                if stuck is not None:
-                    self._forget(handle)
-                    yield stuck
-                    return
-            await anyio.sleep(delay)
-            delay = min(delay * 1.5, self.config.poll_interval_max)
-
-    def _take(self, job: _Job, items: list[Any]) -> None:
-        """Deliver what the worker streamed: output lines to the caller's log, chunks to ``stream``."""
-        job.seen += len(items)
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if "lines" in item:
-                for stream, text in item["lines"]:
-                    self._worker_output(job.endpoint, str(item.get("worker") or "?"), str(stream), str(text))
-            elif "chunk_part" in item:
-                job.chunk_parts.append(item["chunk_part"])
-            elif "chunk" in item and job.chunks is not None:
-                data = base64.b64decode("".join([*job.chunk_parts, item["chunk"]]))
-                job.chunk_parts = []
-                job.chunks.send_nowait(Payload.from_bytes(data))
-
-    def _worker_output(self, endpoint: str, worker: str, stream: str, text: str) -> None:
+    def worker_output(self, endpoint: str, worker: str, stream: str, text: str) -> None:
         self.events.worker_output(endpoint, worker, stream, text)
 
-    def _forget(self, handle: str) -> None:
-        job = self.jobs.pop(handle, None)
-        if job is not None:
-            job.move()
-            if job.chunks is not None:
-                job.chunks.close()
+    async def redeploy(self, name: str, gone: str) -> None:
+        """The RunPod endpoint ``gone`` answered 404: it was deleted outside this process. Create it again (once,
+        however many calls found it gone), so the call that found it gone goes on."""
+        deployment = self.deployed.get(name)
+        if deployment is None:
+            raise BackendUnavailable(f"endpoint {name!r} is not deployed on the serverless backend")
+        if deployment.attached:
+            raise BackendUnavailable(f"the deployed endpoint {deployment.remote['name']} ({gone}) is gone: "
+                                     "`gpuflex deploy` it again")
+        async with deployment.lock:
+            if deployment.remote["id"] != gone:
+                return  # another call created it again meanwhile
+            self._listing = None
+            with self._errors(f"deploy endpoint {name!r} again"):
+                existing = await self.control.find(deployment.remote["name"])  # another process's, created again
+                remote = await self.control.ensure(deployment.spec, name=deployment.remote["name"],
+                                                   digest=deployment.digest, existing=existing)
+            log.warning("RunPod endpoint %s (%s) was deleted outside this process; created it again as %s",
+                        deployment.remote["name"], gone, remote["id"])
+            if deployment.lease is not None:
+                deployment.lease.release()
+            deployment.remote, deployment.inline_left = remote, deployment.spec.max_workers
+            deployment.lease = Lease(self._where(remote))
 
-    async def _stuck(self, handle: str, job: _Job) -> JobUpdate | None:
-        """None when the endpoint shows progress (a worker starting or busy, jobs finishing): the job is only
-        waiting its turn or for a cold start, and the clock starts again. Else cancel it and say why."""
-        endpoint_id = self._remote(handle)[0]
-        with self._errors("read the endpoint's health"):
-            health = (await self.api.request("GET", self._url(endpoint_id, "health"))).json()
-        workers, jobs = health.get("workers") or {}, health.get("jobs") or {}
-        progress = (int(jobs.get("completed", 0)) + int(jobs.get("failed", 0)), int(jobs.get("inProgress", 0)))
-        busy = any(int(workers.get(k, 0)) for k in ("initializing", "running")) or progress[1] > 0
-        if busy or (job.progress is not None and progress != job.progress):
-            job.progress, job.quiet_since = progress, time.time()
-            return None
-        job.progress = progress
-        waited = time.time() - job.submitted_at
-        await self.cancel(handle)
-        return JobUpdate(status=JobStatus.FAILED, reason=(
-            f"stuck IN_QUEUE on RunPod for {waited:.0f} s, {self.config.queue_timeout:g} s of them (queue_timeout) "
-            f"with no worker starting or running a job; endpoint health: {json.dumps(health)}. Workers that start "
-            "and die usually mean a crash-looping image (see the endpoint's logs); none at all means no GPU stock "
-            "in the chosen pools, or a workersMax of 0 (RunPod lowers it on endpoints idle for a week)"))
+    async def submit(self, call: Call) -> str:
+        return self.job_path.submit(call)
 
-    async def stream(self, handle: str) -> AsyncIterator[Payload]:
-        """A generator call's chunks, as ``updates`` reads them from ``/stream``."""
-        receive = self._chunk_streams.pop(handle, None)
-        if receive is None:
-            return
-        async with receive:
-            async for chunk in receive:
-                yield chunk
+    def updates(self, handle: str) -> AsyncIterator[JobUpdate]:
+        return self.job_path.updates(handle)
+
+    async def status(self, handle: str) -> JobUpdate:
+        return await self.job_path.status(handle)
+
+    def stream(self, handle: str) -> AsyncIterator[Payload]:
+        return self.job_path.stream(handle)
 
     async def cancel(self, handle: str) -> None:
-        endpoint_id, job_id = self._remote(handle)
-        with self._errors(f"cancel job {job_id}"):
-            await self.api.request("POST", self._url(endpoint_id, f"cancel/{job_id}"), pace="cancel")
+        await self.job_path.cancel(handle)
 
     # -- scaling, prices, introspection -----------------------------------------------------------------------
 
@@ -496,7 +315,7 @@ class RunPodBackend(Backend):
         """RunPod's ``/health`` of one deployed endpoint: job and worker counts."""
         deployment = self.deployed[endpoint]
         with self._errors(f"read the health of {endpoint!r}"):
-            response = await self.api.request("GET", self._url(deployment.remote["id"], "health"))
+            response = await self.api.request("GET", self.url(deployment.remote["id"], "health"))
         body: dict[str, Any] = response.json()
         return body
 
@@ -546,17 +365,41 @@ class RunPodBackend(Backend):
 
         return http_api(self.config.jobs_url, deployed, calls)
 
+    async def _delete_if_there(self, remote: dict[str, Any]) -> None:
+        """Delete an endpoint; one already gone (deleted by another process) is no error."""
+        try:
+            await self.control.delete(remote)
+        except Exception:
+            found = await self.control.find(str(remote.get("name")))
+            if found is not None and found.get("id") == remote.get("id"):
+                raise
+            log.info("RunPod endpoint %s (%s) was already gone", remote.get("name"), remote.get("id"))
+
     async def aclose(self) -> None:
         if self._closed:
             return
         try:
-            if self.config.delete_on_close and not self._published and self.deployed and self._api is not None:
+            await self.job_path.close()
+            remove = []
+            for deployment in self.deployed.values():  # the last process using an endpoint removes it
+                shared = False
+                if deployment.lease is not None:
+                    deployment.lease.release()
+                    shared = deployment.lease.others()
+                if shared:
+                    log.info("keeping RunPod endpoint %s: another process on this machine uses it",
+                             deployment.remote.get("name"))
+                elif not deployment.attached:
+                    remove.append(deployment.remote)
+            if self.config.delete_on_close and not self._published and remove and self._api is not None:
                 with anyio.move_on_after(30, shield=True), self._errors("remove endpoints on close"):
-                    for deployment in list(self.deployed.values()):
-                        if not deployment.attached:
-                            await self.control.delete(deployment.remote)
+                    for remote in remove:
+                        await self._delete_if_there(remote)
         finally:
             self._closed = True
+            for deployment in self.deployed.values():
+                if deployment.lease is not None:
+                    deployment.lease.release()
             self.deployed.clear()
             if self._api is not None:
                 await self._api.aclose()

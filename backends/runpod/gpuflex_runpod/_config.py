@@ -45,6 +45,9 @@ class RunPodConfig:
     :param inline_bundle_limit: largest zipped bundle sent inside each job; larger ones need ``shared_bundle_dir``.
     :param shared_bundle_dir: a directory the workers see at the same path (a network volume); bundles are copied
         there once per hash and jobs carry only the path.
+    :param max_pack: the most calls one RunPod job carries while an endpoint's queue is long (``.map`` and bursts
+        of ``.spawn``: RunPod's worker loop pauses about a second between jobs); 1 sends every call as a job of its
+        own.
     :param poll_interval_max: the longest pause between two ``/status`` polls of one job (seconds).
     :param queue_timeout: fail a job that sat IN_QUEUE this long, with the endpoint's worker health (None: never).
     :param run_rate: most ``/run`` requests per second from this backend (RunPod allows 1000 per 10 s); 0: no
@@ -88,6 +91,7 @@ class RunPodConfig:
     locations: str | None = None
     inline_bundle_limit: int = 4 * 1024 * 1024
     shared_bundle_dir: str | None = None
+    max_pack: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
     poll_interval_max: float = 0.5
     queue_timeout: float | None = 600.0
     run_rate: float = 90.0

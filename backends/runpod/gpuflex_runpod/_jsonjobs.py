@@ -145,7 +145,7 @@ async def _outputs(state: HandlerState, job: dict[str, Any]) -> AsyncIterator[An
                     if not call.kind.streams:
                         yield value
                     return
-        except asyncio.CancelledError:  # a stop signal: as for gpuflex's own jobs (see worker._run_call)
+        except asyncio.CancelledError:  # a stop signal: as for gpuflex's own jobs (see _calls.run_calls)
             runtime.cancel(call_id)
             if call.kind in (EndpointKind.FUNCTION, EndpointKind.GENERATOR):
                 asyncio.get_running_loop().call_later(0.05, os._exit, 75)

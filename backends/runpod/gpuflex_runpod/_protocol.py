@@ -1,23 +1,36 @@
 """What travels inside a RunPod job, both ways: the job ``input`` the backend sends and the items the worker's
-handler yields. Shared by the client (``_backend``) and the worker (``worker``); JSON only, bytes as base64.
+handler yields. Shared by the client (``_backend``, ``_jobs``) and the worker (``worker``, ``_calls``); JSON only,
+bytes as base64.
 
-Job input (never empty, so RunPod never drops it)::
+Job input (never empty, so RunPod never drops it). One job carries one call or, while an endpoint's queue is long,
+a pack of several (see ``_jobs``)::
 
-    {"gpuflex": {"version": 2, "init": <worker init, JSON-safe>, "bundle": {"hash", "zip" | "path"},
-                 "runtime": {"hash", "zip"?}, "payload": <base64 call envelope, which names the method>,
-                 "blocking": <bool>}}
+    {"gpuflex": {"version": 3, "init": <worker init, JSON-safe>, "bundle": {"hash", "zip" | "path"},
+                 "runtime": {"hash", "zip"?}, "calls": [<base64 call envelope, which names the method>, ...],
+                 "blocking": <bool: a sync callable, which a stop signal cannot interrupt>}}
 
 ``runtime`` is gpuflex's own code (see ``_bootstrap.runtime_ref``): inline in the same jobs as an inline bundle.
 
 Handler items (the handler is an async generator; with ``return_aggregate_stream`` the job's output is the list of
 every item, and each item is also posted to ``/stream``, whose items RunPod caps at 1 MB each and whose aggregate
-it caps at ~10 MB, so data is cut into parts of ``PART_BYTES`` and a job's items stay under ``AGGREGATE_BUDGET``)::
+it caps at ~10 MB, so data is cut into parts of ``PART_BYTES``, an item holds at most ``ITEM_BYTES`` and a job's
+items stay under ``AGGREGATE_BUDGET``)::
 
-    {"lines": [[stream, text], ...], "worker": id}   what the worker printed or logged ("stdout", "stderr", "log")
-    {"chunk_part": <base64>}, ..., {"chunk": <base64>}   one chunk of a generator endpoint (parts, then the last)
-    {"result_part": <base64>}, ..., {"result": <base64>} the call's return value, last
-    {"error": "<JSON string>"}     ends the job FAILED; the JSON holds {"gpuflex_outcome": <base64>, "message"}
-                                   for the user's exception (or a worker start failure, or PayloadTooLarge), or
+    {"events": [[call, kind, data, seconds], ...], "lines": [[stream, text], ...], "worker": id}
+        ``call`` is the index in ``calls``; either key may be missing. ``lines``: what the worker printed or logged
+        ("stdout", "stderr", "log"). Event kinds:
+        "started"                       the call began (a pack runs ``GPUFLEX_CONCURRENCY`` calls at once)
+        "chunk_part", ..., "chunk"      one chunk of a generator call (parts, then the last; data base64)
+        "result_part", ..., "result"    the call's return value (its run time in ``seconds``)
+        "failed"                        the call's outcome is an exception (data: the base64 outcome): the user's,
+                                        or PayloadTooLarge for a result that no job could hold
+        "cancelled"                     the runtime cancelled the call
+        "skipped"                       never started: too little of the job's result budget was left
+        "rerun"                         ran, but its result does not fit in what is left of this pack's budget
+                                        (it would in a job of its own): the client sends it again, alone
+    {"error": "<JSON string>"}     ends the job FAILED, for every call in it; the JSON holds
+                                   {"gpuflex_outcome": <base64>, "message"} when the worker could not load the
+                                   endpoint (the outcome is every call's), or
                                    {"gpuflex_bundle_missing": <hash>} when the job named the bundle or the runtime
                                    by hash only and this worker lacks it (the client resubmits with both inline), or
                                    {"gpuflex_version_mismatch": {"caller", "worker"}} from a worker without the
@@ -41,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGGREGATE_BUDGET",
+    "ITEM_BYTES",
+    "PART_BYTES",
     "PROTOCOL_VERSION",
     "ResultTooLarge",
     "WorkerPythonMismatch",
@@ -54,13 +69,14 @@ __all__ = [
     "zip_bundle",
 ]
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 OUTCOME_KEY = "gpuflex_outcome"
 MISSING_KEY = "gpuflex_bundle_missing"
 MISMATCH_KEY = "gpuflex_version_mismatch"
 STREAM_ITEM_LIMIT = 1_000_000  # RunPod: "Maximum size for a single streamed payload chunk is 1 MB"
 AGGREGATE_LIMIT = 10_000_000  # RunPod: the aggregated output is held to the 10 MB payload limit
 PART_BYTES = 512 * 1024  # raw bytes per streamed part (base64: ~700 KB, under the stream cap)
+ITEM_BYTES = 900_000  # what one yielded item may hold (its events and lines), under the stream cap
 AGGREGATE_BUDGET = AGGREGATE_LIMIT - 500_000  # what one job's items may use, leaving room for the JSON around them
 OUTPUT_BUDGET = 1_000_000  # printed output forwarded per call; the rest stays in the worker's log
 

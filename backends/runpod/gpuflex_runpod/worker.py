@@ -1,16 +1,16 @@
 """The RunPod handler: gpuflex's worker runtime inside RunPod's own worker loop (``runpod.serverless.start``).
 
 :mod:`._boot` starts the loop and hands every job to :func:`handler` (this module rides in the jobs with gpuflex,
-see :mod:`._bootstrap`). Each job carries one call in gpuflex's envelope plus the bundle it needs, by hash: inline
-(a zip, for small bundles) or as a path on a shared volume. Bundles are unpacked once per hash into
-``$GPUFLEX_RUNPOD_CACHE`` and the runtime reloads in place when a job names a new hash (hot reload). The
-endpoint's dependencies were installed before the loop started, outside any job's time.
+see :mod:`._bootstrap`). Each job carries one call, or a pack of calls (:mod:`._calls` runs them), in gpuflex's
+envelope plus the bundle they need, by hash: inline (a zip, for small bundles) or as a path on a shared volume.
+Bundles are unpacked once per hash into ``$GPUFLEX_RUNPOD_CACHE`` and the runtime reloads in place when a job names
+a new hash (hot reload). The endpoint's dependencies were installed before the loop started, outside any job's time.
 
 The handler is an async generator, so RunPod streams every item it yields (see :mod:`._protocol`): the function's
-printed lines and log records as they happen, a generator's chunks, and the result, each item under RunPod's 1 MB
-stream cap and all of them together under its ~10 MB result cap (a result or stream that cannot fit fails the call
-with ``PayloadTooLarge``; output past a per-call budget is cut, with a note). Sync functions run in a thread, so
-the SDK's loop keeps answering pings and per-job stop signals while they run.
+printed lines and log records as they happen, each call's start, a generator's chunks, and each call's result, every
+item under RunPod's 1 MB stream cap and all of them together under its ~10 MB result cap (a result or stream that
+cannot fit fails the call with ``PayloadTooLarge``; output past a per-job budget is cut, with a note). Sync
+functions run in a thread, so the SDK's loop keeps answering pings and per-job stop signals while they run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import os
 import shutil
 import sys
@@ -30,19 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from gpuflex.worker import IN_WORKER_ENV, WorkerRuntime, encode_error
 
+from ._calls import Budget, error_item, lines_of, run_calls
 from ._jsonjobs import is_json_job, json_items, json_result
-from ._protocol import (
-    AGGREGATE_BUDGET,
-    MISSING_KEY,
-    OUTCOME_KEY,
-    OUTPUT_BUDGET,
-    PART_BYTES,
-    PROTOCOL_VERSION,
-    ResultTooLarge,
-    b64decode_payload,
-    b64encode_payload,
-    init_from_json,
-)
+from ._protocol import MISSING_KEY, OUTCOME_KEY, OUTPUT_BUDGET, PROTOCOL_VERSION, b64encode_payload, init_from_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -114,6 +103,13 @@ class HandlerState:
         self.output_dropped = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def slots(self) -> asyncio.Semaphore:
+        """Calls this worker runs at once, across the jobs it holds: the endpoint's calls per worker."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, int(os.environ.get("GPUFLEX_CONCURRENCY", "1"))))
+        return self._slots
 
     def send(self, message: tuple[Any, ...]) -> None:
         """The runtime's outgoing messages: per-call ones go to the call's inbox; output lines (printed from any
@@ -200,46 +196,8 @@ class HandlerState:
 _state = HandlerState()
 
 
-def _error_item(outcome: Payload, message: str) -> dict[str, str]:
-    return {"error": json.dumps({OUTCOME_KEY: b64encode_payload(outcome), "message": message})}
-
-
-def _too_large(size: int, what: str) -> dict[str, str]:
-    error = ResultTooLarge(size, AGGREGATE_BUDGET, f"serverless ({what}: RunPod keeps at most ~10 MB per job)")
-    return _error_item(encode_error(error), str(error))
-
-
-class _Budget:
-    """What one job has yielded so far: RunPod keeps every item in the job's aggregated output (~10 MB at most)."""
-
-    def __init__(self) -> None:
-        self.used = 0
-        self.output = 0
-
-    def split(self, key: str, data: bytes) -> list[dict[str, Any]] | None:
-        """``data`` as items under RunPod's 1 MB stream cap (``<key>_part`` pieces, then ``key``); None when
-        they would not fit in what is left of the job's aggregate."""
-        text = base64.b64encode(data).decode("ascii")
-        if self.used + len(text) + 64 > AGGREGATE_BUDGET:
-            return None
-        step = PART_BYTES * 4 // 3
-        pieces = [text[i:i + step] for i in range(0, len(text), step)] or [""]
-        self.used += len(text) + 32 * len(pieces)
-        return [{f"{key}_part": piece} for piece in pieces[:-1]] + [{key: pieces[-1]}]
-
-
-def _lines_item(budget: _Budget) -> dict[str, Any] | None:
-    if not _state.output and not _state.output_dropped:
-        return None
-    room = max(0, min(OUTPUT_BUDGET - budget.output, AGGREGATE_BUDGET // 4 - budget.output))
-    lines, used = _state.take_output(room)
-    budget.output += used
-    budget.used += used + 64
-    return {"lines": lines, "worker": os.environ.get("RUNPOD_POD_ID", "")} if lines else None
-
-
 async def handler(job: dict[str, Any]) -> AsyncIterator[Any]:
-    """Run one gpuflex call from a RunPod job, yielding the items described in :mod:`._protocol`; or a plain JSON
+    """Run the gpuflex calls of one RunPod job, yielding the items described in :mod:`._protocol`; or a plain JSON
     job (:mod:`._jsonjobs`), yielding its result or each chunk as JSON."""
     if is_json_job(job):
         async for value in json_items(_state, job):
@@ -249,68 +207,28 @@ async def handler(job: dict[str, Any]) -> AsyncIterator[Any]:
     if not isinstance(request, dict) or request.get("version") != PROTOCOL_VERSION:
         yield {"error": f"not a gpuflex job (protocol {PROTOCOL_VERSION} expected): the input lacks 'gpuflex'"}
         return
-    call_id = str(job["id"])
+    job_id = str(job["id"])
     inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-    _state.inboxes[call_id] = inbox  # before loading: setup() prints go out with this job
-    budget = _Budget()
+    _state.inboxes[job_id] = inbox  # before loading: setup() prints go out with this job
+    budget = Budget()
     try:
         try:
             failure = await _state.ensure_loaded(request)
         except BundleMissing as exc:
-            yield {"error": json.dumps({MISSING_KEY: str(exc), "message": f"this worker does not have bundle {exc}"})}
+            yield error_item({MISSING_KEY: str(exc), "message": f"this worker does not have bundle {exc}"})
             return
-        if (lines := _lines_item(budget)) is not None:
-            yield lines
+        if lines := lines_of(_state, budget):
+            yield {"lines": lines, "worker": os.environ.get("RUNPOD_POD_ID", "")}
         if failure is not None:
-            yield _error_item(failure, "the worker could not load the endpoint")
+            yield error_item({OUTCOME_KEY: b64encode_payload(failure),
+                              "message": "the worker could not load the endpoint"})
             return
         runtime = _state.runtime
         assert runtime is not None
-        async for item in _run_call(runtime, call_id, request, inbox, budget):
+        async for item in run_calls(_state, runtime, job_id, request, inbox, budget):
             yield item
     finally:
-        _state.inboxes.pop(call_id, None)
-
-
-async def _run_call(runtime: WorkerRuntime, call_id: str, request: dict[str, Any],
-                    inbox: asyncio.Queue[tuple[Any, ...]], budget: _Budget) -> AsyncIterator[dict[str, Any]]:
-    try:
-        runtime.submit(call_id, b64decode_payload(request["payload"]))  # the runtime decodes the call itself
-        while True:
-            message = await inbox.get()
-            if (lines := _lines_item(budget)) is not None:
-                yield lines
-            if message[0] == "chunk":
-                items = budget.split("chunk", message[2].to_bytes())
-                if items is None:
-                    runtime.cancel(call_id)
-                    yield _too_large(budget.used + len(message[2].to_bytes()) * 4 // 3, "the streamed chunks")
-                    return
-                for item in items:
-                    yield item
-                continue
-            if message[0] != "done":
-                continue
-            _, _, status, outcome = message
-            if status == "ok":
-                items = budget.split("result", outcome.to_bytes())
-                if items is None:
-                    yield _too_large(budget.used + len(outcome.to_bytes()) * 4 // 3, "the result")
-                    return
-                for item in items:
-                    yield item
-            elif status == "error":
-                yield _error_item(outcome, "the function raised an exception")
-            else:
-                yield {"error": "the call was cancelled in the worker"}
-            return
-    except asyncio.CancelledError:
-        # a stop signal (cancel, execution timeout): an async call is cancelled with its task; a sync one runs on
-        # in its thread and cannot be interrupted, so the worker exits to free the GPU (RunPod replaces it)
-        runtime.cancel(call_id)
-        if request.get("blocking"):
-            asyncio.get_running_loop().call_later(0.05, os._exit, 75)
-        raise
+        _state.inboxes.pop(job_id, None)
 
 
 async def plain_handler(job: dict[str, Any]) -> Any:

@@ -73,3 +73,19 @@ async def talk(lines: list[str]) -> int:
         worker._state.send(("output", "stdout", text))
         await asyncio.sleep(0.05)
     return len(lines)
+
+
+@gpuflex.endpoint(name="rp_packed", max_workers=1, timeout=60)
+def packed(index: int, marks: str) -> int:
+    """Marks each run (``ran-<index>-<n>``); fails for 13; waits while the file ``<marks>/hold`` exists."""
+    Path(marks, f"ran-{index}-{time.monotonic_ns()}").touch()
+    while Path(marks, "hold").exists():
+        time.sleep(0.02)
+    if index == 13:
+        raise ValueError("thirteen")
+    return index * 2
+
+
+@gpuflex.endpoint(name="rp_packed_batch", max_workers=1, max_batch_size=8, batch_wait_ms=50)
+def batch_sizes(items: list[int]) -> list[int]:
+    return [len(items)] * len(items)

@@ -10,12 +10,14 @@ from gpuflex_runpod import RunPodConfig
 from gpuflex_runpod._control import differences, endpoint_input, hiding
 from gpuflex_runpod._errors import find_api_key
 from gpuflex_runpod._hardware import gpu_ids
+from gpuflex_runpod._lanes import AGGREGATE_BUDGET, PACK_BYTES, CallState, Lane, take_pack
 from gpuflex_runpod._protocol import OUTCOME_KEY, b64encode_payload, parse_error
 from gpuflex_runpod._schema import INTROSPECTION, from_introspection, keep_known
 from gpuflex_runpod.emulator._catalog import SERVERLESS_POOLS
 from gpuflex_runpod.emulator._graphql import schema as runpod_schema
 
-from gpuflex import errors
+from gpuflex import JobStatus, errors
+from gpuflex.backend import JobUpdate, Payload
 from gpuflex.client._session import get_session
 from gpuflex.gpus import GPU
 from gpuflex.testing._endpoints import echo
@@ -218,3 +220,42 @@ def test_inline_bundle_unpacks_once_and_a_bare_hash_is_reported_missing(monkeypa
     unpacked = sorted(str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file())
     assert unpacked == sorted(f.path for f in bundle.files)
     assert worker.materialise_bundle({"hash": bundle.hash}) == root  # cached: the hash alone is enough now
+
+
+def _lane_with(count, *, size=100, streams=()):
+    lane = Lane("ep")
+    for i in range(count):
+        payload = Payload(b"x" * (size * 3 // 4))  # ``size`` bytes in base64
+        lane.pending.append(CallState(f"c{i}", lane, payload, blocking=True, streams=i in streams))
+    return lane
+
+
+def test_calls_go_alone_while_the_queue_is_short_and_packed_while_it_is_long():
+    lane = _lane_with(2)
+    assert [len(take_pack(lane, 2)) for _ in range(3)] == [1, 1, 0]
+    lane = _lane_with(100)
+    assert len(take_pack(lane, 4)) == 25  # ceil(waiting / free slots)
+    lane = _lane_with(1000)
+    assert len(take_pack(lane, 1)) == lane.limit == 32  # the first packs are small, and grow as packs end
+    lane.grow(slots=1)
+    assert len(take_pack(lane, 1)) == 64
+    lane = _lane_with(10, streams={0, 3})
+    assert [len(take_pack(lane, 1)) for _ in range(4)] == [1, 2, 1, 6]  # generator calls travel alone
+    lane = _lane_with(100, size=PACK_BYTES // 10 - 4)
+    assert len(take_pack(lane, 1)) == 10
+    lane = _lane_with(10)
+    for call in list(lane.pending)[:3]:
+        call.update = JobUpdate(status=JobStatus.CANCELLED)
+    assert [c.handle for c in take_pack(lane, 1)] == [f"c{i}" for i in range(3, 10)]  # cancelled calls are dropped
+
+
+def test_packs_are_capped_by_what_calls_showed():
+    lane = Lane("ep")
+    lane.learn(0.5, 100, slots=2)  # 2 slots x 2 s of pack / 0.5 s a call
+    assert lane.limit == 8
+    lane = Lane("ep")
+    lane.learn(0.0001, AGGREGATE_BUDGET // 8, slots=1)  # big results: four to a pack
+    assert lane.limit == 4
+    lane.grow(slots=1)
+    assert lane.limit == 4
+    assert Lane("ep", max_pack=1).limit == 1
