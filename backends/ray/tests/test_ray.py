@@ -270,6 +270,7 @@ def test_dependencies_are_installed_through_the_runtime_environment(ray_cluster)
     assert seen["python"] != sys.executable, "the actor must run in the environment Ray built for the dependencies"
 
 
+@pytest.mark.timeout(400)  # starts and stops a whole local cluster in a child process
 def test_a_local_cluster_is_started_on_demand_and_gone_afterwards(ray_cluster, tmp_path):
     """No address and no RAY_ADDRESS: gpuflex starts a local cluster for development (a GPU endpoint runs on its
     CPU, with a warning), and stops it when it closes, leaving no process behind."""
