@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from typing import Any
 
@@ -33,8 +35,10 @@ class Connection:
     """This process's connection: the address it reached, whether gpuflex started the cluster, who uses it."""
 
     def __init__(self, address: str, *, owned: bool, started_here: bool, client: bool,
-                 shipped: bool = False) -> None:
+                 shipped: bool = False, local_dir: str | None = None) -> None:
         self.address = address
+        self.local_dir = local_dir  # the temp directory of a local cluster gpuflex started
+        self.keeper: _Keeper | None = None  # the thread that called ray.init (None: the program did)
         self.shipped = shipped  # the job sends this machine's gpuflex packages to its workers
         self.owned = owned  # gpuflex called ray.init (and so calls ray.shutdown)
         self.started_here = started_here  # a local cluster gpuflex started: it stops on disconnect
@@ -43,6 +47,45 @@ class Connection:
 
 
 _current: Connection | None = None
+
+
+class _Keeper:
+    """The thread that calls ``ray.init`` and, at the end, ``ray.shutdown``, and lives as long as the connection.
+
+    Ray starts a local cluster's processes with Linux's parent-death signal, which follows the *thread* that forked
+    them: from a passing worker thread, the cluster would be killed (and its agents orphaned) as soon as that thread
+    ended. So the connection gets a thread of its own.
+    """
+
+    def __init__(self, init: Any) -> None:
+        self._init = init
+        self._opened = threading.Event()
+        self._closing = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gpuflex-ray-connection", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._result = self._init()
+        except BaseException as exc:  # noqa: BLE001 - handed to open()
+            self._error = exc
+        self._opened.set()
+        if self._error is None:
+            self._closing.wait()
+            ray_module().shutdown()
+
+    def open(self) -> Any:
+        """Connect; what ``ray.init`` returned, or its exception."""
+        self._thread.start()
+        self._opened.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join()
 
 
 class _NoSigtermNotice(logging.Filter):
@@ -94,8 +137,12 @@ def connect(address: str | None, namespace: str | None, init_options: dict[str, 
         options.setdefault("log_to_driver", False)  # worker output travels through gpuflex, marked per worker
         options.setdefault("logging_level", logging.WARNING)  # not Ray's "Connecting to..." lines at each start
         logging.getLogger("ray._private.worker").addFilter(_QUIET)
-        if target is None:  # a local cluster for development: no dashboard to serve
+        local_dir = None
+        if target is None:  # a local cluster for development: no dashboard, its files in a directory of its own
             options.setdefault("include_dashboard", False)
+            if "_temp_dir" not in options:
+                short = "/tmp" if os.path.isdir("/tmp") else None  # Ray's socket paths have a length limit
+                local_dir = options["_temp_dir"] = tempfile.mkdtemp(prefix="gpuflex-ray-", dir=short)
         if namespace is not None:
             options["namespace"] = namespace
         if py_modules:
@@ -103,9 +150,12 @@ def connect(address: str | None, namespace: str | None, init_options: dict[str, 
             job_env["py_modules"] = [*job_env.get("py_modules", []), *py_modules]
             job_env["excludes"] = [*job_env.get("excludes", []), "__pycache__"]
             options["runtime_env"] = job_env
+        keeper = _Keeper(lambda: ray.init(address=target, **options))
         try:
-            context = ray.init(address=target, **options)
+            context = keeper.open()
         except Exception as exc:
+            if local_dir:
+                shutil.rmtree(local_dir, ignore_errors=True)
             if _refused_token(exc):
                 raise AuthenticationError(f"{_describe(target)} refused this client's token: set RAY_AUTH_TOKEN or "
                                           "RAY_AUTH_TOKEN_PATH to the cluster's own") from None
@@ -117,7 +167,8 @@ def connect(address: str | None, namespace: str | None, init_options: dict[str, 
         client = target is not None and target.startswith("ray://")
         reached = target or getattr(context, "address_info", {}).get("gcs_address", "local")
         _current = Connection(str(reached), owned=True, started_here=target is None, client=client,
-                              shipped=bool(py_modules))
+                              shipped=bool(py_modules), local_dir=local_dir)
+        _current.keeper = keeper
         _current.users = 1
         return _current
 
@@ -130,5 +181,7 @@ def disconnect(connection: Connection) -> None:
         if connection.users > 0 or _current is not connection:
             return
         _current = None
-        if connection.owned:
-            ray_module().shutdown()
+        if connection.keeper is not None:
+            connection.keeper.close()  # ray.shutdown(), on the thread that called ray.init
+        if connection.local_dir:
+            shutil.rmtree(connection.local_dir, ignore_errors=True)

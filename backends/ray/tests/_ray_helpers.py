@@ -2,8 +2,7 @@
 it by name).
 
 Started once per test session with ``ray.cluster_utils.Cluster``: a head node and one worker node, one CPU each
-(an actor holds no CPU while it runs, so the nodes take as many actors as memory allows), a Ray Client server on
-the head, small object stores,
+(an actor holds no CPU while it runs, so the nodes take as many actors as memory allows), small object stores,
 token authentication on (the token in a temporary file, never in ``~/.ray``), node failures detected within
 about two seconds. Everything Ray writes goes under one temporary directory (``RAY_TMPDIR``), which
 :meth:`TestCluster.shutdown` removes after checking that no process of the cluster is left.
@@ -12,16 +11,13 @@ about two seconds. Everything Ray writes goes under one temporary directory (``R
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from gpuflex_ray import RayConfig
@@ -61,12 +57,6 @@ def actor_processes(directory: str) -> list[int]:
     return pids
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class TestCluster:
     """The session's cluster: ``address``, ``config(**options)`` for backends, ``add_node``/``remove_node``."""
 
@@ -86,24 +76,16 @@ class TestCluster:
             reset_auth_token_state()
         from ray.cluster_utils import Cluster
 
-        self.client_port = _free_port()
-        with warnings.catch_warnings():  # Ray leaves the client server's log file open: collected here, quietly
-            warnings.simplefilter("ignore", ResourceWarning)
-            self.cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
-                "_system_config": SYSTEM_CONFIG, "ray_client_server_port": self.client_port,
-            })
-            gc.collect()
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
+            "_system_config": SYSTEM_CONFIG,
+        })
         self.worker = self.add_node()
 
     @property
     def address(self) -> str:
         return str(self.cluster.address)
 
-    @property
-    def client_address(self) -> str:
-        """The head node's Ray Client server, as a KubeRay cluster exposes it on port 10001."""
-        return f"ray://127.0.0.1:{self.client_port}"
 
     def config(self, **options: object) -> RayConfig:
         options.setdefault("strict_gpu", False)  # no GPU here: GPU endpoints run on CPU, as a laptop's would

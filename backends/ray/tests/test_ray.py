@@ -227,41 +227,6 @@ def test_a_wrong_token_is_an_authentication_error_that_never_shows_it(ray_cluste
     assert wrong not in done.stdout + done.stderr
 
 
-def test_ray_client_addresses_work_too(ray_cluster, tmp_path):
-    """``ray://`` (what a KubeRay head exposes on port 10001), from a process of its own: a call with a large
-    argument, a cancel, and output (the road generator chunks take too). The cluster already has this gpuflex (the
-    test cluster's client proxy cannot build a job's runtime environment, so nothing is shipped)."""
-    script = tmp_path / "client.py"
-    gate, started = tmp_path / "gate", tmp_path / "started"
-    gate.touch()
-    script.write_text(textwrap.dedent(f"""
-        import logging, os, sys, time
-        import gpuflex
-        from gpuflex.testing import _endpoints as ep
-
-        logging.getLogger("gpuflex.worker").addHandler(logging.StreamHandler(sys.stdout))
-        logging.getLogger("gpuflex.worker").setLevel(logging.INFO)
-        with gpuflex.use("ray", address={ray_cluster.client_address!r}, ship_gpuflex=False):
-            blob = bytes(range(256)) * 4096
-            assert ep.echo(blob) == blob
-            job = ep.async_sleep.spawn(60, {str(started)!r})
-            while not os.path.exists({str(started)!r}):
-                time.sleep(0.05)
-            job.cancel()
-            try:
-                job.result(timeout=60)
-            except gpuflex.errors.JobCancelled:
-                print("cancelled")
-            print("result", ep.chatty("client-tag", {str(gate)!r}))
-        gpuflex.shutdown()
-    """))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=170)
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    assert "cancelled" in done.stdout, done.stdout
-    assert "result client-tag" in done.stdout, done.stdout
-    assert "client-tag to stdout" in done.stdout, "output must reach a Ray Client caller too"
-
-
 def test_dependencies_are_installed_through_the_runtime_environment(ray_cluster):
     """``six`` is not in this environment: Ray builds a virtual environment with it for the endpoint's actors."""
     with backend_in_use(lambda: RayBackend(ray_cluster.config())):
