@@ -81,6 +81,7 @@ class RayBackend(WorkerPoolBackend):
     def __init__(self, config: RayConfig | None = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)  # cheap, no I/O: Ray is imported and reached at the first deploy
         self.reload_in_place = self.config.reload_in_place
+        self.prefetch = self.config.prefetch
         self.connection: Connection | None = None
         self.facts: ClusterFacts | None = None
         self._connecting = anyio.Lock()

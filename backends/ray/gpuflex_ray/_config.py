@@ -61,6 +61,9 @@ class RayConfig:
         autoscaler adds may take minutes); past it, the calls waiting for it fail with the reason.
     :param reload_in_place: on a hot reload with unchanged settings, actors load the new code in their running
         process instead of being replaced.
+    :param prefetch: calls sent ahead to a busy one-call-at-a-time actor (they wait in its Ray queue), so it moves
+        to the next call without a round trip (throughput); 0 sends a call only to an idle actor (fairest for long
+        calls); ``None`` (the default) prefetches up to 16 only while the endpoint's calls average under 2 ms.
     """
 
     address: str | None = None
@@ -74,3 +77,4 @@ class RayConfig:
     cpu_hourly_rate: float = attrs.field(default=0.0, validator=_non_negative)
     start_timeout: float = attrs.field(default=600.0, validator=_positive)
     reload_in_place: bool = True
+    prefetch: int | None = attrs.field(default=None, validator=attrs.validators.optional(_non_negative))
