@@ -51,7 +51,8 @@ def tests(session: nox.Session) -> None:
     session.run("lint-imports")  # the layering contracts in pyproject.toml
     session.run("mypy", "--strict", "gpuflex", "backends/local/gpuflex_local", "backends/pod/gpuflex_pod",
                 "backends/modal/gpuflex_modal", "backends/runpod/gpuflex_runpod", "backends/ray/gpuflex_ray",
-                "examples/backend-template/gpuflex_subprocess_example")
+                "examples/backend-template/gpuflex_subprocess_example",
+                "tests/typing")  # what a type checker sees of gpuflex's public API
     # test files run in parallel (one file per worker process: files share fixtures such as a session's sshd)
     session.run("pytest", "-n", "auto", "--dist", "loadfile", *session.posargs)
 

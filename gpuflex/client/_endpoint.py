@@ -25,7 +25,7 @@ from ._calls import abandon, async_stream, call_signature, first_done, owned_res
 from ._session import get_session
 
 if typing.TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 
     from .._job import Job
     from ..backend import Payload
@@ -370,6 +370,19 @@ class _Decorator(Protocol):
     def __call__(self, obj: Callable[P, R], /) -> Endpoint[P, R]: ...
 
 
+class _BatchedDecorator(Protocol):
+    """``@endpoint(max_batch_size=N)``: the function takes a list and returns a list; callers pass one item and
+    get one result, so the endpoint's type is ``(item) -> result``."""
+
+    @overload  # a class is callable too: its methods take the lists
+    def __call__(self, obj: type[T], /) -> Endpoint[[], T]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, obj: Callable[[list[T]], Coroutine[Any, Any, list[R]]], /
+                 ) -> Endpoint[[T], Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(self, obj: Callable[[list[T]], list[R]], /) -> Endpoint[[T], R]: ...
+
+
 @overload
 def endpoint(obj: type[T], /) -> Endpoint[[], T]: ...
 @overload
@@ -378,7 +391,15 @@ def endpoint(obj: Callable[P, R], /) -> Endpoint[P, R]: ...
 def endpoint(
     obj: None = None, /, *, name: str | None = None, gpu: Any = None, cpu: float | None = None,
     memory: int | None = None, min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60,
-    timeout: float | None = None, retries: int = 0, concurrency: int = 1, max_batch_size: int | None = None,
+    timeout: float | None = None, retries: int = 0, concurrency: int = 1, max_batch_size: int,
+    batch_wait_ms: float = 10.0, dependencies: Sequence[str] = (), system_dependencies: Sequence[str] = (),
+    env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), backend: str | None = None,
+) -> _BatchedDecorator: ...
+@overload
+def endpoint(
+    obj: None = None, /, *, name: str | None = None, gpu: Any = None, cpu: float | None = None,
+    memory: int | None = None, min_workers: int = 0, max_workers: int = 1, idle_timeout: float = 60,
+    timeout: float | None = None, retries: int = 0, concurrency: int = 1, max_batch_size: None = None,
     batch_wait_ms: float = 10.0, dependencies: Sequence[str] = (), system_dependencies: Sequence[str] = (),
     env: Mapping[str, str] | None = None, secrets: Sequence[str] = (), backend: str | None = None,
 ) -> _Decorator: ...
