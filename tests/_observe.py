@@ -1,5 +1,5 @@
 """Helpers of the tests of what gpuflex observes (test_metrics, test_dashboard): the dev server run for real in a
-subprocess (as tests/test_server.py does), and headless Chromium driven over the DevTools protocol.
+subprocess (test_server uses it too), and headless Chromium driven over the DevTools protocol.
 
 Test files load this module by path under its own name (see tests/_gpuflex_app.py for why).
 """
@@ -37,21 +37,24 @@ def project(tmp_path: Path, hourly_rate: float = 3600.0) -> Path:
 
 
 class Server:
-    """``gpuflex serve`` on a free port of 127.0.0.1, from ``cwd`` (whose project file it reads)."""
+    """``gpuflex serve APP`` on a free port of 127.0.0.1, from ``cwd`` (whose project file it reads), its state in
+    ``cwd/home`` unless ``env`` names a ``GPUFLEX_HOME``; ``reload`` watches the files (off by default)."""
 
-    def __init__(self, app: Path, log: Path, *args: str, cwd: Path, token: str | None = None) -> None:
+    def __init__(self, app: Path, log: Path, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+                 token: str | None = None, reload: bool = False) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._log_file = log.open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUFLEX_HOME": str(cwd / "home")}
-        for name in ("GPUFLEX_TOKEN", "GPUFLEX_BACKEND", "GPUFLEX_MAX_COST", "GPUFLEX_TRACING"):
-            env.pop(name, None)
-        command = [sys.executable, "-m", "gpuflex.cli", "serve", str(app), "--port", str(self.port), "--no-reload",
-                   *(["--token", token] if token else []), *args]
-        self.proc = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        clean = {k: v for k, v in os.environ.items()
+                 if k not in ("GPUFLEX_TOKEN", "GPUFLEX_BACKEND", "GPUFLEX_MAX_COST", "GPUFLEX_TRACING")}
+        full_env = {**clean, "PYTHONUNBUFFERED": "1", "GPUFLEX_HOME": str(cwd / "home"), **(env or {})}
+        command = [sys.executable, "-m", "gpuflex.cli", "serve", str(app), "--port", str(self.port),
+                   *([] if reload else ["--no-reload"]), *(["--token", token] if token else []), *args]
+        self.proc = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=cwd)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.url, timeout=60, headers=headers)
         deadline = time.monotonic() + START_TIMEOUT

@@ -145,14 +145,11 @@ def test_batcher_cancels_a_waiting_call_without_running_it():
 # -- through the local backend, the dev server's schema, and the decorator's checks ----------------------------
 
 def _app():
-    import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent / "apps" / "batched_app.py"
-    spec = importlib.util.spec_from_file_location("batched_app", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from gpuflex.testing import load_module
+
+    return load_module(Path(__file__).parent / "apps" / "batched_app.py")
 
 
 def test_batched_calls_on_the_local_backend_and_their_http_schema():

@@ -4,10 +4,7 @@ backend)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,23 +13,13 @@ from gpuflex import Cost, Price
 from gpuflex._budget import BudgetGuard
 from gpuflex._costs import CostMeter
 from gpuflex.errors import QuotaExceeded
+from gpuflex.testing import load_module
 
 PER_SECOND = Price(usd_per_hour=3600.0, billing="per-second", increment=1.0)  # $1 per started second
 UPTIME = Price(usd_per_hour=3600.0, billing="uptime")  # $1 per second of running
 
 
-def _load_app() -> Any:
-    module = sys.modules.get("_gpuflex_app")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("_gpuflex_app", Path(__file__).with_name("_gpuflex_app.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_gpuflex_app"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-app = _load_app()
+app = load_module(Path(__file__).with_name("_gpuflex_app.py"))
 
 
 def test_admitted_jobs_count_against_the_budget_before_they_finish():

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,21 +16,9 @@ from gpuflex._costs import CostMeter, EndpointCosts, job_cost, summarize, tail_c
 from gpuflex._plugins import get_plugin_manager, hookimpl
 from gpuflex.cli._report import usd
 from gpuflex.errors import QuotaExceeded
+from gpuflex.testing import load_module
 
-
-def _load_app():
-    """The endpoints in _gpuflex_app.py, imported the way its docstring explains."""
-    module = sys.modules.get("_gpuflex_app")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("_gpuflex_app", Path(__file__).with_name("_gpuflex_app.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_gpuflex_app"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-
-app = _load_app()
+app = load_module(Path(__file__).with_name("_gpuflex_app.py"))
 nap, budget_nap, fails = app.nap, app.budget_nap, app.fails
 
 

@@ -3,27 +3,14 @@ completes on it, worker output shows as text, and a token-protected server shows
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from gpuflex.cli._report import usd
-from gpuflex.testing import require
+from gpuflex.testing import load_module, require
 
-
-def _helpers():
-    module = sys.modules.get("_observe")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("_observe", Path(__file__).with_name("_observe.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_observe"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-helpers = _helpers()
+helpers = load_module(Path(__file__).with_name("_observe.py"))
 TOKEN = "dashboard-s3cret"
 
 

@@ -7,7 +7,6 @@ Each test starts and ends with ``gpuflex.shutdown()``: the session caches bundle
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 import os
@@ -26,22 +25,12 @@ from gpuflex import Bundle, Cost, EndpointSpec, JobStatus, Price, WorkerInfo, ho
 from gpuflex._plugins import get_plugin_manager
 from gpuflex._registry import reset_registry
 from gpuflex.errors import QuotaExceeded, UnknownBackendError
+from gpuflex.testing import load_module
 
 WAIT = 60.0
 
 
-def _load_app():
-    """The endpoints in _gpuflex_app.py, imported the way its docstring explains."""
-    module = sys.modules.get("_gpuflex_app")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("_gpuflex_app", Path(__file__).with_name("_gpuflex_app.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_gpuflex_app"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-app = _load_app()
+app = load_module(Path(__file__).with_name("_gpuflex_app.py"))
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -3,9 +3,7 @@ against what those jobs report (``GET /jobs/<id>``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,18 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuflex.testing import load_module
 
-def _helpers():
-    module = sys.modules.get("_observe")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("_observe", Path(__file__).with_name("_observe.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_observe"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-helpers = _helpers()
+helpers = load_module(Path(__file__).with_name("_observe.py"))
 
 
 def _samples(text: str) -> dict[str, dict[tuple, float]]:

@@ -4,8 +4,6 @@ not match the signature fails in the caller, and a bad backend option is a Confi
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,24 +15,13 @@ from gpuflex import JobStatus, hookimpl
 from gpuflex._plugins import get_plugin_manager
 from gpuflex.client._session import get_session
 from gpuflex.errors import ConfigError, RemoteTraceback, SerializationError
+from gpuflex.testing import load_module
 
 WAIT = 60.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_app() -> Any:
-    """The endpoints in _gpuflex_app.py, imported the way its docstring explains."""
-    module = sys.modules.get("_gpuflex_app")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("_gpuflex_app", Path(__file__).with_name("_gpuflex_app.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_gpuflex_app"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-app = _load_app()
+app = load_module(Path(__file__).with_name("_gpuflex_app.py"))
 
 
 class Finished:

@@ -5,19 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
+
+from gpuflex.testing import load_module
+
+if TYPE_CHECKING:
+    import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "serve_app.py"
-START_TIMEOUT = 60.0
+Server = load_module(Path(__file__).with_name("_observe.py")).Server  # gpuflex serve, for real
 
 
 def _free_port() -> int:
@@ -26,52 +30,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Server:
-    def __init__(self, app: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-                 cwd: Path = ROOT) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = log.open("w")
-        command = [sys.executable, "-m", "gpuflex.cli", "serve", str(app), "--port", str(self.port), *args]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("GPUFLEX_TOKEN", None)
-        self.proc = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env,
-                                     cwd=cwd)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if self.client.get("/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"server did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
-    srv = Server(APP, tmp / "server.log", "--no-reload", env={"GPUFLEX_HOME": str(tmp / "home")})
+    srv = Server(APP, tmp / "server.log", env={"GPUFLEX_HOME": str(tmp / "home")})
     yield srv
     srv.stop()
 
@@ -344,7 +306,7 @@ def test_refuses_a_public_interface_without_a_token(tmp_path):
 
 
 def test_token_required_on_every_route_but_health(tmp_path):
-    srv = Server(APP, tmp_path / "server.log", "--no-reload", "--token", "s3cret",
+    srv = Server(APP, tmp_path / "server.log", "--token", "s3cret",
                  env={"GPUFLEX_HOME": str(tmp_path / "home")})
     try:
         client = srv.client
@@ -406,7 +368,7 @@ def test_hot_reload(tmp_path):
     project.mkdir()
     app = project / "app.py"
     app.write_text(VERSION_APP.format(value="v1"))
-    srv = Server(app, tmp_path / "server.log", env={"GPUFLEX_HOME": str(tmp_path / "home")})
+    srv = Server(app, tmp_path / "server.log", reload=True, env={"GPUFLEX_HOME": str(tmp_path / "home")})
     try:
         client = srv.client
         assert client.post("/version").json() == "v1"
@@ -441,7 +403,7 @@ def test_max_cost_refuses_calls_past_the_budget(tmp_path):
     project.mkdir()
     (project / "pyproject.toml").write_text("[tool.gpuflex.backends.local]\nhourly_rate = 36.0\n")
     (project / "app.py").write_text(VERSION_APP.format(value="paid"))
-    srv = Server(project / "app.py", tmp_path / "server.log", "--no-reload", "--max-cost", "0.01",
+    srv = Server(project / "app.py", tmp_path / "server.log", "--max-cost", "0.01",
                  env={"GPUFLEX_HOME": str(tmp_path / "home")}, cwd=project)
     try:
         first = srv.client.post("/version", json={"delay": 0.6})
@@ -477,7 +439,7 @@ CONTRACT_APP = ROOT / "tests" / "apps" / "contract_app.py"
 def test_schemathesis_finds_nothing(tmp_path):
     """Fuzz a server with every kind of endpoint from its own OpenAPI document, every check on (strict
     validation, documented statuses and bodies, auth enforced), with a fixed seed and bounded examples."""
-    srv = Server(CONTRACT_APP, tmp_path / "server.log", "--no-reload", "--token", "s3cret",
+    srv = Server(CONTRACT_APP, tmp_path / "server.log", "--token", "s3cret",
                  env={"GPUFLEX_HOME": str(tmp_path / "home")})
     try:
         result = subprocess.run(

@@ -15,22 +15,12 @@ import gpuflex
 from gpuflex import JobStatus, WorkerState
 from gpuflex._collector import collector
 from gpuflex._stats import histogram
+from gpuflex.testing import load_module
 
 APP = Path(__file__).resolve().parent / "apps" / "observe_app.py"
 
 
-def _load_app():
-    """The app loaded by path under its own top-level name (see tests/_gpuflex_app.py for why)."""
-    module = sys.modules.get("observe_app")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("observe_app", APP)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["observe_app"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-app = _load_app()
+app = load_module(APP)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,21 +18,12 @@ from opentelemetry.trace import StatusCode
 import gpuflex
 from gpuflex._plugins import get_plugin_manager
 from gpuflex._tracing import PLUGIN_NAME, install_tracing
+from gpuflex.testing import load_module
 
 APP = Path(__file__).resolve().parent / "apps" / "observe_app.py"
 
 
-def _load_app():
-    module = sys.modules.get("observe_app")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("observe_app", APP)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["observe_app"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-app = _load_app()
+app = load_module(APP)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from ._harness import BackendFactory as BackendFactory
 from ._harness import Check as Check
 from ._harness import CheckSkipped as CheckSkipped
 from ._harness import backend_in_use as backend_in_use
+from ._harness import load_module as load_module
 from ._harness import wait_until as wait_until
 from ._installed import installed_backends as installed_backends
 from ._installed import probe_backend as probe_backend
@@ -26,6 +27,7 @@ __all__ = [
     "CheckSkipped",
     "backend_in_use",
     "installed_backends",
+    "load_module",
     "probe_backend",
     "require",
     "run_check",

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gpuflex
 from gpuflex.backend import Backend
 from gpuflex.client._session import get_session
 
-__all__ = ["WAIT", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "needs", "tmp_dir", "wait_until"]
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = ["WAIT", "BackendFactory", "Check", "CheckSkipped", "backend_in_use", "load_module", "needs", "tmp_dir",
+           "wait_until"]
 
 BackendFactory = Callable[[], Backend]
 Check = Callable[[BackendFactory], None]
@@ -57,3 +64,28 @@ def wait_until(predicate: Callable[[], bool], what: str, limit: float = WAIT) ->
 
 def tmp_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="gpuflex-conformance-"))
+
+
+def load_module(path: str | Path, name: str | None = None) -> ModuleType:
+    """Import the file ``path`` as the top-level module ``name`` (default: the file's stem), once per process.
+
+    Endpoints a test defines must be importable by workers under the same name as in the test process. Under
+    pytest's ``--import-mode=importlib`` a test module is named after its package (``tests.test_x``), which a
+    worker may resolve to another ``tests`` package; an app loaded with this keeps its own top-level name, and its
+    folder is the import root inside the bundle."""
+    path = Path(path).resolve()
+    name = name or path.stem
+    module = sys.modules.get(name)
+    if module is not None and Path(getattr(module, "__file__", "") or "").resolve() == path:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
