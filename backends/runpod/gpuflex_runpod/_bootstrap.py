@@ -34,7 +34,7 @@ DEFAULT_CPU_IMAGE = "runpod/base:1.0.2-ubuntu2204"
 IMAGE_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 RUNPOD_SDK = "runpod==1.12.0"
 _BOOT = Path(__file__).with_name("_boot.py")
-_WORKER_MODULES = ("worker.py", "_calls.py", "_protocol.py", "_jsonjobs.py")
+_WORKER_MODULES = ("worker.py", "_calls.py", "_protocol.py", "_jsonjobs.py", "_boot.py")  # worker: _boot.unpack
 _CPU_FLAVOUR = re.compile(r"cpu\d+[a-z]-(\d+)-(\d+)")
 
 

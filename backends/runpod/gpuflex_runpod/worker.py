@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
-import shutil
 import sys
-import tempfile
 import threading
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuflex.worker import IN_WORKER_ENV, WorkerRuntime, encode_error
 
+from ._boot import unpack
 from ._calls import Budget, error_item, lines_of, run_calls
 from ._jsonjobs import is_json_job, json_items, json_result
 from ._protocol import MISSING_KEY, OUTCOME_KEY, OUTPUT_BUDGET, PROTOCOL_VERSION, b64encode_payload, init_from_json
@@ -66,19 +63,7 @@ def materialise_bundle(ref: dict[str, Any]) -> str:
         data = base64.b64decode(ref["zip"])
     else:
         raise BundleMissing(ref["hash"])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{ref['hash'][:12]}-", dir=target.parent))
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for info in archive.infolist():
-            path = archive.extract(info, staging)
-            mode = (info.external_attr >> 16) & 0o777
-            if mode:
-                os.chmod(path, mode)
-    try:
-        os.replace(staging, target)
-    except OSError:  # another worker process unpacked it first
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
+    return unpack(data, str(target))  # the boot script's: atomic, file modes kept
 
 
 class BundleMissing(Exception):
