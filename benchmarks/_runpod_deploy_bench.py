@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from gpuflex_runpod.emulator import start_emulator
@@ -49,10 +50,9 @@ def _stats(times: list[float]) -> str:
     return f"median {statistics.median(ms):.1f} ms, min {min(ms):.1f} ms, max {max(ms):.1f} ms (n={len(ms)})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=20)
-    args = parser.parse_args()
+def measure(calls: int = 20) -> dict[str, Any]:
+    """Deploy the app on a fresh emulator (code in moto's S3), then time ``calls`` plain and gpuflex calls each;
+    seconds."""
     key = secrets.token_hex(8)
     work = Path(tempfile.mkdtemp(prefix="gpuflex-deploy-bench-"))
     with start_emulator(api_key=key, log_dir=work / "logs") as url, start_s3(str(work / "moto.log")) as s3:
@@ -93,16 +93,46 @@ def main() -> None:
             cold = plain()
             through_gpuflex()
             plains, clients = [], []
-            for _ in range(args.calls):
+            for _ in range(calls):
                 plains.append(plain())
                 clients.append(through_gpuflex())
-        print(f"deploy (plan + apply, a fresh endpoint, code to S3): {deploy_seconds:.2f} s")
-        print(f"first plain call (cold worker, fetches the release from S3): {cold:.2f} s")
-        print(f"plain HTTP /runsync (JSON)      : {_stats(plains)}")
-        print(f"gpuflex client (pickled, /run)  : {_stats(clients)}")
         subprocess.run([sys.executable, "-m", "gpuflex.cli", "teardown", "app.py", "--backend", "serverless",
                         "--env", "bench"], cwd=project, env=env, capture_output=True, text=True)
         gpuflex.shutdown()
+    return {"deploy_s": deploy_seconds, "cold_s": cold, "plain_s": plains, "gpuflex_s": clients}
+
+
+def section(res: dict[str, Any]) -> str:
+    """The Markdown section of ``benchmarks/run.py`` (or why it was not measured)."""
+    title = "## Deployed endpoint on the RunPod emulator: a plain HTTP call vs a gpuflex client call\n\n"
+    if "error" in res or "skip" in res:
+        return title + f"Not measured: {res.get('error') or res.get('skip')}\n"
+    plain = statistics.median(res["plain_s"]) * 1000
+    client = statistics.median(res["gpuflex_s"]) * 1000
+    rows = [
+        f"| warm call, median of {len(res['plain_s'])} (alternating) | {plain:.1f} ms | {client:.1f} ms | "
+        f"{client / plain:.2f}x |",
+        f"| first plain call (a cold worker fetches the release from S3) | {res['cold_s'] * 1000:.0f} ms | — | — |",
+        f"| `gpuflex deploy` (plan + apply, a fresh endpoint, code to S3) | — | {res['deploy_s']:.2f} s | — |",
+    ]
+    return (title + "`gpuflex deploy` on the emulator with moto's S3 as the network volume's store; then the same "
+            "warm worker (`concurrency=4`) answers a plain `POST /v2/<id>/runsync` with JSON input (httpx, the "
+            "worker validates the JSON against the function's schema) and a gpuflex client call (pickled, `/run` "
+            "then `/status`/`/stream`), alternating.\n\n"
+            "| what | plain HTTP `/runsync` (JSON) | gpuflex client | gpuflex / plain |\n|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20)
+    args = parser.parse_args()
+    res = measure(args.calls)
+    print(f"deploy (plan + apply, a fresh endpoint, code to S3): {res['deploy_s']:.2f} s")
+    print(f"first plain call (cold worker, fetches the release from S3): {res['cold_s']:.2f} s")
+    print(f"plain HTTP /runsync (JSON)      : {_stats(res['plain_s'])}")
+    print(f"gpuflex client (pickled, /run)  : {_stats(res['gpuflex_s'])}")
+    print(section(res))
 
 
 if __name__ == "__main__":
