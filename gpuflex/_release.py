@@ -122,7 +122,9 @@ class EndpointPlan:
 @typing.final
 @attrs.frozen(kw_only=True)
 class DeployedEndpoint:
-    """An endpoint after a deploy: where a plain HTTP client calls it (``url``) and its current version."""
+    """An endpoint after a deploy: where a plain HTTP client calls it (``url``) and its current version.
+    ``access``: where the backend serves it from several places (the pod backend: one per host), how a client
+    reaches each (``url``, an SSH ``forward`` command, the ``token_file`` on the host); shown by ``deploy --json``."""
 
     name: str
     backend: str
@@ -131,10 +133,12 @@ class DeployedEndpoint:
     id: str | None = None
     url: str | None = None
     version: int | None = None
+    access: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "env": self.env, "action": self.action.value,
-                "id": self.id, "url": self.url, "version": self.version}
+                "id": self.id, "url": self.url, "version": self.version} | \
+            ({"access": [dict(a) for a in self.access]} if self.access else {})
 
 
 @typing.final

@@ -28,6 +28,7 @@ from gpuflex.worker import OWN_GROUP_ENV, PYTHON_VERSION, RUNTIME_MODULE, endpoi
 from gpuflex.workerpool import Placement, StartFailed, WorkerPoolBackend, WorkerProcess
 
 from ._config import PodConfig
+from ._deploy import PodReleases, http_api
 from ._prices import host_hourly_rate
 from ._remote import RemoteHost, TreeFile, runtime_tree
 from ._ssh import MARKER
@@ -35,6 +36,8 @@ from ._ssh_args import client_platform, control_dir
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+    from gpuflex.backend import DeployedEndpoint, EndpointPlan, Release, Version
 
 T = TypeVar("T")
 
@@ -60,6 +63,7 @@ class PodBackend(WorkerPoolBackend):
     config_cls: ClassVar[type[Any]] = PodConfig
     capabilities: ClassVar[Mapping[str, str | None]] = {
         "gpu": None, "streaming": None, "classes": None, "cancel": None, "kill_worker": None, "scaling": None,
+        "releases": None,
     }
     config: PodConfig
     worker_preamble = MARKER  # every remote command prints it first: a login shell's banner is skipped
@@ -79,6 +83,7 @@ class PodBackend(WorkerPoolBackend):
         self._runtime_paths: dict[str, str] = {}  # host -> runtime path there
         self._pythons: dict[tuple[str, str], str] = {}  # (host, endpoint) -> interpreter there
         self._warned_cpu: set[str] = set()
+        self.releases = PodReleases(self)
 
     # -- deploy: probe, push, environments -------------------------------------------------------------------
 
@@ -267,6 +272,26 @@ class PodBackend(WorkerPoolBackend):
                             if h.facts and h.facts["gpu_problem"]) or "nvidia-smi found none"
             caps["gpu"] = f"no pod host has a GPU ({why}); GPU endpoints run on CPU"
         return caps
+
+    # -- releases: `gpuflex deploy` leaves a service on each host (see _deploy) -------------------------------
+
+    async def plan_release(self, release: Release) -> list[EndpointPlan]:
+        return await self.releases.plan(release)
+
+    async def apply_release(self, release: Release, plans: list[EndpointPlan]) -> list[DeployedEndpoint]:
+        return await self.releases.apply(release, plans)
+
+    async def versions(self, env: str, endpoint: str) -> list[Version]:
+        return await self.releases.versions(env, endpoint)
+
+    async def rollback(self, env: str, endpoint: str, version: int | None = None) -> Version:
+        return await self.releases.rollback(env, endpoint, version)
+
+    async def call_json(self, env: str, endpoint: str, body: Any) -> Any:
+        return await self.releases.call_json(env, endpoint, body)
+
+    def http_api(self, deployed: DeployedEndpoint, calls: list[Mapping[str, Any]]) -> dict[str, Any]:
+        return http_api(deployed, calls)
 
     # -- faults, prices, shutdown ----------------------------------------------------------------------------
 

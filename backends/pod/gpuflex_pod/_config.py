@@ -82,6 +82,16 @@ def _positive(inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attr.name} must be a positive number, got {value!r}")
 
 
+def _address(inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9A-Za-z.:\-]+", value):
+        raise ConfigError(f"deploy_bind must be an address (127.0.0.1, 0.0.0.0, ::), got {value!r}")
+
+
+def _port(inst: object, attr: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536):
+        raise ConfigError(f"deploy_port must be a port number (1 to 65535), got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class PodConfig:
     """
@@ -109,6 +119,12 @@ class PodConfig:
     :param strict_gpu: fail instead of running a GPU endpoint on CPU when no host has a GPU.
     :param reload_in_place: on a hot reload with unchanged settings, workers load the new code in their running
         process instead of being replaced.
+    :param deploy_bind: the address ``gpuflex deploy``'s services listen on, on each host: loopback by default
+        (reach it through an SSH forward); any other address makes the service require a bearer token, generated
+        on the host at the first deploy (``<remote_dir>/services/<env>/<name>/token``, mode 0600).
+    :param deploy_port: the port those services listen on (default: a free one, kept across deploys). With several
+        endpoints deployed, leave it unset.
+    :param deploy_timeout: seconds a deployed service has to answer ``/health`` after it starts.
     """
 
     hosts: tuple[HostSpec, ...] = attrs.field(default=(), converter=_hosts)
@@ -129,3 +145,6 @@ class PodConfig:
     max_sessions: int = attrs.field(default=10, validator=_positive)
     strict_gpu: bool = False
     reload_in_place: bool = True
+    deploy_bind: str = attrs.field(default="127.0.0.1", validator=_address)
+    deploy_port: int | None = attrs.field(default=None, validator=_port)
+    deploy_timeout: float = attrs.field(default=120.0, validator=_positive)

@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RUNTIME_PACKAGES", "PushResult", "RemoteHost", "TreeFile", "runtime_tree"]
 
-# The host agent: one script, _remote_tools' functions first, then the actions that use them. It travels on stdin,
-# as one JSON string, and a short loader runs it: the command line stays one short line any login shell takes.
-AGENT_SOURCE = (Path(__file__).parent / "_remote_tools.py").read_text() + "\n" + \
-    (Path(__file__).parent / "_remote_agent.py").read_text().replace("from __future__ import annotations\n", "", 1)
+# The host agent: one script, _remote_tools' functions first, then _remote_service's, then the actions that use
+# them. It travels on stdin, as one JSON string, and a short loader runs it: the command line stays one short line
+# any login shell takes.
+AGENT_SOURCE = "\n".join(
+    (Path(__file__).parent / name).read_text().replace("from __future__ import annotations\n", "", 1 if i else 0)
+    for i, name in enumerate(("_remote_tools.py", "_remote_service.py", "_remote_agent.py")))
 _AGENT_LINE = json.dumps(AGENT_SOURCE).encode() + b"\n"
 _LOADER = "import sys, json; exec(compile(json.loads(sys.stdin.buffer.readline()), 'gpuflex-pod-agent', 'exec'))"
 # What gpuflex's worker runtime imports besides the standard library (import name -> requirement)

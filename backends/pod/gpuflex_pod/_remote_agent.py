@@ -15,6 +15,7 @@ each answering one JSON line on stdout:
   its hash), then materialises the tree with hard links and renames it into place.
 * ``python <root> <want>``: install CPython ``want`` with uv under ``<root>/pythons`` (once); answers its facts.
 * ``env <root> <python> <key>``: then a JSON list of requirements; makes ``<root>/envs/<key>`` with uv (once).
+* ``svc-*`` and ``importable``: the services ``gpuflex deploy`` leaves on the host (see ``_remote_service``).
 * ``kill <root> <module> <pid>...``: SIGKILL the process groups these gpuflex workers (``python -m <module>``)
   lead; a pid that is no longer such a worker under ``root`` is left alone.
 
@@ -41,6 +42,7 @@ import tempfile
 from typing import Any
 
 try:  # as modules (tests, type checks); the agent itself is one script, _remote_tools' source coming first
+    from ._remote_service import importable, service_call, service_start, service_state, service_stop
     from ._remote_tools import answer, fail, install_python, interpreter_facts, local_uv, make_env, managed_pythons
 except ImportError:
     pass
@@ -304,7 +306,8 @@ def main(argv: list[str]) -> None:
         return
     root = private_root(args[0])
     actions: dict[str, Any] = {"missing": missing, "put": put, "python": install_python, "env": make_env,
-                               "kill": kill}
+                               "kill": kill, "importable": importable, "svc-state": service_state,
+                               "svc-start": service_start, "svc-stop": service_stop, "svc-call": service_call}
     actions[action](root, *args[1:])
 
 
