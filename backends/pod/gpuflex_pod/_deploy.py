@@ -11,20 +11,23 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
 
 from gpuflex.backend import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Version
 from gpuflex.errors import BackendUnavailable, ConfigError, JobFailed
 
-from ._deploy_host import is_loopback, service_tree, start_service
+from ._deploy_host import is_loopback, service_python, service_tree, start_service
 from ._remote import runtime_tree
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from gpuflex import EndpointSpec
     from gpuflex.backend import Release, ReleaseEndpoint
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
     from ._remote import RemoteHost
 
 __all__ = ["PodReleases", "http_api"]
+
+T = TypeVar("T")
+_AT_ONCE = 3  # endpoints (and hosts per endpoint) deployed side by side: at most 9 sessions on one connection
 
 MASK = "***"
 _SCALARS = ("min_workers", "max_workers", "idle_timeout", "timeout", "retries", "concurrency", "max_batch_size",
@@ -67,6 +73,8 @@ class PodReleases:
         self.backend = backend
         self.config = backend.config
         self._planned: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pythons: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._locks: dict[str, anyio.Lock] = {}
 
     # -- reading the hosts ------------------------------------------------------------------------------------
 
@@ -187,32 +195,32 @@ class PodReleases:
     # -- apply ------------------------------------------------------------------------------------------------
 
     async def apply(self, release: Release, plans: list[EndpointPlan]) -> list[DeployedEndpoint]:
-        done = []
-        for plan in plans:
-            planned = self._planned.get((release.env, plan.name))
-            if plan.action is PlanAction.REMOVE:
-                for host in await self._hosts():
-                    await host.call("svc-stop", host.root, release.env, plan.name, "1", timeout=60)
-                done.append(self._deployed(release.env, plan.name, plan.action, None, None))
-                continue
-            if planned is None:
-                raise BackendUnavailable(f"no plan was made for {plan.name!r}: plan, then apply")
-            reference = planned["reference"]
-            if plan.action is PlanAction.UNCHANGED:
-                done.append(self._deployed(release.env, plan.name, plan.action, reference, planned["states"]))
-                continue
-            document: dict[str, Any] = json.loads(json.dumps(reference["versions"])) if reference else \
-                {"app": release.app, "endpoint": plan.name, "env": release.env, "versions": []}
-            if planned["new_version"]:
-                record = {**planned["wanted"], "number": len(document["versions"]) + 1, "created_at": time.time(),
-                          "note": ""}
-                document["versions"].append(record)
-            document["app"] = release.app or document.get("app")
-            states = await self._start(release.env, plan.name, document, planned["restart"], planned["item"],
-                                       planned["states"])
-            states = {label: states.get(label) or planned["states"].get(label) or {} for label in planned["states"]}
-            done.append(self._deployed(release.env, plan.name, plan.action, {"versions": document}, states))
-        return done
+        """Every endpoint's changes at once (each host's services start side by side)."""
+        return await _gather([functools.partial(self._apply_one, release, plan) for plan in plans])
+
+    async def _apply_one(self, release: Release, plan: EndpointPlan) -> DeployedEndpoint:
+        planned = self._planned.get((release.env, plan.name))
+        if plan.action is PlanAction.REMOVE:
+            hosts = await self._hosts()
+            await _gather([functools.partial(h.call, "svc-stop", h.root, release.env, plan.name, "1", timeout=60)
+                           for h in hosts])
+            return self._deployed(release.env, plan.name, plan.action, None, None)
+        if planned is None:
+            raise BackendUnavailable(f"no plan was made for {plan.name!r}: plan, then apply")
+        reference = planned["reference"]
+        if plan.action is PlanAction.UNCHANGED:
+            return self._deployed(release.env, plan.name, plan.action, reference, planned["states"])
+        document: dict[str, Any] = json.loads(json.dumps(reference["versions"])) if reference else \
+            {"app": release.app, "endpoint": plan.name, "env": release.env, "versions": []}
+        if planned["new_version"]:
+            record = {**planned["wanted"], "number": len(document["versions"]) + 1, "created_at": time.time(),
+                      "note": ""}
+            document["versions"].append(record)
+        document["app"] = release.app or document.get("app")
+        states = await self._start(release.env, plan.name, document, planned["restart"], planned["item"],
+                                   planned["states"])
+        states = {label: states.get(label) or planned["states"].get(label) or {} for label in planned["states"]}
+        return self._deployed(release.env, plan.name, plan.action, {"versions": document}, states)
 
     async def _start(self, env: str, name: str, document: dict[str, Any], labels: list[str],
                      item: ReleaseEndpoint | None, known: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -222,19 +230,31 @@ class PodReleases:
         secrets = self._secrets(item.spec) if item is not None else self._secrets_for(record)
         hosts = [h for h in await self._hosts() if h.label in labels]
         states: dict[str, dict[str, Any]] = {}  # what each host runs now; ``known``: what each ran (its port)
-        for host in hosts:
+        settings = record["settings"]
+
+        async def start(host: RemoteHost) -> None:
             if item is not None:
                 await self.backend.push_bundle(host, item.bundle)
-            settings = record["settings"]
             before = (known.get(host.label) or {}).get(name) or {}
             port = settings.get("port") or (before.get("port") if before.get("bind") == settings["bind"] else None)
             config = {"bundle": record["bundle"], "app_file": record.get("app_file"), "module": record["module"],
                       "qualname": record["qualname"], "settings": settings, "bind": settings["bind"],
                       "port": port, "token": not is_loopback(settings["bind"])}
-            answer = await start_service(host, env, name, config, document, secrets,
-                                         tuple(settings.get("dependencies") or ()), self.config.deploy_timeout)
+            python = await self._python(host, tuple(settings.get("dependencies") or ()))
+            answer = await start_service(host, env, name, config, document, secrets, python,
+                                         self.config.deploy_timeout)
             states[host.label] = {name: {**answer, "versions": document, "running": True}}
+
+        await _gather([functools.partial(start, host) for host in hosts])
         return states
+
+    async def _python(self, host: RemoteHost, dependencies: tuple[str, ...]) -> str:
+        """The service's interpreter on ``host`` (found or made once per deploy)."""
+        async with self._locks.setdefault(host.label, anyio.Lock()):
+            key = (host.label, dependencies)
+            if key not in self._pythons:
+                self._pythons[key] = await service_python(host, dependencies)
+            return self._pythons[key]
 
     def _secrets_for(self, record: dict[str, Any]) -> dict[str, str]:
         names = (record.get("settings") or {}).get("secrets") or []
@@ -316,6 +336,28 @@ class PodReleases:
         if isinstance(result, dict) and "error" in result:
             raise JobFailed(f"{result['error']}: {result.get('message')}")
         raise JobFailed(f"the call answered HTTP {status}: {result}")
+
+
+async def _gather(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run ``calls`` side by side (a few at a time: each holds SSH sessions, and sshd allows ``MaxSessions`` per
+    connection); their results in order, or the first failure itself (not an exception group)."""
+    results: list[Any] = [None] * len(calls)
+    failures: list[BaseException] = []
+    limit = anyio.CapacityLimiter(_AT_ONCE)
+
+    async def one(index: int) -> None:
+        try:
+            async with limit:
+                results[index] = await calls[index]()
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(calls)):
+            tg.start_soon(one, index)
+    if failures:
+        raise failures[0]
+    return results
 
 
 def http_api(deployed: DeployedEndpoint, calls: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -103,13 +103,12 @@ async def service_python(host: RemoteHost, dependencies: tuple[str, ...]) -> str
 
 
 async def start_service(host: RemoteHost, env: str, name: str, config: dict[str, Any], versions: dict[str, Any],
-                        secrets: dict[str, str], dependencies: tuple[str, ...], wait: float) -> dict[str, Any]:
-    """(Re)start the endpoint's service on ``host`` with ``config`` (the code is there already); answer its pid,
-    address, port and token file."""
+                        secrets: dict[str, str], python: str, wait: float) -> dict[str, Any]:
+    """(Re)start the endpoint's service on ``host`` with ``config`` under ``python`` (the code is there already);
+    answer its pid, address, port and token file."""
     tree, files = runtime_tree()
     runtime = (await host.push(tree, files)).tree
     service = (await host.push(*service_tree())).tree
-    python = await service_python(host, dependencies)
     config = {**config, "python": python, "pythonpath": [runtime, service], "name": name}
     request = {"config": config, "versions": versions, "secrets": secrets, "timeout": wait}
     return await host.call("svc-start", host.root, env, name, payload=json.dumps(request).encode() + b"\n",
