@@ -243,3 +243,57 @@ def test_teardown_leaves_no_process_on_the_host(project, deployed):
     project.cli("teardown", "app.py", "--backend", "pod", "--env", ENV)
     wait_until(lambda: not project.host_processes(), "every process of the deployed services to end", 30)
     assert not (project.remote / "services" / ENV / "greet").exists()
+
+
+PUBLIC_APP = '''
+import gpuflex
+
+
+@gpuflex.endpoint(name="echo")
+def echo(text: str) -> str:
+    return text
+'''
+
+
+def test_a_service_on_another_address_requires_its_token(tmp_path, sshd_pair):
+    """Bound to anything but loopback, the service takes only calls with the token generated on the host (mode
+    0600), which appears in no output and no log."""
+    server = sshd_pair[0]
+    remote, root = tmp_path / "remote", tmp_path / "project"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(textwrap.dedent(f"""
+        [tool.gpuflex.backends.pod]
+        hosts = ["{server.host}"]
+        identity_file = "{server.identity_file}"
+        known_hosts = "{known_hosts_of([server], tmp_path)}"
+        remote_dir = "{remote}"
+        python = "{sys.executable}"
+        deploy_bind = "0.0.0.0"
+    """))
+    (root / "app.py").write_text(PUBLIC_APP)
+    project = Project(root, server, remote)
+    done = project.cli("deploy", "app.py", "--backend", "pod", "--env", "public", "--json")
+    try:
+        [access] = json.loads(done.stdout)["endpoints"][0]["access"]
+        assert access["bind"] == "0.0.0.0" and access["forward"] is None
+        token_file = Path(access["token_file"])
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = token_file.read_text().strip()
+        called = project.cli("call", "echo", "--backend", "pod", "--env", "public", "--json", '{"text": "hi"}')
+        assert json.loads(called.stdout) == "hi"
+        log = (remote / "services" / "public" / "echo" / "service.log").read_text()
+        for text in (done.stdout, done.stderr, called.stdout, called.stderr, log):
+            assert token not in text
+        script = textwrap.dedent('''
+            import sys, httpx
+            url, token = sys.argv[1], sys.argv[2]
+            print(httpx.post(url, json={"text": "x"}).status_code,
+                  httpx.post(url, json={"text": "x"}, headers={"Authorization": "Bearer " + token}).status_code)
+        ''')
+        url = f"http://127.0.0.1:{access['port']}/echo"
+        answers = subprocess.run([sys.executable, "-c", script, url, token], capture_output=True, text=True,
+                                 check=True, timeout=60).stdout.split()
+        assert answers == ["401", "200"]
+    finally:
+        project.cli("teardown", "app.py", "--backend", "pod", "--env", "public")
+    assert not project.host_processes()
