@@ -368,6 +368,10 @@ def http_api(deployed: DeployedEndpoint, calls: list[Mapping[str, Any]]) -> dict
                 "description": f"on pod host {a['host']}" + (f"; reach it with {a['forward']}" if a.get("forward")
                                                             else f"; bearer token in {a['token_file']} there")}
                for a in deployed.access]
+    if not servers and deployed.id:  # read back by `gpuflex openapi`: "host/port" per host
+        servers = [{"url": f"http://127.0.0.1:{where.rsplit('/', 1)[1]}",
+                    "description": f"on pod host {where.rsplit('/', 1)[0]}, through an SSH forward of that port"}
+                   for where in deployed.id.split(",")]
     error = {"description": "{\"error\": type, \"message\": ...}: 400 not JSON, 422 a field that does not fit "
                             "(named), 502 the endpoint's own code raised", "content": {"application/json": {
                                 "schema": {"type": "object", "required": ["error", "message"], "properties": {

@@ -20,6 +20,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import anyio
 import pytest
 
 from gpuflex.testing import wait_until
@@ -62,6 +63,18 @@ seen["gpuflex_imported"] = any(m == "gpuflex" or m.startswith("gpuflex.") for m 
 print(json.dumps(seen))
 '''
 
+KILLED_DEPLOY = f'''
+import os, signal, sys
+from gpuflex.cli import main
+sys.argv = ["gpuflex", "deploy", "app.py", "--backend", "pod", "--env", "{ENV}", "--json"]
+try:
+    main()
+except SystemExit:
+    pass
+sys.stdout.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
 
 class Project:
     def __init__(self, root: Path, server, remote: Path) -> None:
@@ -76,12 +89,12 @@ class Project:
     def write(self, version: int) -> None:
         (self.root / "app.py").write_text(APP.format(version=version))
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, module: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "250",
                "GPUFLEX_HOME": str(self.root.parent / "home")}
         env.pop("GPUFLEX_BACKEND", None)
-        done = subprocess.run([sys.executable, "-m", "gpuflex.cli", *args], cwd=self.root, env=env,
-                              capture_output=True, text=True, timeout=240)
+        argv = [sys.executable, *(["-m", "gpuflex.cli"] if module else []), *args]
+        done = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, text=True, timeout=240)
         if check:
             assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
         return done
@@ -194,6 +207,9 @@ def test_deploy_leaves_a_service_that_outlives_the_deploying_process(project, de
     assert seen["wrong"]["body"]["error"] == "ValidationError" and "name" in seen["wrong"]["body"]["message"]
     counted = _plain_call(project, deployed["count"]["access"][0]["port"])["count"]
     assert counted == {"status": 200, "body": [0, 1, 2]}
+    document = json.loads(next(project.root.glob(f"app.{ENV}.openapi*")).read_text())
+    assert document["paths"]["/greet"]["servers"][0]["url"] == f"http://127.0.0.1:{port}"
+    assert set(document["paths"]) == {"/greet", "/count"}
 
 
 def test_gpuflex_call_and_a_clear_error(project, deployed):
@@ -218,10 +234,14 @@ def test_drift_is_reported_by_plan_and_fixed_by_deploy(project, deployed):
     os.killpg(project.service("greet")["pid"], signal.SIGKILL)
     plan = project.cli("plan", "app.py", "--backend", "pod", "--env", ENV)
     assert "drift" in plan.stdout and "not running" in plan.stdout, plan.stdout
-    fixed = project.deploy()
+    # the deploy that fixes it ends with SIGKILL (no clean-up of its SSH connection): the service stays up
+    killed = project.cli("-c", KILLED_DEPLOY, check=False, module=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    fixed = {e["name"]: e for e in json.loads(killed.stdout)["endpoints"]}
     assert fixed["greet"]["action"] == "change" and fixed["greet"]["version"] == 1  # the same version, running
     assert fixed["count"]["action"] == "unchanged"
     assert _plain_call(project, fixed["greet"]["access"][0]["port"])["greet"]["status"] == 200
+    assert "drift" not in project.cli("plan", "app.py", "--backend", "pod", "--env", ENV).stdout
 
 
 def test_new_code_is_a_version_and_rollback_restores_the_previous(project, deployed):
@@ -297,3 +317,30 @@ def test_a_service_on_another_address_requires_its_token(tmp_path, sshd_pair):
     finally:
         project.cli("teardown", "app.py", "--backend", "pod", "--env", "public")
     assert not project.host_processes()
+
+
+def test_plan_reports_a_host_that_holds_another_version_as_drift():
+    """Two hosts, one a version behind (a deploy that reached only one): the plan restarts only that one."""
+    from gpuflex_pod import PodBackend, PodConfig
+
+    from gpuflex.backend import PlanAction
+
+    backend = PodBackend(PodConfig(hosts=["a@10.0.0.1", "b@10.0.0.2"]))  # no I/O until a deploy
+    record = {"bundle": "1" * 64, "runtime": "r", "service": "s", "secrets_digest": None,
+              "settings": {"max_workers": 1, "bind": "127.0.0.1", "port": None}, "created_at": 1.0, "number": 1}
+    newer = {**record, "bundle": "2" * 64, "number": 2, "created_at": 2.0}
+    states = {"a@10.0.0.1": {"greet": {"versions": {"app": "app", "versions": [record, newer]}, "running": True,
+                                       "bundle": newer["bundle"], "port": 4000}},
+              "b@10.0.0.2": {"greet": {"versions": {"app": "app", "versions": [record]}, "running": True,
+                                       "bundle": record["bundle"], "port": 4000}}}
+    releases = backend.releases
+    reference = releases._reference(states, "greet")
+    assert reference is states["a@10.0.0.1"]["greet"]
+    plan, restart = releases._compare("greet", backend.hosts, states, reference, dict(newer))
+    assert plan.action is PlanAction.CHANGE and restart == ["b@10.0.0.2"]
+    [change] = plan.changes
+    assert change.drift and change.field == "host b@10.0.0.2: version"
+    assert change.deployed.startswith("1 (code 111111111111") and change.wanted.startswith("2 (code 222222222222")
+    plan, restart = releases._compare("greet", backend.hosts, states, reference, {**newer, "bundle": "3" * 64})
+    assert restart == ["a@10.0.0.1", "b@10.0.0.2"] and plan.changes[0].field == "code" and not plan.changes[0].drift
+    anyio.run(backend.aclose)
