@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["deploy_app", "teardown_backend"]
 
 # Backends whose deployments end with the process that made them.
-_PROCESS_BOUND = frozenset({"local", "pod"})
+_PROCESS_BOUND = frozenset({"local"})  # deployments that end with the deploying process
 
 
 def deploy_app(loaded: LoadedApp, backend: str | None, console: Console, *, env: str = "prod",
@@ -70,7 +70,7 @@ def deploy_app(loaded: LoadedApp, backend: str | None, console: Console, *, env:
         if as_json:
             sys.stdout.write(json.dumps({"endpoints": entries, "openapi": openapi}, indent=2) + "\n")
         elif any(b.name in _PROCESS_BOUND for b in instances):
-            console.print("[yellow]Local and pod deployments live only while the process that made them "
+            console.print("[yellow]Local deployments live only while the process that made them "
                           "runs:[/yellow] they stop as `gpuflex deploy` exits. To keep endpoints up and call them, "
                           "run `gpuflex serve APP.py` (or call them from your program).")
     finally:
@@ -78,6 +78,8 @@ def deploy_app(loaded: LoadedApp, backend: str | None, console: Console, *, env:
 
 
 def teardown_backend(backend: str | None, endpoints: list[str] | None, console: Console) -> None:
+    from ._release import keeps_releases
+
     with use(backend) if backend else contextlib.nullcontext():
         choice = resolve_backend("", None)
     instance = make_backend(choice.name, dict(choice.options))
@@ -93,5 +95,9 @@ def teardown_backend(backend: str | None, endpoints: list[str] | None, console: 
         if instance.name in _PROCESS_BOUND:
             console.print("[dim]The local backend keeps nothing between processes: its workers stop with the "
                           "process that started them, so there was nothing left to remove.[/dim]")
+        elif keeps_releases(instance):
+            console.print(f"[dim]Endpoints `gpuflex deploy` made on {instance.name} live on in their environments: "
+                          "`gpuflex teardown [APP.py] --env ENV` removes them (the default environment is prod)."
+                          "[/dim]")
     finally:
         shutdown()
