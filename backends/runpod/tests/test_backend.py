@@ -20,7 +20,7 @@ from gpuflex_runpod.emulator._catalog import SERVERLESS_POOLS
 
 from gpuflex import errors
 from gpuflex.client._session import get_session
-from gpuflex.testing import backend_in_use
+from gpuflex.testing import backend_in_use, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _runpod_app by reference, from the bundle
 import _runpod_app as app  # noqa: E402
@@ -168,8 +168,16 @@ def test_a_worker_without_the_bundle_gets_it_resent(make_backend, emulator_url, 
         first = app.private_pid()  # carries the bundle inline (one job per possible worker: max_workers=1)
         assert backend.deployed["rp_private_cache"].inline_left == 0
         shutil.rmtree(app.PRIVATE_CACHE)
-        (worker,) = [w for w in admin.get("/_emulator/workers").json()["workers"]
-                     if w["name"] == "gpuflex-dev-rp_private_cache"]
+        listing: list[dict] = []
+
+        def listed() -> bool:
+            listing[:] = admin.get("/_emulator/workers").json()["workers"]
+            return any(w["name"] == "gpuflex-dev-rp_private_cache" for w in listing)
+
+        wait_until(listed, "the endpoint's worker to be listed")  # seen missing once, under load: kept in view
+        matching = [w for w in listing if w["name"] == "gpuflex-dev-rp_private_cache"]
+        assert len(matching) == 1, listing
+        (worker,) = matching
         os.kill(worker["pid"], signal.SIGKILL)
         failed_before = get_session().run(backend.health("rp_private_cache"))["jobs"]["failed"]
         second = app.private_pid()  # by hash only: the new worker misses, the call is resent with the bundle
