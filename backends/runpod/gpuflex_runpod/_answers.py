@@ -48,7 +48,11 @@ class Answers:
             call.lane.pending.appendleft(call)
 
     def _end(self, call: CallState, update: JobUpdate) -> None:
-        call.update, call.payload, call.parts, call.answer = update, None, None, None
+        """Tell the caller ``update``; a terminal one ends the call (its payload is dropped). A running call keeps
+        its payload: its job may still fail because the worker lacked the code, and then goes out again."""
+        call.update, call.parts, call.answer = update, None, None
+        if update.status.is_terminal:
+            call.payload = None
         call.notify()
 
     def _fail(self, call: CallState, error: BaseException) -> None:

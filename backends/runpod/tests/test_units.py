@@ -259,3 +259,17 @@ def test_packs_are_capped_by_what_calls_showed():
     lane.grow(slots=1)
     assert lane.limit == 4
     assert Lane("ep", max_pack=1).limit == 1
+
+
+def test_a_lone_call_seen_running_keeps_its_payload_until_it_ends():
+    """A lone call's job seen IN_PROGRESS, then FAILED because the worker lacked the code, is sent again: with its
+    payload (it was dropped at RUNNING once, and the resent job carried no call: found under load)."""
+    from gpuflex_runpod._answers import Answers
+
+    payload = Payload(b"call")
+    call = CallState("c0", Lane("e"), payload, blocking=True, streams=False)
+    answers = Answers()
+    answers._end(call, JobUpdate(status=JobStatus.RUNNING))
+    assert call.payload is payload and not call.done
+    answers._end(call, JobUpdate(status=JobStatus.COMPLETED))
+    assert call.payload is None and call.done
