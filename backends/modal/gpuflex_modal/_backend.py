@@ -22,20 +22,24 @@ import anyio
 import attrs
 
 from gpuflex import Bundle, EndpointSpec, JobStatus, Price
-from gpuflex.backend import Backend, Call, JobUpdate, Payload
+from gpuflex.backend import Backend, Call, DeployedEndpoint, EndpointPlan, JobUpdate, Payload, Release, Version
 from gpuflex.errors import BackendUnavailable, ConfigError
 from gpuflex.worker import worker_init
 from gpuflex.workerpool import Mailbox
 
-from ._app import build_app
+from ._app import WebSide, build_app
 from ._auth import missing_token, modal_credentials, open_client
 from ._config import ModalConfig
 from ._errors import failure, modal_error
 from ._logs import LogForwarder
+from ._openapi import http_api
 from ._plan import BUNDLE_DIR, ModalPlan, modal_price, plan_for
+from ._release import ModalReleases
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
+
+    from gpuflex.backend import ReleaseEndpoint
 
 __all__ = ["ModalBackend"]
 
@@ -77,7 +81,7 @@ class ModalBackend(Backend):
     name: ClassVar[str] = "modal"
     config_cls: ClassVar[type[Any]] = ModalConfig
     capabilities: ClassVar[Mapping[str, str | None]] = {
-        "gpu": None, "streaming": None, "classes": None, "cancel": None,
+        "gpu": None, "streaming": None, "classes": None, "cancel": None, "releases": None,
         "kill_worker": "Modal reschedules the calls of a container that dies, on a new container, without telling "
                        "the caller: a call survives a killed container, but not as a second gpuflex attempt",
         "scaling": "Modal scales containers itself (min/max_containers, scaledown_window); gpuflex cannot list them",
@@ -97,6 +101,7 @@ class ModalBackend(Backend):
         self._jobs: dict[str, _ModalJob] = {}
         self._lock = anyio.Lock()
         self._dirty = False
+        self.releases = ModalReleases(self)
 
     # -- connection ------------------------------------------------------------------------------------------
 
@@ -109,6 +114,15 @@ class ModalBackend(Backend):
             self._client = await open_client(credentials, url, self.config.connect_timeout)
             self._environment = self.config.environment or credentials.environment
         return self._client
+
+    async def connect(self) -> Any:
+        """The connected ``modal.Client`` (connecting on first use)."""
+        return await self._connect()
+
+    @property
+    def modal_environment(self) -> str | None:
+        """The Modal environment in use (known once connected)."""
+        return self._environment
 
     # -- deploy ----------------------------------------------------------------------------------------------
 
@@ -184,10 +198,26 @@ class ModalBackend(Backend):
                 await generation.context.__aexit__(None, None, None)
 
     async def publish(self) -> str:
-        """``gpuflex deploy``: deploy the app under its name (it outlives this process, unlike a run)."""
-        client = await self._connect()
+        """Deploy the app under its name (it outlives this process, unlike a run). ``gpuflex deploy`` goes
+        through :meth:`apply_release` instead (an app per environment, with web endpoints)."""
         name = self.config.app()
-        app, classes = build_app(self.plans, self._inits, self._bundles, self.config, name)
+        app_id = await self._deploy(name, self.plans, self._inits, self._bundles)
+        return f"Modal app {name!r} ({app_id}); `gpuflex teardown --backend modal` stops it"
+
+    async def deploy_release(self, name: str, items: list[ReleaseEndpoint], webs: Mapping[str, WebSide]) -> str:
+        """Deploy ``items`` as the app ``name``, each endpoint also a web endpoint (``webs``); its app id."""
+        if modal_credentials() is None:
+            raise missing_token()
+        plans = {item.spec.name: self.plan(item.spec) for item in items}
+        inits = {item.spec.name: worker_init(item.spec, item.bundle, report_started=False,
+                                             bundle_root=f"/root/{BUNDLE_DIR}") for item in items}
+        bundles = {item.spec.name: item.bundle for item in items}
+        return await self._deploy(name, plans, inits, bundles, webs)
+
+    async def _deploy(self, name: str, plans: Mapping[str, ModalPlan], inits: Mapping[str, dict[str, Any]],
+                      bundles: Mapping[str, Bundle], webs: Mapping[str, WebSide] | None = None) -> str:
+        client = await self._connect()
+        app, classes = build_app(plans, inits, bundles, self.config, name, webs)
         generation = _Generation(app, classes)
 
         async def deploy() -> None:
@@ -197,7 +227,28 @@ class ModalBackend(Backend):
             await self._create(generation, deploy)
         finally:
             generation.ended = True
-        return f"Modal app {name!r} ({app.app_id}); `gpuflex teardown --backend modal` stops it"
+        return str(app.app_id)
+
+    # -- releases (gpuflex deploy / plan / versions / rollback / call; see _release) ---------------------------
+
+    async def plan_release(self, release: Release) -> list[EndpointPlan]:
+        return await self.releases.plan(release)
+
+    async def apply_release(self, release: Release, plans: list[EndpointPlan]) -> list[DeployedEndpoint]:
+        return await self.releases.apply(release, plans)
+
+    async def versions(self, env: str, endpoint: str) -> list[Version]:
+        return await self.releases.versions(env, endpoint)
+
+    async def rollback(self, env: str, endpoint: str, version: int | None = None) -> Version:
+        return await self.releases.rollback(env, endpoint, version)
+
+    async def call_json(self, env: str, endpoint: str, body: Any) -> Any:
+        return await self.releases.call_json(env, endpoint, body)
+
+    def http_api(self, deployed: DeployedEndpoint, calls: list[Mapping[str, Any]]) -> dict[str, Any]:
+        url = deployed.url or self.releases.known_url(deployed.env, deployed.name)
+        return http_api(url, deployed, calls, proxy_auth=self.config.web_auth == "proxy")
 
     # -- jobs ------------------------------------------------------------------------------------------------
 

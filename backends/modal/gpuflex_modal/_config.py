@@ -67,6 +67,9 @@ class ModalConfig:
     :param stream_output: forward what containers print, setup() tracebacks and image build logs to the
         ``gpuflex.worker`` logger as they happen (Modal's log stream).
     :param python_version: the containers' Python (default: this interpreter's major.minor; they must match).
+    :param web_auth: who may call the web endpoints ``gpuflex deploy`` makes: ``"proxy"`` (default) only callers
+        sending a Modal proxy-auth token (``Modal-Key`` and ``Modal-Secret`` headers; Modal's
+        ``requires_proxy_auth``), ``"public"`` anyone with the URL.
     """
 
     app_name: str | None = attrs.field(default=None, validator=_app_name)
@@ -78,6 +81,7 @@ class ModalConfig:
     build_timeout: float | None = attrs.field(default=None, validator=_positive)
     stream_output: bool = True
     python_version: str | None = None
+    web_auth: str = attrs.field(default="proxy", validator=attrs.validators.in_(("proxy", "public")))
 
     def app(self) -> str:
         """The app name in effect."""

@@ -18,6 +18,7 @@ next input. Sync user code runs in a thread, which nothing can interrupt: the ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -96,22 +97,37 @@ class EndpointRunner:
         return await self.runtime.start()
 
     async def run(self, payload: bytes) -> AsyncIterator[tuple[Any, ...]]:
+        started = time.time()
+        first = True
+        async with contextlib.aclosing(self.call(Payload.from_bytes(payload))) as messages:
+            async for message in messages:
+                if first:
+                    yield "started", container_id(), started, _current_call()
+                    first = False
+                if message[0] == "chunk":
+                    yield "chunk", message[1].to_bytes()
+                elif message[0] == "done":
+                    outcome = message[2].to_bytes() if message[2] is not None else b""
+                    yield "done", message[1], outcome, time.time()
+
+    async def call(self, payload: Payload) -> AsyncIterator[tuple[Any, ...]]:
+        """One call in the runtime: first ``("submitted",)``, then ``("chunk", Payload)`` per generator chunk and
+        ``("done", status, outcome)`` last. Closing (or cancelling) the iterator cancels the user's call and waits
+        for it to end."""
         if self.runtime is None:
             raise RuntimeError("the endpoint runner was not started (no @modal.enter ran)")
         job_id = f"m{next(_ids)}"
         inbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self._inboxes[job_id] = inbox
-        started = time.time()
-        self.runtime.submit(job_id, Payload.from_bytes(payload))
+        self.runtime.submit(job_id, payload)
         try:
-            yield "started", container_id(), started, _current_call()
+            yield ("submitted",)
             while True:
                 message = await inbox.get()
                 if message[0] == "chunk":
-                    yield "chunk", message[2].to_bytes()
+                    yield "chunk", message[2]
                 elif message[0] == "done":
-                    outcome = message[3].to_bytes() if message[3] is not None else b""
-                    yield "done", str(message[2]), outcome, time.time()
+                    yield "done", str(message[2]), message[3]
                     return
         except BaseException:  # Modal cancelled the input (CancelledError), or the generator was closed
             await self._stop(job_id)

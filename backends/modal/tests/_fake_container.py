@@ -25,7 +25,8 @@ class Call:
 
     def __init__(self, call_id: str, function_id: str, app_id: str) -> None:
         self.id, self.function_id, self.app_id = call_id, function_id, app_id
-        self.chunks: list[api_pb2.DataChunk] = []
+        self.chunks: list[api_pb2.DataChunk] = []  # data out: generator items, a web function's ASGI messages
+        self.data_in: list[api_pb2.DataChunk] = []  # data in: a web request's body
         self.result: tuple[api_pb2.GenericResult, int] | None = None
         self.changed = Signal()
 
@@ -104,6 +105,18 @@ class ContainerServicer(api_grpc.ModalClientBase):
         call.chunks.extend(request.data_chunks)
         call.changed.fire()
         await stream.send_message(empty_pb2.Empty())
+
+    async def FunctionCallGetDataIn(self, stream):
+        """A web function's request messages, held open until its call ends (as Modal's stream is)."""
+        request = await stream.recv_message()
+        call = self.workers.calls[request.function_call_id]
+        sent = request.last_index
+        deadline = time.monotonic() + 55
+        while call.result is None and time.monotonic() < deadline:
+            for chunk in [c for c in call.data_in if c.index > sent]:
+                await stream.send_message(chunk)
+                sent = chunk.index
+            await call.changed.wait(1.0)
 
     async def TaskResult(self, stream):
         request = await stream.recv_message()

@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 
 from _fake_container import Call
+from _fake_deploys import DeployRPCs, function_data_of, is_mutation
 from _fake_logs import LogStore
 from _fake_store import StoreRPCs, invalid, start_blob_store
+from _fake_web import WebGateway
 from _fake_workers import Workers
 from google.protobuf import empty_pb2
 from grpclib import GRPCError, Status
@@ -40,20 +42,23 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @patch_mock_servicer
-class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
+class FakeModal(StoreRPCs, DeployRPCs, api_grpc.ModalClientBase):
     def __init__(self, root: Path) -> None:
-        super().__init__()
+        StoreRPCs.__init__(self)
+        DeployRPCs.__init__(self)
         self.root = root
         self.requests: list[tuple[str, object]] = []
         self._n = 0
         self.tokens: set[tuple[str, str]] | None = None  # None: any token is accepted
         self.oauth_refresh_tokens: set[str] = {"rt-test"}
         self.functions: dict[str, api_pb2.Function] = {}  # function id -> the rank-0 function
+        self.function_data: dict[str, api_pb2.FunctionData] = {}
         self.function_apps: dict[str, str] = {}
         self.apps: dict[str, dict] = {}  # app id -> {"name", "state", "layout", "logs"}
         self.deployments: dict[tuple[str, str], str] = {}
         self.advertised_inline_bytes = MAX_INLINE_BYTES  # what the client is told (tests may tell it more)
         self.workers = Workers(self, root)
+        self.web = WebGateway(self)
 
     def new_id(self, prefix: str) -> str:
         self._n += 1
@@ -77,6 +82,17 @@ class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
 
     def of(self, kind):
         return [request for name, request in self.requests if name == kind]
+
+    def mutations(self) -> list[str]:
+        """The RPCs received so far that change something (see ``_fake_deploys.MUTATING``)."""
+        return [name for name, request in self.requests if is_mutation(name, request)]
+
+    def live_apps(self) -> list[str]:
+        return sorted(app["name"] for app in self.apps.values() if app["state"] != api_pb2.APP_STATE_STOPPED)
+
+    def live_containers(self) -> list[str]:
+        return sorted(c.task_id for c in self.workers.containers.values()
+                      if c.process is not None and c.process.returncode is None)
 
     async def _reply(self, stream, message=None):
         await stream.send_message(message if message is not None else empty_pb2.Empty())
@@ -109,7 +125,10 @@ class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
     async def AppGetByDeploymentName(self, stream):
         request = await self._recv(stream)
         app_id = self.deployments.get((request.environment_name or "main", request.name), "")
-        await self._reply(stream, api_pb2.AppGetByDeploymentNameResponse(app_id=app_id))
+        lifecycle = api_pb2.AppLifecycle(app_state=api_pb2.APP_STATE_DEPLOYED, version=self.version(app_id)) \
+            if app_id else None
+        await self._reply(stream, api_pb2.AppGetByDeploymentNameResponse(
+            app_id=app_id, environment_name=request.environment_name or "main", lifecycle=lifecycle))
 
     async def AppGetOrCreate(self, stream):
         request = await self._recv(stream)
@@ -131,6 +150,9 @@ class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
     async def AppPublish(self, stream):
         request = await self._recv(stream)
         app = self.apps[request.app_id]
+        redeploy = app["state"] == api_pb2.APP_STATE_DEPLOYED and bool(app.get("history"))
+        if redeploy:
+            await self.replace_containers(request.app_id)
         layout = api_pb2.AppLayout(function_ids=request.function_ids, class_ids=request.class_ids)
         for function_id in request.function_ids.values():
             layout.objects.append(api_pb2.Object(object_id=function_id, function_handle_metadata=self._handle(
@@ -138,6 +160,8 @@ class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
         app["layout"], app["state"] = layout, request.app_state
         if request.name:
             self.deployments[("main", request.name)] = request.app_id
+        if request.app_state == api_pb2.APP_STATE_DEPLOYED:
+            self.record_version(request.app_id, request)
         for function_id in request.function_ids.values():  # min_containers start now
             await self.workers._scale(function_id)
         await self._reply(stream, api_pb2.AppPublishResponse(url="https://modal.example/fake"))
@@ -201,6 +225,7 @@ class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
             name: api_pb2.FunctionHandleMetadata(
                 function_name=f"{function.function_name.removesuffix('.*')}.{name}",
                 function_type=definition.function_type, is_method=True, use_method_name=name,
+                web_url=definition.web_url,
                 max_object_size_bytes=self.advertised_inline_bytes,
                 max_async_object_size_bytes=MAX_ASYNC_INLINE_BYTES)
             for name, definition in function.method_definitions.items()
@@ -217,15 +242,26 @@ class FakeModal(StoreRPCs, api_grpc.ModalClientBase):
             data = request.function_data
         else:
             ranked = [request.function]
-            data = api_pb2.FunctionData(ranked_functions=[
-                api_pb2.FunctionData.RankedFunction(rank=0, function=request.function)])
+            data = function_data_of(request.function)
         for function in ranked:
             self._check(function)
+        await self._web_urls(request.app_id, ranked, data)
         function_id = request.existing_function_id or self.new_id("fu")
         self.functions[function_id] = ranked[0]
+        self.function_data[function_id] = data
         self.function_apps[function_id] = request.app_id
         await self._reply(stream, api_pb2.FunctionCreateResponse(
             function_id=function_id, handle_metadata=self._handle(ranked[0]), function_data=data))
+
+    async def _web_urls(self, app_id: str, ranked, data: api_pb2.FunctionData) -> None:
+        """Give each web method its URL (stable per app name, function and method, as Modal's are)."""
+        name = self.apps[app_id]["name"]
+        for function in (*ranked, data):
+            tag = function.function_name if function.function_name.endswith(".*") else \
+                f"{function.function_name}.*"
+            for method, definition in function.method_definitions.items():
+                if definition.webhook_config.type != api_pb2.WEBHOOK_TYPE_UNSPECIFIED:
+                    definition.web_url = await self.web.url_for(name, tag, method)
 
     async def ClassCreate(self, stream):
         await self._recv(stream)
@@ -325,6 +361,7 @@ class FakeModalServer:
     def close(self) -> None:
         async def stop() -> None:
             await self.servicer.workers.close()
+            await self.servicer.web.close()
             for store in (app["logs"] for app in self.servicer.apps.values()):
                 store.close()
             self.server.close()
