@@ -18,12 +18,12 @@ _ERROR = {"type": "object", "required": ["error", "message"],
           "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "detail": {"type": "array"}}}
 _REFUSED = {
     "400": "The body is not JSON (or names no method of a class endpoint).",
-    "401": "The proxy-auth token is missing or wrong (Modal-Key and Modal-Secret headers).",
-    "404": "The app is stopped, or the path is not the endpoint's.",
+    "401": "The proxy-auth token is missing or wrong (Modal-Key and Modal-Secret headers); Modal's proxy answers.",
+    "404": "The path is not the endpoint's, or (Modal's proxy, in text) the app is stopped.",
     "409": "The call was cancelled in the container.",
     "413": "The body is over 64 MiB.",
     "422": "The arguments do not fit the function's signature; the message names each field.",
-    "500": "The result has no JSON form.",
+    "500": "The result has no JSON form, or (Modal's proxy, in text) the container failed.",
     "502": "The function raised: its exception's type and message.",
     "503": "The container has not finished loading the endpoint.",
 }
@@ -31,6 +31,14 @@ _REFUSED = {
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
+
+
+def _content(code: str) -> dict[str, Any]:
+    """An error's body: gpuflex's JSON error, or the text Modal's proxy answers itself (401; 404 and 500 too)."""
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    if code == "401":
+        return text
+    return {**_json(_ERROR), **text} if code in ("404", "500") else _json(_ERROR)
 
 
 def http_api(url: str | None, deployed: DeployedEndpoint, calls: list[Mapping[str, Any]], *,
@@ -57,8 +65,18 @@ def http_api(url: str | None, deployed: DeployedEndpoint, calls: list[Mapping[st
         "requestBody": {"required": True, "content": _json(calls[0]["input"])},
         "responses": {"200": {"description": "The result (a generator's: the list of its chunks).",
                               "content": content},
-                      **{code: {"description": _REFUSED[code], "content": _json(_ERROR)} for code in sorted(codes)}},
+                      **{code: {"description": _REFUSED[code], "content": _content(code)} for code in sorted(codes)}},
+    }
+    describe: dict[str, Any] = {
+        "tags": [deployed.name], "operationId": f"describe_{deployed.name}", "security": [],
+        "summary": f"Which code {deployed.name} runs",
+        "responses": {"200": {"description": "The endpoint's name, kind, methods and code hash.", "content": _json({
+            "type": "object", "required": ["name", "kind", "bundle", "methods"], "properties": {
+                "name": {"type": "string"}, "kind": {"type": "string"}, "bundle": {"type": "string"},
+                "methods": {"type": "array", "items": {"type": "string"}}}})},
+            **{code: {"description": _REFUSED[code], "content": _content(code)} for code in
+               (["401"] if proxy_auth else []) + ["404"]}},
     }
     if parameters:
-        operation["parameters"] = parameters
-    return {f"/{deployed.name}": {"servers": [{"url": url.rstrip("/")}], "post": operation}}
+        operation["parameters"] = describe["parameters"] = parameters
+    return {f"/{deployed.name}": {"servers": [{"url": url.rstrip("/")}], "post": operation, "get": describe}}

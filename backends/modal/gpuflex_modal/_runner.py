@@ -33,7 +33,7 @@ from gpuflex.worker import WorkerRuntime
 from ._plan import BUNDLE_DIR
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator
 
 __all__ = ["LOG_MARK", "EndpointRunner", "bundle_root", "container_id"]
 
@@ -110,7 +110,7 @@ class EndpointRunner:
                     outcome = message[2].to_bytes() if message[2] is not None else b""
                     yield "done", message[1], outcome, time.time()
 
-    async def call(self, payload: Payload) -> AsyncIterator[tuple[Any, ...]]:
+    async def call(self, payload: Payload) -> AsyncGenerator[tuple[Any, ...], None]:
         """One call in the runtime: first ``("submitted",)``, then ``("chunk", Payload)`` per generator chunk and
         ``("done", status, outcome)`` last. Closing (or cancelling) the iterator cancels the user's call and waits
         for it to end."""

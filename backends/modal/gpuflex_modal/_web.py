@@ -68,7 +68,8 @@ class JsonWebApp:
                                     "methods": sorted(self.manifest["methods"])})
             return
         if scope["method"] != "POST":
-            await _json(send, 405, {"error": "MethodNotAllowed", "message": "call the endpoint with POST"})
+            await _json(send, 405, {"error": "MethodNotAllowed", "message": "call the endpoint with POST"},
+                        [(b"allow", b"GET, POST")])
             return
         body = await _body(receive)
         if body is None:
@@ -161,10 +162,12 @@ async def _start(send: Callable[[dict[str, Any]], Awaitable[None]], status: int,
                 "headers": [(b"content-type", media_type), (b"cache-control", b"no-store")]})
 
 
-async def _json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, value: Any) -> None:
+async def _json(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, value: Any,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
     data = json.dumps(value, separators=(",", ":")).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *(headers or ())]})
     await send({"type": "http.response.body", "body": data})
 
 

@@ -139,7 +139,8 @@ class DeployRPCs:
         function = self._function(request.function_id)
         data = copy.deepcopy(self.function_data[request.function_id])
         data.autoscaler_settings.CopyFrom(function.autoscaler_settings)
-        await self._reply(stream, api_pb2.FunctionGetByIdResponse(function=data, handle_metadata=self._handle(function)))
+        await self._reply(stream, api_pb2.FunctionGetByIdResponse(function=data,
+                                                                  handle_metadata=self._handle(function)))
 
     async def FunctionGetSchedulingParams(self, stream):
         request = await self._recv(stream)

@@ -64,3 +64,26 @@ class LogStore:
             if loop.time() >= deadline:
                 return
             await self.changed.wait(deadline - loop.time())
+
+
+def tracked(server):
+    """``server`` (a grpclib ``Server``, not started yet), keeping its connections, so that ``close_connections``
+    can close their sockets: grpclib's ``close`` leaves a connection the peer has not closed open, and its socket
+    is then only found (and warned about) by the garbage collector, in whichever test runs next."""
+    factory = server._protocol_factory
+    server.fake_protocols = []
+
+    def make():
+        protocol = factory()
+        server.fake_protocols.append(protocol)
+        return protocol
+
+    server._protocol_factory = make
+    return server
+
+
+def close_connections(server) -> None:
+    for protocol in getattr(server, "fake_protocols", ()):
+        transport = getattr(getattr(protocol, "connection", None), "_transport", None)
+        if transport is not None:
+            transport.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _fake_container import Call
 from _fake_deploys import DeployRPCs, function_data_of, is_mutation
-from _fake_logs import LogStore
+from _fake_logs import LogStore, close_connections, tracked
 from _fake_store import StoreRPCs, invalid, start_blob_store
 from _fake_web import WebGateway
 from _fake_workers import Workers
@@ -336,7 +336,7 @@ class FakeModalServer:
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            self.server = Server([self.servicer])
+            self.server = tracked(Server([self.servicer]))
             self.loop.run_until_complete(self.server.start("127.0.0.1", 0))
             self.port = self.server._server.sockets[0].getsockname()[1]
             self.loop.run_until_complete(self._start_blob_store())
@@ -366,6 +366,7 @@ class FakeModalServer:
                 store.close()
             self.server.close()
             await self.server.wait_closed()
+            close_connections(self.server)
             await self.blob_runner.cleanup()
             others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in others:

@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING
 
 from _fake_container import Call, Container, ContainerServicer, Input, Pool
+from _fake_logs import close_connections, tracked
 from grpclib.server import Server
 from modal_proto import api_pb2
 
@@ -185,7 +186,7 @@ class Workers:
         self.containers[container.task_id] = container
         self.pool(function_id).containers.append(container)
         self.started.append(container.task_id)
-        container.server = Server([ContainerServicer(self, container)])
+        container.server = tracked(Server([ContainerServicer(self, container)]))
         await container.server.start("127.0.0.1", 0)
         port = container.server._server.sockets[0].getsockname()[1]
         home = self.root / "tasks" / container.task_id
@@ -239,6 +240,7 @@ class Workers:
             pool.containers.remove(container)
         if container.server is not None:
             container.server.close()
+            close_connections(container.server)
         if not container.ready and not container.stopping or container.startup_error is not None:
             pool.startup_failures += 1
             if pool.startup_failures >= self.startup_failure_limit:
@@ -288,3 +290,4 @@ class Workers:
         for container in self.containers.values():  # the exit watchers close them, unless cancelled first
             if container.server is not None:
                 container.server.close()
+                close_connections(container.server)

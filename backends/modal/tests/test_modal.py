@@ -201,14 +201,14 @@ def test_gpuflex_deploy_publishes_one_app_and_teardown_stops_it(fake_modal, tmp_
     project = _project(tmp_path, "modal-deploy", fake_modal.url, app_name="gpuflex-test")
     result = _cli(project, monkeypatch, "deploy", str(project / "app.py"), "--backend", "modal")
     assert result.exit_code == 0, result.output
-    assert "published on modal" in result.output and "gpuflex teardown" in result.output
+    assert "dep_one" in result.output and "create" in result.output
     published = fake_modal.servicer.of("AppPublish")
-    assert len(published) == 1 and published[0].name == "gpuflex-test"
+    assert len(published) == 1 and published[0].name == "gpuflex-test-prod", "one app per environment"
     assert len(fake_modal.servicer.of("AppCreate")) <= 1, "no ephemeral run per endpoint"
     assert set(fake_modal.servicer.functions_by_name()) == {"gpuflex_dep_one.*", "gpuflex_dep_two.*"}
     app_id = published[0].app_id
     assert not fake_modal.servicer.stopped(app_id), "a deployment outlives gpuflex deploy"
-    result = _cli(project, monkeypatch, "teardown", "--backend", "modal")
+    result = _cli(project, monkeypatch, "teardown", "--backend", "modal", "--env", "prod")
     assert result.exit_code == 0, result.output
     assert [r.app_id for r in fake_modal.servicer.of("AppStop")] == [app_id]
     assert fake_modal.servicer.stopped(app_id), "teardown stops the deployed app (and its warm container)"
@@ -220,7 +220,7 @@ def test_projects_deploy_under_apps_of_their_own(fake_modal, tmp_path, monkeypat
                       str(tmp_path / name / "app.py"), "--backend", "modal")
         assert result.exit_code == 0, result.output
     names = sorted(name for _, name in fake_modal.servicer.deployments)
-    assert names == ["gpuflex-alpha", "gpuflex-beta"], "a second project's deploy replaced the first"
+    assert names == ["gpuflex-alpha-prod", "gpuflex-beta-prod"], "a second project's deploy replaced the first"
 
 
 def test_default_app_name_comes_from_the_project(tmp_path):

@@ -9,6 +9,7 @@ starts from what the previous one left."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,9 @@ APP_NAME = "gpuflex-shop-staging"
 TOKEN = ("wk-plain-client", "ws-plain-secret")
 APP = '''
 from collections.abc import Iterator
+from typing import Annotated
+
+from pydantic import Field
 
 import gpuflex
 
@@ -33,13 +37,13 @@ GREETING = "hello"
 
 
 @gpuflex.endpoint(name="greet", max_workers=2, timeout=60, idle_timeout=30)
-def greet(name: str, times: int = 1) -> str:
+def greet(name: str, times: Annotated[int, Field(ge=1, le=3)] = 1) -> str:
     """Greet someone, ``times`` times."""
     return " ".join([f"{GREETING} {name}"] * times)
 
 
 @gpuflex.endpoint(name="count", max_workers=1, timeout=60, idle_timeout=30)
-def count(n: int) -> Iterator[int]:
+def count(n: Annotated[int, Field(ge=0, le=5)]) -> Iterator[int]:
     yield from range(n)
 '''
 PLAIN_CLIENT = '''
@@ -153,6 +157,26 @@ def test_deploy_stores_the_code_in_the_app_and_serves_plain_json(fake, project):
     assert seen["sse"][0] == 200 and 'data: 0' in seen["sse"][1] and "event: end" in seen["sse"][1]
     assert seen["no_token"] == 401, "web endpoints require a proxy-auth token by default"
     assert servicer.of("FunctionGetOutputs") == [], "the web calls went through HTTP only"
+
+
+def test_schemathesis_finds_nothing_in_the_deployed_web_endpoints(project):
+    """Every check, positive and negative data, against the OpenAPI document the deploy wrote (each endpoint's web
+    URL as its path's server): documented statuses and bodies, results that fit the declared schema, bad input
+    refused with a documented error."""
+    document = project / f"app.{ENV}.openapi.gpuflex.json"
+    paths = json.loads(document.read_text())["paths"]
+    assert sorted(paths) == ["/count", "/greet"]
+    for path, item in sorted(paths.items()):  # each endpoint at its own URL (its path's server)
+        done = subprocess.run(
+            [sys.executable, "-m", "schemathesis.cli", "run", str(document), "--url", item["servers"][0]["url"],
+             "--include-path", path, "--checks", "all", "--max-response-time", "300",  # no timing thresholds
+             "--header", f"Modal-Key: {TOKEN[0]}", "--header", f"Modal-Secret: {TOKEN[1]}",
+             "--max-examples", "10", "--seed", "1", "--workers", "1", "--generation-database", "none",
+             "--no-color", "--request-timeout", "120"],
+            capture_output=True, text=True, timeout=400, cwd=project.parent, env={**os.environ, "NO_COLOR": "1"})
+        assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-3000:]
+        summary = re.search(r"(\d+) generated, (\d+) passed", done.stdout)
+        assert summary and summary[1] == summary[2], done.stdout
 
 
 def test_a_second_deploy_makes_no_mutating_call(fake, project):
