@@ -45,11 +45,23 @@ def greet(name: str, times: Annotated[int, Field(ge=1, le=3)] = 1) -> str:
 @gpuflex.endpoint(name="count", max_workers=1, timeout=60, idle_timeout=30)
 def count(n: Annotated[int, Field(ge=0, le=5)]) -> Iterator[int]:
     yield from range(n)
+
+
+@gpuflex.endpoint(name="tools", max_workers=1, timeout=60, idle_timeout=30)
+class Tools:
+    def setup(self) -> None:
+        self.prefix = b"<"
+
+    def flip(self, data: bytes) -> bytes:
+        return self.prefix + data[::-1]
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
 '''
 PLAIN_CLIENT = '''
 import json, sys
 import httpx
-greet, count, key, secret = sys.argv[1:5]
+greet, count, tools, key, secret = sys.argv[1:6]
 auth = {"Modal-Key": key, "Modal-Secret": secret}
 seen = {}
 with httpx.Client(timeout=120) as http:
@@ -64,6 +76,11 @@ with httpx.Client(timeout=120) as http:
     seen["count"] = post(count, {"n": 3})
     seen["sse"] = post(count, {"n": 2}, accept="text/event-stream")
     seen["no_token"] = http.post(greet, json={"name": "eve"}).status_code
+    if tools != "-":
+        seen["flip"] = post(tools, {"method": "flip", "data": {"base64": "AQID", "media_type": "x/y"}})
+        seen["add"] = post(tools, {"method": "add", "a": 2, "b": 3})
+        seen["bad_method"] = post(tools, {"method": "nope"})
+        seen["describe"] = http.get(tools, headers=auth).json()
 seen["gpuflex_imported"] = any(n == "gpuflex" or n.startswith("gpuflex.") for n in sys.modules)
 print(json.dumps(seen))
 '''
@@ -126,8 +143,8 @@ def actions(output: str) -> dict[str, str]:
     return dict(re.findall(r"^│ (\w+)\s+│ modal\s+│ (\w+)", output, re.MULTILINE))
 
 
-def plain_http(greet: str, count: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", PLAIN_CLIENT, greet, count, *TOKEN], capture_output=True,
+def plain_http(greet: str, count: str, tools: str = "-") -> dict:
+    done = subprocess.run([sys.executable, "-c", PLAIN_CLIENT, greet, count, tools, *TOKEN], capture_output=True,
                           text=True, timeout=300, cwd="/")
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout)
@@ -135,17 +152,18 @@ def plain_http(greet: str, count: str) -> dict:
 
 def test_deploy_stores_the_code_in_the_app_and_serves_plain_json(fake, project):
     first = actions(plan(project))
-    assert first == {"greet": "create", "count": "create"}
+    assert first == {"greet": "create", "count": "create", "tools": "create"}
     deployed = deploy(project)
     servicer = fake.servicer
     assert servicer.live_apps() == [APP_NAME]
-    assert {name: e["action"] for name, e in deployed.items()} == {"greet": "create", "count": "create"}
+    assert {name: e["action"] for name, e in deployed.items()} == {"greet": "create", "count": "create",
+                                                                   "tools": "create"}
     greet, count = deployed["greet"]["url"], deployed["count"]["url"]
     assert greet.startswith("http://127.0.0.1:") and greet != count
     assert deployed["greet"]["version"] == 1
     files = servicer.mounted_files()
     assert any(f.endswith("/gpuflex-bundle/app.py") for f in files), "the bundle is in the deployed app"
-    seen = plain_http(greet, count)
+    seen = plain_http(greet, count, deployed["tools"]["url"])
     assert seen["gpuflex_imported"] is False, seen
     assert seen["greet"] == [200, "hello ada hello ada"], seen["greet"][1]
     assert seen["by_name"] == [200, "hello bob"]
@@ -156,6 +174,10 @@ def test_deploy_stores_the_code_in_the_app_and_serves_plain_json(fake, project):
     assert seen["count"] == [200, [0, 1, 2]]
     assert seen["sse"][0] == 200 and 'data: 0' in seen["sse"][1] and "event: end" in seen["sse"][1]
     assert seen["no_token"] == 401, "web endpoints require a proxy-auth token by default"
+    assert seen["flip"] == [200, {"base64": "PAMCAQ==", "media_type": "application/octet-stream"}]
+    assert seen["add"] == [200, 5]
+    assert seen["bad_method"][0] == 422 and "'nope' is not one of add, flip" in seen["bad_method"][1]["message"]
+    assert seen["describe"]["name"] == "tools" and seen["describe"]["methods"] == ["add", "flip"]
     assert servicer.of("FunctionGetOutputs") == [], "the web calls went through HTTP only"
 
 
@@ -165,7 +187,7 @@ def test_schemathesis_finds_nothing_in_the_deployed_web_endpoints(project):
     refused with a documented error."""
     document = project / f"app.{ENV}.openapi.gpuflex.json"
     paths = json.loads(document.read_text())["paths"]
-    assert sorted(paths) == ["/count", "/greet"]
+    assert sorted(paths) == ["/count", "/greet", "/tools"]
     for path, item in sorted(paths.items()):  # each endpoint at its own URL (its path's server)
         done = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "run", str(document), "--url", item["servers"][0]["url"],
@@ -181,13 +203,13 @@ def test_schemathesis_finds_nothing_in_the_deployed_web_endpoints(project):
 
 def test_a_second_deploy_makes_no_mutating_call(fake, project):
     output = plan(project)
-    assert actions(output) == {"greet": "unchanged", "count": "unchanged"}, output
+    assert actions(output) == {"greet": "unchanged", "count": "unchanged", "tools": "unchanged"}, output
     before = len(fake.servicer.mutations())
     deployed = deploy(project)
     assert fake.servicer.mutations()[before:] == []
     assert {e["action"] for e in deployed.values()} == {"unchanged"}
     assert deployed["greet"]["url"] and deployed["greet"]["version"] == 1
-    assert actions(plan(project)) == {"greet": "unchanged", "count": "unchanged"}
+    assert actions(plan(project)) == {"greet": "unchanged", "count": "unchanged", "tools": "unchanged"}
 
 
 def test_drift_is_reported_and_fixed(fake, project):
@@ -206,7 +228,7 @@ def test_drift_is_reported_and_fixed(fake, project):
 
     asyncio.run(plant())
     output = plan(project)
-    assert actions(output)["greet"] == "change" and actions(output)["count"] == "unchanged"
+    assert actions(output) == {"greet": "change", "count": "unchanged", "tools": "unchanged"}
     assert "max_containers: 5 -> 2" in output and "drift" in output
     before = len(servicer.mutations())
     deployed = deploy(project)
@@ -214,17 +236,22 @@ def test_drift_is_reported_and_fixed(fake, project):
     assert deployed["greet"]["version"] == 2
     function_id = servicer.layout(app_id).function_ids["gpuflex_greet.*"]
     assert servicer.functions[function_id].autoscaler_settings.max_containers == 2
-    assert actions(plan(project)) == {"greet": "unchanged", "count": "unchanged"}
+    assert actions(plan(project)) == {"greet": "unchanged", "count": "unchanged", "tools": "unchanged"}
 
 
 def test_rollback_restores_the_previous_code_and_settings(fake, project):
     (project / "app.py").write_text(APP.replace('GREETING = "hello"', 'GREETING = "bye"')
                                     .replace("max_workers=2", "max_workers=3"))
     deployed = deploy(project)
-    assert deployed["greet"]["action"] == "change" and deployed["count"]["action"] == "change"
+    assert {e["action"] for e in deployed.values()} == {"change"}, "one bundle: every endpoint's code changed"
     assert deployed["greet"]["version"] == 3
     seen = plain_http(deployed["greet"]["url"], deployed["count"]["url"])
     assert seen["greet"] == [200, "bye ada bye ada"]
+    with pytest.MonkeyPatch.context() as patch:  # `gpuflex call` from the shell, with the proxy-auth token
+        patch.setenv("MODAL_PROXY_TOKEN_ID", TOKEN[0])
+        patch.setenv("MODAL_PROXY_TOKEN_SECRET", TOKEN[1])
+        called = cli(project, "call", "greet", "--json", '{"name": "cy"}', "--backend", "modal", "--env", ENV)
+    assert json.loads(called) == "bye cy"
     versions = json.loads(cli(project, "versions", "greet", "--backend", "modal", "--env", ENV, "--json"))
     assert [v["version"] for v in versions] == [1, 2, 3] and versions[-1]["current"]
     assert versions[0]["bundle"] == versions[1]["bundle"] != versions[2]["bundle"]
@@ -240,7 +267,19 @@ def test_rollback_restores_the_previous_code_and_settings(fake, project):
     assert versions[-1]["version"] == 4 and versions[-1]["current"] and versions[-1]["bundle"] == versions[1]["bundle"]
     assert versions[-1]["note"] == "rollback to version 2"
     assert [r.version for r in servicer.of("AppRollback")] == [2], "Modal's own rollback RPC"
-    assert actions(plan(project)) == {"greet": "change", "count": "change"}, "the app file still says 'bye'"
+    assert actions(plan(project)) == {"greet": "change", "count": "change", "tools": "change"}, \
+        "the app file still says 'bye'"
+
+
+def test_an_endpoint_gone_from_the_app_is_removed(fake, project):
+    (project / "app.py").write_text(APP.split("@gpuflex.endpoint(name=\"tools\"")[0])
+    assert actions(plan(project)) == {"greet": "change", "count": "change", "tools": "remove"}
+    deployed = deploy(project)
+    assert deployed["tools"]["action"] == "remove" and deployed["tools"]["url"] is None
+    servicer = fake.servicer
+    layout = servicer.layout(servicer.deployments[("main", APP_NAME)])
+    assert sorted(layout.function_ids) == ["gpuflex_count.*", "gpuflex_greet.*"]
+    assert actions(plan(project)) == {"greet": "unchanged", "count": "unchanged"}
 
 
 def test_teardown_leaves_nothing(fake, project):
