@@ -4,6 +4,8 @@ Every endpoint (function, generator or class) becomes a class with an ``@modal.e
 from the bundle in the container (a class endpoint's ``setup()`` runs there, once per container) and one
 generator method, ``run``, that takes gpuflex's call envelope as bytes and yields the call's start, its chunks and
 its outcome (see ``_runner``). Every call goes through it, so the caller learns when the call really starts.
+An endpoint deployed with ``gpuflex deploy`` also has a ``web`` method, an ``@modal.asgi_app`` taking plain JSON
+(see ``_web``), and pydantic in its image.
 """
 
 from __future__ import annotations

@@ -128,3 +128,43 @@ def test_live_deploy_then_teardown_stops_the_app():
         session.run(session.remove_backend(backend))
     with pytest.raises(modal_sdk.exception.NotFoundError):
         modal_sdk.App.lookup(name)
+
+
+def test_live_release_deploys_web_endpoints_plans_nothing_twice_and_tears_down():
+    """gpuflex deploy on Modal: Modal takes a class with a generator method and an ASGI web method, serves plain
+    JSON at the URL it reports, reads back the settings it was sent (a second plan changes nothing), keeps the
+    version, and the teardown leaves no app. Without MODAL_PROXY_TOKEN_ID/SECRET the endpoint is public for the
+    test's few minutes (it answers a constant)."""
+    import httpx
+    import modal as modal_sdk
+    from gpuflex_modal._release import PROXY_ENV
+
+    from gpuflex.backend import PlanAction, Release, ReleaseEndpoint
+
+    token = (os.environ.get(PROXY_ENV[0]), os.environ.get(PROXY_ENV[1]))
+    backend = ModalBackend(ModalConfig(app_name=LIVE_APP, web_auth="proxy" if all(token) else "public"))
+    session = get_session()
+    session.install_backend(backend)
+    env = f"t{uuid.uuid4().hex[:8]}"
+    release = Release(app="live", env=env, endpoints=(ReleaseEndpoint(mc.cafe.spec, session.bundle_for(mc.cafe)),))
+    try:
+        plans = session.run(backend.plan_release(release))
+        assert [p.action for p in plans] == [PlanAction.CREATE]
+        deployed = session.run(backend.apply_release(release, plans))
+        url = deployed[0].url
+        assert url and url.startswith("https://"), deployed
+        headers = {"Modal-Key": token[0], "Modal-Secret": token[1]} if all(token) else {}
+        answer = httpx.post(url, json={}, headers=headers, timeout=600)
+        assert answer.status_code == 200 and answer.json() == "café", answer.text
+        if all(token):
+            assert httpx.post(url, json={}, timeout=120).status_code == 401
+        again = session.run(backend.plan_release(release))
+        assert [p.action for p in again] == [PlanAction.UNCHANGED], again
+        versions = session.run(backend.versions(env, mc.cafe.spec.name))
+        assert len(versions) == 1 and versions[0].current
+    finally:
+        session.run(backend.apply_release(Release(app="live", env=env),
+                                          session.run(backend.plan_release(Release(app="live", env=env)))))
+        session.run(session.remove_backend(backend))
+    with pytest.raises(modal_sdk.exception.NotFoundError):
+        modal_sdk.App.lookup(backend.releases.app_name(env))
