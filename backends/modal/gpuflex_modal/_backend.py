@@ -2,8 +2,8 @@
 
 Each deploy (the first call of an endpoint, a hot reload) translates the endpoint into a :class:`ModalPlan`; the
 next call runs the app (ephemerally, ``app.run()``) with every endpoint recorded by then. ``gpuflex deploy``
-deploys an app per environment instead, with web endpoints, as plan -> apply with versions (see ``_release``). A new run replaces the
-previous one once the calls it is running finish.
+deploys an app per environment instead, with web endpoints, as plan -> apply with versions (see ``_release``).
+A new run replaces the previous one once the calls it is running finish.
 
 Every call goes through the class's generator method (``remote_gen``), whose first item says the call started in
 a container: only then is the job RUNNING, so queueing and cold starts count neither against the endpoint's
