@@ -209,6 +209,10 @@ def test_a_second_deploy_makes_no_mutating_call(fake, project):
     assert fake.servicer.mutations()[before:] == []
     assert {e["action"] for e in deployed.values()} == {"unchanged"}
     assert deployed["greet"]["url"] and deployed["greet"]["version"] == 1
+    output = cli(project, "openapi", str(project / "app.py"), "--backend", "modal", "--env", ENV)
+    document = json.loads(output[output.index("{"):])
+    assert document["paths"]["/greet"]["servers"] == [{"url": deployed["greet"]["url"]}], "read from Modal"
+    assert fake.servicer.mutations()[before:] == [], "reading what is deployed changes nothing"
     assert actions(plan(project)) == {"greet": "unchanged", "count": "unchanged", "tools": "unchanged"}
 
 
