@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from gpuflex._envelope import decode_call, encode_call
 from gpuflex.backend import Payload
+from gpuflex.runtime._shm import SegmentPool
 from gpuflex.runtime._wire import (
     SHM_MIN_BYTES,
     ShmRef,
     WireCodec,
-    discard_shm,
     read_frame,
     read_frame_sync,
     shm_available,
@@ -28,7 +28,7 @@ from gpuflex.runtime._wire import (
 )
 from gpuflex.workerpool._channel import FrameParser
 
-needs_shm = pytest.mark.skipif(not shm_available(), reason="no writable /dev/shm")
+needs_shm = pytest.mark.skipif(not shm_available(), reason="no memfd shared memory (Linux only)")
 
 
 def _plain(value):
@@ -69,7 +69,7 @@ def test_parser_yields_the_encoded_messages_in_any_chunking(batch, data):
         parsed.extend(parser.feed(stream[start:end]))
     assert [_plain(m) for m in parsed] == [_plain(m) for m in batch]
     assert parser.feed(b"") == []  # nothing left over
-    assert codec.exported == []
+    assert codec.pool is None  # no shared memory unless asked for
 
 
 @given(messages)
@@ -110,55 +110,102 @@ def test_parsed_buffers_are_writable_like_the_other_paths():
 # -- shared memory -----------------------------------------------------------------------------------------------
 
 
+def _pair(**pool_options):
+    """A sender and a receiver of shared-memory frames, as a client and its worker hold them."""
+    sender = WireCodec(use_shm=True, pool=SegmentPool(**pool_options))
+    receiver = WireCodec(use_shm=True)
+    return sender, receiver, FrameParser(codec=receiver)
+
+
 @needs_shm
-def test_large_buffers_travel_through_shared_memory_and_are_unlinked():
+def test_large_buffers_travel_through_shared_memory_with_no_file_in_dev_shm():
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     big = np.random.default_rng(1).integers(0, 255, SHM_MIN_BYTES + 123, dtype=np.uint8)
     small = b"s" * 1000
-    codec = WireCodec(use_shm=True)
-    parts = codec.encode(("chunk", "job", Payload(b"data", (pickle.PickleBuffer(big), small))))
-    (ref,) = codec.exported
-    assert isinstance(ref, ShmRef) and ref.size == big.nbytes
-    assert ref.path.startswith("/dev/shm/") and os.path.exists(ref.path)
+    sender, receiver, parser = _pair()
+    parts = sender.encode(("chunk", "job", Payload(b"data", (pickle.PickleBuffer(big), small))))
     assert len(parts) == 3  # length, meta, and only the small buffer inline
     assert sum(len(memoryview(p).cast("B")) for p in parts) < big.nbytes
-
-    (frame,) = FrameParser().feed(_wire_bytes(parts))
-    assert not os.path.exists(ref.path)  # import_shm unlinks it as it maps it
+    (frame,) = parser.feed(_wire_bytes(parts))
+    (ref,) = [r for r in pickle.loads(parts[1])[0][2][2] if isinstance(r, ShmRef)]
+    assert ref.size == big.nbytes and ref.path.startswith(f"/proc/{os.getpid()}/fd/")
     payload = frame[2]
     assert bytes(payload.buffers[0]) == big.tobytes()
     assert bytes(payload.buffers[1]) == small
     assert payload.data == b"data"
+    if os.path.isdir("/dev/shm"):
+        assert not {n for n in set(os.listdir("/dev/shm")) - before if n.startswith("gpuflex")}
 
 
 @needs_shm
-def test_shared_memory_arrays_round_trip_and_stay_private():
+def test_shared_memory_arrays_round_trip_writable_and_the_callers_array_untouched():
     array = np.arange(SHM_MIN_BYTES // 8 * 2, dtype=np.float64)
-    codec = WireCodec(use_shm=True)
-    (frame,) = FrameParser().feed(_wire_bytes(codec.encode(("call", "j", None, encode_call(None, (array,), {})))))
-    assert len(codec.exported) == 1
+    sender, receiver, parser = _pair()
+    (frame,) = parser.feed(_wire_bytes(sender.encode(("call", "j", None, encode_call(None, (array,), {})))))
     _, (back,), _ = decode_call(frame[3])
     np.testing.assert_array_equal(back, array)
-    back[0] = -1.0  # copy-on-write mapping: writable, and private to the receiver
+    back[0] = -1.0  # the receiver may update its argument in place; the segment is a copy of the sender's array
     assert back[0] == -1.0 and array[0] == 0.0
 
 
 @needs_shm
 def test_buffers_below_the_threshold_stay_in_the_pipe():
-    codec = WireCodec(use_shm=True)
-    parts = codec.encode(("chunk", "job", Payload(b"", (b"x" * (SHM_MIN_BYTES - 1),))))
-    assert codec.exported == []
+    sender, _, _ = _pair()
+    parts = sender.encode(("chunk", "job", Payload(b"", (b"x" * (SHM_MIN_BYTES - 1),))))
+    assert sender.pool is not None and len(sender.pool) == 0
     assert len(parts) == 3
 
 
+def _send(sender, parser, array):
+    (frame,) = parser.feed(_wire_bytes(sender.encode(("call", "j", None, encode_call(None, (array,), {})))))
+    return decode_call(frame[3])[1][0]
+
+
 @needs_shm
-def test_discard_removes_unmapped_files_and_tolerates_missing_ones():
-    codec = WireCodec(use_shm=True)
-    codec.encode(("chunk", "job", Payload(b"", (bytes(SHM_MIN_BYTES),))))
-    (ref,) = codec.exported
-    assert os.path.exists(ref.path)
-    discard_shm(codec.exported)
-    assert not os.path.exists(ref.path)
-    discard_shm(codec.exported)  # already gone: no error
+def test_a_segment_is_reused_once_the_receiver_released_it():
+    array = np.arange(SHM_MIN_BYTES // 8 * 3, dtype=np.float64)
+    sender, receiver, parser = _pair()
+    back = _send(sender, parser, array)
+    assert receiver.control() == []  # a view of the segment is alive here: it stays busy
+    kept = _send(sender, parser, array + 1)  # so the next buffer goes to a second segment
+    assert sender.pool.created == 2
+    del back
+    (released,) = receiver.control()
+    assert released[0] == "released" and len(released[1]) == 1
+    assert receiver.control() == []  # said once
+    assert sender.on_control(released)
+    for i in range(3):  # the released segment is reused, its pages mapped on both sides already
+        back = _send(sender, parser, array * i)
+        np.testing.assert_array_equal(back, array * i)
+        del back
+        for message in receiver.control():
+            sender.on_control(message)
+    np.testing.assert_array_equal(kept, array + 1)  # the segment still in use was never written over
+    assert sender.pool.created == 2 and len(receiver.maps) == 2
+
+
+@needs_shm
+def test_closed_segments_are_forgotten_by_the_receiver():
+    sender, receiver, parser = _pair(keep_bytes=0)  # keep no free segment: close each once released
+    back = _send(sender, parser, np.ones(SHM_MIN_BYTES // 8))
+    del back
+    for message in receiver.control():
+        sender.on_control(message)
+    assert len(sender.pool) == 0
+    (forget,) = sender.control()
+    assert forget[0] == "forget"
+    receiver.on_control(forget)
+    assert len(receiver.maps) == 0
+
+
+@needs_shm
+def test_a_view_outlives_its_segment_being_closed():
+    sender, receiver, parser = _pair()
+    array = np.arange(SHM_MIN_BYTES // 8, dtype=np.float64)
+    back = _send(sender, parser, array)
+    sender.pool.close()  # the sender went away: the receiver's mapping keeps the memory until its last view goes
+    receiver.on_control(("forget", [r for r in list(receiver.maps._maps)]))
+    np.testing.assert_array_equal(back, array)
 
 
 # -- blocking pipes (the worker side) -------------------------------------------------------------------------
@@ -202,7 +249,6 @@ def test_sync_frames_with_shared_memory():
     codec = WireCodec(use_shm=True)
     (frame,) = _through_pipe([("done", "j", "ok", Payload(b"d", (blob,)))], codec)
     assert bytes(frame[3].buffers[0]) == blob
-    assert not os.path.exists(codec.exported[0].path)
 
 
 def test_truncated_frame_reads_as_end_of_stream():

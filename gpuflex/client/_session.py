@@ -241,7 +241,7 @@ class Session:
         source_root = str(endpoint.project_root)
         for _ in payloads:
             job = Job(f"{self._id_prefix}{next(self._ids):x}", endpoint.name, backend.name, streaming=streaming)
-            job._cancel = functools.partial(self._cancel, job, backend)
+            job._cancel = functools.partial(self._cancel_ref, weakref.ref(job), backend)  # no cycle: see there
             job._submit = self.submit
             job._cancel_many = self.cancel_jobs
             job._source_root = source_root
@@ -258,6 +258,13 @@ class Session:
                       endpoint: BoundEndpoint, method: str | None) -> None:
         for job, payload in drives:
             self.loop.create_task(self._drive(job, backend, key, endpoint, method, payload))
+
+    async def _cancel_ref(self, ref: weakref.ref[Job], backend: Backend) -> None:
+        """``job._cancel``: through a weak reference, so a finished job (and the result it holds, which may be views
+        of shared memory a worker waits to reuse) goes as soon as its caller drops it, not at the next GC."""
+        job = ref()
+        if job is not None:
+            await self._cancel(job, backend)
 
     async def _cancel(self, job: Job, backend: Backend) -> None:
         job._cancel_requested = True

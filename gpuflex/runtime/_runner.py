@@ -30,6 +30,7 @@ from .._version import __version__
 from ..errors import BatchError, ConfigError, VersionMismatch
 from ._batch import Batcher, BatchQueue
 from ._output import OutputCapture, capture_output
+from ._shm import shm_available
 from ._wire import FrameParser, WireCodec, read_frame_sync, write_frame_sync
 
 if TYPE_CHECKING:
@@ -230,6 +231,8 @@ class WorkerRuntime:
         if not self._begin(job_id, report=not batched):  # a batched call is reported started with its batch
             return
         outcome: Payload | None
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
         try:
             method, args, kwargs = decode_call(payload)
             if batched:
@@ -240,24 +243,33 @@ class WorkerRuntime:
             outcome, status = None, "cancelled"
         except BaseException as exc:  # the user's exception (or an unserializable result) goes back to the caller
             outcome, status = encode_error(exc), "error"
+        del payload, args, kwargs  # views of shared memory: the answer can say their segments are free
         self._done(job_id, status, outcome)
 
     def run_inline(self, job_id: str, payload: Payload) -> None:
         """``run`` for a sync callable, on the loop itself: no task, no thread."""
+        answer = self.call_inline(job_id, payload)
+        if answer is not None:
+            self._done(job_id, *answer)
+
+    def call_inline(self, job_id: str, payload: Payload) -> tuple[str, Payload] | None:
+        """``run_inline`` up to its answer: returns ``(status, outcome)`` for ``answer()`` (after the caller let go
+        of the payload), or None when the call was cancelled before it started (answered already)."""
         if not self._begin(job_id):
-            return
-        outcome: Payload
+            return None
         try:
             method, args, kwargs = decode_call(payload)
             fn = self._resolve(method)
             if inspect.isgeneratorfunction(fn):
                 for chunk in fn(*args, **kwargs):
                     self.send(("chunk", job_id, dump_value(chunk, "yielded")))
-                outcome, status = dump_value(None), "ok"
-            else:
-                outcome, status = dump_value(fn(*args, **kwargs)), "ok"
+                return "ok", dump_value(None)
+            return "ok", dump_value(fn(*args, **kwargs))
         except BaseException as exc:  # the user's exception (or an unserializable result) goes back to the caller
-            outcome, status = encode_error(exc), "error"
+            return "error", encode_error(exc)
+
+    def answer(self, job_id: str, status: str, outcome: Payload | None) -> None:
+        """Send a call's ``done`` frame."""
         self._done(job_id, status, outcome)
 
     async def _invoke(self, job_id: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
@@ -285,24 +297,38 @@ class WorkerRuntime:
 class _StdinProtocol(asyncio.Protocol):
     """Frames from the client, parsed as they arrive on the worker's loop (no reader thread)."""
 
-    def __init__(self, runtime: WorkerRuntime, stopped: asyncio.Event) -> None:
+    def __init__(self, runtime: WorkerRuntime, stopped: asyncio.Event, codec: WireCodec | None = None,
+                 flush: Callable[[], None] | None = None) -> None:
         self.runtime = runtime
         self.stopped = stopped
-        self.parser = FrameParser()
+        self.codec = WireCodec() if codec is None else codec
+        self.parser = FrameParser(codec=self.codec)
+        self.flush = flush
 
     def data_received(self, data: bytes) -> None:
-        frames = self.parser.feed(data)
-        for frame in frames:  # cancels first: a cancelled call that has not started never starts
-            if frame[0] == "cancel":
-                self.runtime.cancelled.add(frame[1])
-                self.runtime.cancel(frame[1])
-        for frame in frames:
+        self._handle(self.parser.feed(data))
+        if self.flush is not None:  # the calls' arguments are gone now: tell the client which segments are free
+            self.flush()
+
+    def _handle(self, frames: list[Any]) -> None:
+        """Handle the frames, taking each out of the list: once a call is answered nothing here holds its payload
+        (views of shared memory the client waits to reuse)."""
+        for job_id in [f[1] for f in frames if f[0] == "cancel"]:  # a cancelled call that has not started never does
+            self.runtime.cancelled.add(job_id)
+            self.runtime.cancel(job_id)
+        for index in range(len(frames)):
+            frame, frames[index] = frames[index], None
+            if self.codec.on_control(frame):
+                continue
             if frame[0] == "call":
-                _, job_id, method, payload = frame
-                if self.runtime.runs_inline(method):
-                    self.runtime.run_inline(job_id, payload)  # one sync call at a time: no task, no thread hop
+                job_id, method = frame[1], frame[2]
+                if self.runtime.runs_inline(method):  # one sync call at a time: no task, no thread hop
+                    answer = self.runtime.call_inline(job_id, frame[3])
+                    del frame
+                    if answer is not None:
+                        self.runtime.answer(job_id, *answer)
                 else:
-                    self.runtime.submit(job_id, payload)
+                    self.runtime.submit(job_id, frame[3])
             elif frame[0] == "reload":
                 asyncio.get_running_loop().create_task(self.runtime.reload(frame[1]))
             elif frame[0] == "stop":
@@ -313,13 +339,21 @@ class _StdinProtocol(asyncio.Protocol):
 
 
 def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
-    codec = WireCodec(use_shm=bool(os.environ.get("GPUFLEX_WORKER_SHM")))
+    codec = WireCodec(use_shm=bool(os.environ.get("GPUFLEX_WORKER_SHM")) and shm_available(), release_exported=True)
     lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
-        parts = codec.encode(message)
-        with lock:
+        with lock:  # one thread at a time: the pool's segments are handed out and announced in order
+            parts = codec.encode(message)  # first: a result copied out may free the argument it aliased
+            if codec.use_shm:
+                for control in codec.control():
+                    write_frame_sync(proto_out, codec.encode(control), codec)
             write_frame_sync(proto_out, parts, codec)
+
+    def flush() -> None:
+        with lock:
+            for control in codec.control():
+                write_frame_sync(proto_out, codec.encode(control), codec)
 
     init = read_frame_sync(proto_in)
     if init is None or init[0] != "init":
@@ -335,7 +369,8 @@ def _serve_stdio(proto_in: BinaryIO, proto_out: BinaryIO) -> None:
             return
         send(("ready", info))
         stopped = asyncio.Event()
-        transport, _ = await loop.connect_read_pipe(lambda: _StdinProtocol(runtime, stopped), proto_in)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: _StdinProtocol(runtime, stopped, codec, flush if codec.use_shm else None), proto_in)
         await stopped.wait()
         transport.close()
         for task in list(runtime.tasks.values()):

@@ -2,7 +2,8 @@
 
 A frame is ``<u64 meta length> <meta pickle> <raw buffer>...``: the meta pickle holds the message tuple and the
 sizes of the raw buffers that follow, so large buffers are written without being copied into the pickle.
-Buffers of a payload may instead travel through shared memory (``ShmRef``), when both ends share a machine.
+Buffers of a payload may instead travel through shared memory (``ShmRef``, see ``_shm``), when both ends share a
+machine; then ``("released", ids)`` and ``("forget", ids)`` frames go both ways (``WireCodec.control``).
 
 Messages (client -> worker): ``("init", spec)``, ``("call", job_id, method, payload)``, ``("cancel", job_id)``,
 ``("reload", spec)``, ``("stop",)``. Worker -> client: ``("ready", info)``, ``("fatal", payload)``,
@@ -12,21 +13,20 @@ Messages (client -> worker): ``("init", spec)``, ``("call", job_id, method, payl
 Reading and writing are symmetric: ``write_frame(stream, message)`` / ``read_frame(stream) -> message`` on anyio
 streams, ``write_frame_sync(file, message)`` / ``read_frame_sync(file) -> message`` on blocking files, and
 ``FrameParser.feed(bytes) -> [message, ...]`` for bytes that arrive in pieces. A ``WireCodec`` passed to a writer
-keeps its shared-memory settings (and the names of the files it exported); without one, buffers travel in the frame.
+keeps its shared-memory settings (its segment pool and its mappings of the peer's); without one, buffers travel
+in the frame.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
 import pickle
 import struct
-import uuid
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
 from ..backend import Payload
+from ._shm import SHM_MIN_BYTES, PeerMaps, SegmentPool, ShmRef, import_shm, shm_available
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,21 +34,10 @@ if TYPE_CHECKING:
     from anyio.abc import ByteSendStream
     from anyio.streams.buffered import BufferedByteReceiveStream
 
-__all__ = ["FrameParser", "ShmRef", "WireCodec", "read_frame", "read_frame_sync", "write_frame", "write_frame_sync"]
+__all__ = ["SHM_MIN_BYTES", "FrameParser", "ShmRef", "WireCodec", "export_payload", "read_frame", "read_frame_sync",
+           "shm_available", "write_frame", "write_frame_sync"]
 
 _LEN = struct.Struct("<Q")
-SHM_DIR = "/dev/shm"
-SHM_MIN_BYTES = 1 << 20
-
-
-@attrs.frozen
-class ShmRef:
-    """A buffer placed in a shared-memory file. The receiver maps it and unlinks the name, unless the sender
-    keeps ``owned`` files to unlink itself (a call that may be sent again if its first worker dies)."""
-
-    path: str
-    size: int
-    owned: bool = False
 
 
 @attrs.frozen
@@ -56,101 +45,106 @@ class _Raw:
     index: int
 
 
-def shm_available() -> bool:
-    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
-
-
-def export_shm(buffer: Any, *, owned: bool = False) -> ShmRef:
-    view = memoryview(buffer).cast("B")
-    path = os.path.join(SHM_DIR, f"gpuflex-{uuid.uuid4().hex}")
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    try:
-        written = 0
-        while written < view.nbytes:
-            written += os.write(fd, view[written:])
-    finally:
-        os.close(fd)
-    return ShmRef(path, view.nbytes, owned)
-
-
-def import_shm(ref: ShmRef) -> memoryview:
-    """Map a shared-memory buffer copy-on-write (reads are zero-copy; writes stay private) and unlink it."""
-    fd = os.open(ref.path, os.O_RDONLY)
-    try:
-        mapped = mmap.mmap(fd, ref.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
-        if not ref.owned:
-            os.unlink(ref.path)
-    return memoryview(mapped)
-
-
-def export_payload(payload: Payload) -> tuple[Payload, list[ShmRef]]:
-    """Move a payload's large buffers into shared memory now (off the event loop), owned by the sender."""
-    refs: list[ShmRef] = []
+def export_payload(payload: Payload, pool: SegmentPool, holder: str) -> tuple[Payload, list[str]]:
+    """Copy a payload's large buffers into ``pool``'s segments now (off the event loop), held by ``holder``;
+    returns the payload to send and the ids of the segments it uses."""
+    ids: list[str] = []
     buffers: list[Any] = []
     for buf in payload.buffers:
         if memoryview(buf).nbytes >= SHM_MIN_BYTES:
-            refs.append(export_shm(buf, owned=True))
-            buffers.append(refs[-1])
+            ref = pool.export(buf, holder)
+            ids.append(ref.segment)
+            buffers.append(ref)
         else:
             buffers.append(buf)
-    return Payload(payload.data, tuple(buffers)), refs
-
-
-def discard_shm(refs: Sequence[ShmRef]) -> None:
-    """Remove shared-memory files a receiver never mapped (it died first)."""
-    for ref in refs:
-        try:
-            os.unlink(ref.path)
-        except FileNotFoundError:
-            pass
+    return Payload(payload.data, tuple(buffers)), ids
 
 
 @attrs.define
 class WireCodec:
-    """Turns messages holding payloads into frames and back. ``use_shm`` moves large buffers via /dev/shm."""
+    """Turns messages holding payloads into frames and back. ``use_shm`` moves large buffers through shared memory
+    (see :mod:`gpuflex.runtime._shm`): into ``pool`` when sending, mapped through ``maps`` when receiving. The peer
+    is known to the pool as ``holder``."""
 
     use_shm: bool = False
-    exported: list[ShmRef] = attrs.field(factory=list)
+    pool: SegmentPool | None = None
+    maps: PeerMaps | None = None
+    holder: str = "peer"
+    #: release a ``PickleBuffer`` once it is copied into shared memory (a worker's results, sent once): what it
+    #: viewed (perhaps an argument in the peer's segment) is no longer held by the message
+    release_exported: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.use_shm:
+            if self.pool is None:
+                self.pool = SegmentPool()
+            if self.maps is None:
+                self.maps = PeerMaps()
 
     def encode(self, message: tuple[Any, ...]) -> list[Any]:
         raws: list[Any] = []
-        shm: list[ShmRef] = []
 
         def pack(value: Any) -> Any:
             if not isinstance(value, Payload):
                 return value
             refs: list[Any] = []
             for buf in value.buffers:
-                if isinstance(buf, ShmRef):  # exported ahead of time by the sender
+                if isinstance(buf, ShmRef):  # exported ahead of time by the sender: the peer holds it now too
+                    if self.pool is not None:
+                        self.pool.hold(buf.segment, self.holder)
                     refs.append(buf)
                     continue
                 size = memoryview(buf).nbytes
-                if self.use_shm and size >= SHM_MIN_BYTES:
-                    ref = export_shm(buf)
-                    shm.append(ref)
-                    refs.append(ref)
+                if self.pool is not None and size >= SHM_MIN_BYTES:
+                    refs.append(self.pool.export(buf, self.holder))
+                    if self.release_exported and isinstance(buf, pickle.PickleBuffer):
+                        buf.release()
                 else:
                     refs.append(_Raw(len(raws)))
                     raws.append(buf)
             return ("__payload__", value.data, refs)
 
         packed = tuple(pack(v) for v in message)
-        self.exported.extend(shm)
         meta = pickle.dumps((packed, [memoryview(b).nbytes for b in raws]), protocol=5)
         return [_LEN.pack(len(meta)), meta, *raws]
 
-    @staticmethod
-    def decode(packed: tuple[Any, ...], raws: Sequence[Any]) -> tuple[Any, ...]:
+    def control(self) -> list[tuple[Any, ...]]:
+        """Messages about shared memory to send before the next frame: the peer's segments nothing here uses any
+        more (``released``), and segments of this side's pool the peer should unmap (``forget``)."""
+        out: list[tuple[Any, ...]] = []
+        if self.maps is not None and (free := self.maps.collect()):
+            out.append(("released", free))
+        if self.pool is not None and (closed := self.pool.forgotten(self.holder)):
+            out.append(("forget", closed))
+        return out
+
+    def on_control(self, message: tuple[Any, ...]) -> bool:
+        """Apply a ``released`` or ``forget`` message from the peer; False for any other message."""
+        if message[0] == "released":
+            if self.pool is not None:
+                self.pool.release(message[1], self.holder)
+            return True
+        if message[0] == "forget":
+            if self.maps is not None:
+                self.maps.forget(message[1])
+            return True
+        return False
+
+    def decode(self, packed: tuple[Any, ...], raws: Sequence[Any]) -> tuple[Any, ...]:
+        def view(ref: ShmRef) -> memoryview:
+            return import_shm(ref) if self.maps is None else self.maps.view(ref)
+
         def unpack(value: Any) -> Any:
             if not (isinstance(value, tuple) and value and value[0] == "__payload__"):
                 return value
             _, data, refs = value
-            buffers = tuple(raws[r.index] if isinstance(r, _Raw) else import_shm(r) for r in refs)
+            buffers = tuple(raws[r.index] if isinstance(r, _Raw) else view(r) for r in refs)
             return Payload(data, buffers)
 
         return tuple(unpack(v) for v in packed)
+
+
+_PLAIN = WireCodec()
 
 
 def _parts(frame: tuple[Any, ...] | Sequence[Any], codec: WireCodec | None) -> Sequence[Any]:
@@ -189,7 +183,7 @@ def read_frame_sync(inp: BinaryIO) -> tuple[Any, ...] | None:
                 return None
             got += n
         raws.append(buf)
-    return WireCodec.decode(packed, raws)
+    return _PLAIN.decode(packed, raws)
 
 
 # -- client side: anyio streams -------------------------------------------------------------------------------
@@ -212,7 +206,7 @@ async def read_frame(stream: BufferedByteReceiveStream) -> tuple[Any, ...]:
     (length,) = _LEN.unpack(await stream.receive_exactly(_LEN.size))
     packed, sizes = pickle.loads(await stream.receive_exactly(length))
     raws = [bytearray(await stream.receive_exactly(size)) if size else bytearray() for size in sizes]
-    return WireCodec.decode(packed, raws)
+    return _PLAIN.decode(packed, raws)
 
 
 class FrameParser:
@@ -222,7 +216,8 @@ class FrameParser:
     login shell may print a banner before the worker's frames begin.
     """
 
-    def __init__(self, preamble: bytes = b"") -> None:
+    def __init__(self, preamble: bytes = b"", codec: WireCodec | None = None) -> None:
+        self.codec = _PLAIN if codec is None else codec
         self._buf = bytearray()
         self._meta: tuple[tuple[Any, ...], list[int]] | None = None
         self._meta_end = 0
@@ -268,5 +263,5 @@ class FrameParser:
                 offset += size
             del self._buf[:total]
             self._meta = None
-            out.append(WireCodec.decode(packed, raws))
+            out.append(self.codec.decode(packed, raws))
         return out

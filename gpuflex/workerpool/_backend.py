@@ -27,6 +27,7 @@ from .._models import JobStatus
 from ..backend import Backend, Call, JobUpdate, Payload
 from ..errors import BackendUnavailable
 from ..runtime._protocol import endpoint_environ, worker_init
+from ..runtime._shm import SegmentPool, shm_available
 from ..runtime._wire import SHM_MIN_BYTES, export_payload
 from ._pool import EndpointPool, Mailbox, Placement, PoolJob, empty_updates
 from ._process import StartFailed, WorkerProcess
@@ -42,7 +43,7 @@ __all__ = ["EndpointPool", "Placement", "PoolJob", "StartFailed", "WorkerPoolBac
 class WorkerPoolBackend(Backend, abc.ABC):
     """A backend whose workers are gpuflex worker processes spoken to in frames (see :mod:`gpuflex.worker`)."""
 
-    #: move large buffers through /dev/shm (only when the worker shares this machine's memory)
+    #: move large buffers through shared memory (only when the worker shares this machine's memory; Linux)
     shared_memory: bool = False
     #: calls sent ahead into a busy one-call-at-a-time worker's pipe; None adapts (only while calls are short)
     prefetch: int | None = None
@@ -64,6 +65,14 @@ class WorkerPoolBackend(Backend, abc.ABC):
         self.pools: dict[str, EndpointPool] = {}
         self.jobs: dict[str, PoolJob] = {}
         self._closed = False
+        self._shm_pool: SegmentPool | None = None
+
+    @property
+    def shm_pool(self) -> SegmentPool | None:
+        """The segments large call buffers are copied into (one pool for all workers), made on first use."""
+        if self._shm_pool is None and self.shared_memory and shm_available():
+            self._shm_pool = SegmentPool()
+        return self._shm_pool
 
     # -- what a subclass provides ---------------------------------------------------------------------------
 
@@ -138,8 +147,10 @@ class WorkerPoolBackend(Backend, abc.ABC):
         handle = f"{call.job_id}-{call.attempt}"
         job = PoolJob(handle, call)
         big = self.shared_memory and any(memoryview(b).nbytes >= SHM_MIN_BYTES for b in call.payload.buffers)
-        if big:  # copying hundreds of MB into /dev/shm is blocking work: keep it off the loop
-            job.wire_payload, job.shm_refs = await anyio.to_thread.run_sync(export_payload, call.payload)
+        if big and (segments := self.shm_pool) is not None:  # copying hundreds of MB is blocking: off the loop
+            job.shm_pool = segments
+            job.wire_payload, job.shm_segments = await anyio.to_thread.run_sync(
+                export_payload, call.payload, segments, job.shm_holder)
         if call.endpoint.kind_of(call.method).streams:
             job.chunks = Mailbox()
         self.jobs[handle] = job
@@ -204,6 +215,8 @@ class WorkerPoolBackend(Backend, abc.ABC):
     async def aclose(self) -> None:
         self._closed = True
         await self.teardown()
+        if self._shm_pool is not None:
+            self._shm_pool.close()
 
     def worker_of(self, handle: str) -> WorkerProcess | None:
         """The worker running a job, if it runs now."""

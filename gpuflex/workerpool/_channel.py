@@ -14,10 +14,12 @@ import subprocess
 import typing
 from typing import Any
 
-from ..runtime._wire import FrameParser, WireCodec, discard_shm
+from ..runtime._wire import FrameParser, WireCodec
 
 if typing.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    from ..runtime._shm import SegmentPool
 
 __all__ = ["WorkerChannel", "start_worker_process"]
 
@@ -28,10 +30,13 @@ class WorkerChannel(asyncio.SubprocessProtocol):
     """One worker process: ``send`` frames to its stdin; its stdout frames go to ``on_frame``. With a captured
     stderr, each of its lines goes to ``on_frame`` as ``("output", "stderr", line)``."""
 
-    def __init__(self, on_frame: Callable[[tuple[Any, ...]], None], use_shm: bool, preamble: bytes = b"") -> None:
+    def __init__(self, on_frame: Callable[[tuple[Any, ...]], None], use_shm: bool, preamble: bytes = b"",
+                 pool: SegmentPool | None = None) -> None:
+        """:param pool: the backend's shared-memory segments (one pool for all its workers: a call's buffers are
+            copied in before it is known which worker runs it); this channel holds those it sends."""
         self.on_frame = on_frame
-        self.codec = WireCodec(use_shm=use_shm)
-        self.parser = FrameParser(preamble)
+        self.codec = WireCodec(use_shm=use_shm, pool=pool, holder=f"worker-{id(self):x}")
+        self.parser = FrameParser(preamble, self.codec)
         self.transport: asyncio.SubprocessTransport | None = None
         self.first_frame: asyncio.Future[tuple[Any, ...] | None] = asyncio.get_running_loop().create_future()
         self.preamble_found = not preamble
@@ -61,6 +66,8 @@ class WorkerChannel(asyncio.SubprocessProtocol):
             self.preamble_found = True
             self.preamble_done.set()
         for frame in frames:
+            if self.codec.on_control(frame):
+                continue
             if frame[0] != "output" and not self.first_frame.done():  # output may come before ready
                 self.first_frame.set_result(frame)
             else:
@@ -83,7 +90,8 @@ class WorkerChannel(asyncio.SubprocessProtocol):
             if not self.first_frame.done():
                 self.first_frame.set_result(None)
             self.preamble_done.set()
-            discard_shm(self.codec.exported)
+            if self.codec.pool is not None:
+                self.codec.pool.release_holder(self.codec.holder)  # the worker's mappings went with it
             self.closed.set()
 
     # -- used by backends -------------------------------------------------------------------------------------
@@ -108,17 +116,13 @@ class WorkerChannel(asyncio.SubprocessProtocol):
         stdin = typing.cast("asyncio.WriteTransport | None", self.transport.get_pipe_transport(0))
         if stdin is None or stdin.is_closing():
             return
+        if self.codec.use_shm:  # say which of the worker's segments are free again (results dropped here)
+            messages = [*self.codec.control(), *messages]
         parts = [part for message in messages for part in self.codec.encode(message)]
         if sum(memoryview(part).nbytes for part in parts) <= _JOIN_BELOW:
             stdin.write(b"".join(parts))  # one write system call, not one per part (uvloop writes each at once)
         else:
             stdin.writelines(parts)  # large buffers: no copy
-
-    def trim_exported(self, keep: int = 64) -> None:
-        """Unlink shared-memory files the worker has long since mapped (it unlinks each as it maps it)."""
-        if len(self.codec.exported) > keep:
-            discard_shm(self.codec.exported[:-keep])
-            del self.codec.exported[:-keep]
 
     def kill(self) -> None:
         """SIGKILL the worker's whole process group (it runs in its own session)."""
@@ -132,13 +136,13 @@ class WorkerChannel(asyncio.SubprocessProtocol):
 
 async def start_worker_process(
     command: list[str], *, env: Mapping[str, str], cwd: str, on_frame: Callable[[tuple[Any, ...]], None],
-    use_shm: bool = False, preamble: bytes = b"", capture_stderr: bool = False,
+    use_shm: bool = False, preamble: bytes = b"", capture_stderr: bool = False, pool: SegmentPool | None = None,
 ) -> WorkerChannel:
     """Start ``command`` in its own session with frame pipes on stdin/stdout. Its stderr is inherited, or with
     ``capture_stderr`` sent line by line as output frames. With a ``preamble``, stdout is skipped up to it (see
     :class:`FrameParser`)."""
     loop = asyncio.get_running_loop()
-    channel = WorkerChannel(on_frame, use_shm, preamble)
+    channel = WorkerChannel(on_frame, use_shm, preamble, pool)
     await loop.subprocess_exec(
         lambda: channel, *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if capture_stderr else None, env=dict(env), cwd=cwd, start_new_session=True,

@@ -13,7 +13,6 @@ import attrs
 
 from .._models import Bundle, EndpointKind, EndpointSpec, JobStatus, WorkerState
 from ..backend import Call, JobUpdate, Payload
-from ..runtime._wire import ShmRef, discard_shm
 from ._autoscaler import ScalePolicy, WorkerView, decide, next_check
 from ._process import StartFailed, WorkerProcess
 
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from ..backend import BackendEvents, TaskSpawner
+    from ..runtime._shm import SegmentPool
 
 __all__ = ["EndpointPool", "Mailbox", "Placement", "PoolJob", "PoolOwner", "empty_updates"]
 
@@ -49,6 +49,8 @@ class PoolOwner(Protocol):
     capture_stderr: bool
     worker_class: type[WorkerProcess]
 
+    @property
+    def shm_pool(self) -> SegmentPool | None: ...
     def place_worker(self, spec: EndpointSpec, worker_id: str) -> Placement | None: ...
     def release_worker(self, worker_id: str) -> None: ...
     def retry_start(self, worker: WorkerProcess, failure: StartFailed) -> bool: ...
@@ -110,8 +112,13 @@ class PoolJob:
     updates: Mailbox[JobUpdate] = attrs.field(factory=Mailbox)
     forget: Callable[[], object] | None = None
     wire_payload: Payload | None = None  # the call's payload with large buffers already in shared memory
-    shm_refs: list[ShmRef] = attrs.field(factory=list)
+    shm_segments: list[str] = attrs.field(factory=list)  # the segments it holds in its backend's pool
+    shm_pool: SegmentPool | None = None
     chunks: Mailbox[Payload] | None = None
+
+    @property
+    def shm_holder(self) -> str:
+        return f"job-{self.handle}"
 
     def push(self, update: JobUpdate) -> None:
         self.status, self.update = update.status, update
@@ -120,9 +127,9 @@ class PoolJob:
             self.updates.close()
             if self.chunks is not None:
                 self.chunks.close()
-            if self.shm_refs:
-                discard_shm(self.shm_refs)
-                self.shm_refs = []
+            if self.shm_pool is not None and self.shm_segments:
+                self.shm_pool.release(self.shm_segments, self.shm_holder)  # reused once its workers let go too
+                self.shm_segments = []
             if self.forget is not None:
                 self.forget()  # the core holds the mailboxes it reads; nothing here keeps the data alive
 
@@ -177,6 +184,7 @@ class EndpointPool:
                                                concurrency=self.spec.calls_per_worker,
                                                use_shm=self.backend.shared_memory, prefetch=self.prefetch,
                                                host=placement.host)
+            worker.shm_pool = self.backend.shm_pool
             self.workers[worker_id] = worker
             tg.start_soon(self._run_worker, worker)
         for worker_id in decision.stop:
@@ -322,8 +330,6 @@ class EndpointPool:
         elif kind == "done":
             _, _, status, outcome = frame
             del worker.active[handle]
-            if worker.channel is not None:
-                worker.channel.trim_exported()
             worker.info.jobs_done += 1
             if not worker.active:
                 worker.info.state, worker.idle_since = WorkerState.IDLE, time.monotonic()

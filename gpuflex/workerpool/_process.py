@@ -14,6 +14,7 @@ from ._channel import WorkerChannel, start_worker_process
 
 if TYPE_CHECKING:
     from ..backend import Payload
+    from ..runtime._shm import SegmentPool
 
 __all__ = ["StartFailed", "WorkerProcess"]
 
@@ -52,6 +53,7 @@ class WorkerProcess:
         self.idle_since: float | None = None
         self.channel: WorkerChannel | None = None
         self.use_shm = use_shm
+        self.shm_pool: SegmentPool | None = None  # the backend's shared-memory segments (set by the pool)
         self.draining = False  # finish current jobs, take no new ones, then stop (a redeploy with new settings)
         self.reload_pending = False  # load a new bundle in place once the current jobs finish (hot reload)
         self.reload_started: float | None = None
@@ -92,7 +94,7 @@ class WorkerProcess:
         """
         self.channel = await start_worker_process(
             command, env=env, cwd=cwd, on_frame=lambda frame: on_frame(self, frame), use_shm=self.use_shm,
-            preamble=preamble, capture_stderr=capture_stderr,
+            preamble=preamble, capture_stderr=capture_stderr, pool=self.shm_pool,
         )
         self.info.pid = self.channel.pid
         self.channel.send(("init", init))

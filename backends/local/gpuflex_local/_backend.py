@@ -13,7 +13,7 @@ import anyio
 from gpuflex import Bundle, EndpointSpec, Price
 from gpuflex.errors import BackendUnavailable, ConfigError, GpuflexWarning
 from gpuflex.progress import status
-from gpuflex.worker import worker_command
+from gpuflex.worker import OWN_GROUP_ENV, worker_command
 from gpuflex.workerpool import Placement, WorkerPoolBackend, WorkerProcess
 
 from ._config import LocalConfig
@@ -87,6 +87,9 @@ class LocalBackend(WorkerPoolBackend):
             env.pop("CUDA_VISIBLE_DEVICES")
         if self.config.shared_memory:
             env["GPUFLEX_WORKER_SHM"] = "1"
+        # a worker (and what it started) goes with its caller, even one killed with SIGKILL in the middle of a
+        # long call: its shared memory, mapped from the caller, goes with it
+        env[OWN_GROUP_ENV] = "1"
         python = worker_python(spec, self.config)
         return worker_command(python), env
 

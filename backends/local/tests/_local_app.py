@@ -88,6 +88,13 @@ def array_info(array: Any) -> dict[str, Any]:
             "shape": array.shape, "dtype": str(array.dtype)}
 
 
+@gpuflex.endpoint(name="local_array_hold", max_workers=1)
+def array_hold(array: Any, pid_file: str, seconds: float) -> float:
+    """Holds its argument (a view of the caller's shared memory) while it sleeps."""
+    _report_then_sleep(pid_file, seconds)
+    return float(array[0])
+
+
 @gpuflex.endpoint(name="local_warm", min_workers=1, max_workers=1)
 def warm() -> int:
     return os.getpid()

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -24,6 +25,7 @@ from gpuflex_local._gpus import detect_gpus
 import gpuflex
 from gpuflex import errors
 from gpuflex.client._session import get_session
+from gpuflex.runtime._shm import shm_available
 from gpuflex.testing import backend_in_use, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent))  # workers import _local_app by reference, from the bundle
@@ -81,6 +83,22 @@ def live_worker_children():
         fields = stat.rsplit(")", 1)[1].split()
         state, ppid = fields[0], int(fields[1])
         if ppid == os.getpid() and state != "Z" and b"gpuflex.runtime" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def children_of(parent):
+    """Pids of ``parent``'s children that run the gpuflex worker and have not exited (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != "Z" and b"gpuflex.runtime" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -323,8 +341,8 @@ def test_prefetched_job_behind_a_killed_worker_runs_on_the_next_one(tmp_path):
 @pytest.mark.parametrize("shared_memory", [True, False], ids=["shm", "pipe"])
 def test_large_array_round_trip(shared_memory):
     np = pytest.importorskip("numpy")
-    if shared_memory and not os.access("/dev/shm", os.W_OK):
-        pytest.skip("no writable /dev/shm")
+    if shared_memory and not shm_available():
+        pytest.skip("no memfd shared memory here")
     before = shm_files() if os.path.isdir("/dev/shm") else set()
     array = np.arange(16 * 2**20, dtype=np.float32)  # 64 MiB
     array[::7] *= -1.5
@@ -340,6 +358,86 @@ def test_large_array_round_trip(shared_memory):
             wait_until(lambda: not shm_files() - before, "shared-memory files to be unlinked", limit=10)
     if os.path.isdir("/dev/shm"):
         wait_until(lambda: not shm_files() - before, "shared-memory files to be unlinked", limit=10)
+
+
+def _channel_of(backend, endpoint):
+    (worker,) = backend.pools[endpoint].workers.values()
+    return worker.channel
+
+
+def test_shared_memory_segments_are_reused_on_both_sides():
+    np = pytest.importorskip("numpy")
+    if not shm_available():
+        pytest.skip("no memfd shared memory here")
+    array = np.arange(2**20, dtype=np.float64)  # 8 MiB
+    with backend_in_use(lambda: LocalBackend(LocalConfig(shared_memory=True))) as backend:
+        for i in range(5):
+            back = app.array_echo(array + i)
+            assert back[0] == i and back[-1] == array[-1] + i
+            del back  # nothing holds the result: the worker may write the next one into the same segment
+        assert backend.shm_pool.created == 1  # the caller's side: one segment, reused for every argument
+        maps = _channel_of(backend, "local_array_echo").codec.maps
+        assert len(maps) == 1  # the worker's side: every result came in the one segment the caller mapped once
+        kept = app.array_echo(array)  # held: the next result needs another segment, and this one stays intact
+        other = app.array_echo(array + 1)
+        assert len(maps) == 2 and np.array_equal(kept, array) and np.array_equal(other, array + 1)
+
+
+def _memfd_mappers(creator_pids):
+    """Processes that map a gpuflex segment made by one of ``creator_pids`` (memfd names carry the maker's pid)."""
+    names = {f"memfd:gpuflex-{pid} ".encode() for pid in creator_pids}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                maps = (entry / "maps").read_bytes()
+            except OSError:
+                continue
+            if any(name in maps for name in names):
+                found.add(int(entry.name))
+    return found
+
+
+CALLER_SCRIPT = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import _local_app as app
+array = np.arange(2**20, dtype=np.float64)
+assert np.array_equal(app.array_echo(array), array)
+print("echoed", flush=True)
+app.array_hold(array, {pid_file!r}, 600)
+"""
+
+
+def test_nothing_is_left_when_the_caller_is_killed(tmp_path):
+    """SIGKILL a caller while its workers map its segments (and it maps theirs): the workers exit, nothing maps the
+    memory any more, and nothing was ever put in /dev/shm."""
+    pytest.importorskip("numpy")
+    if not shm_available():
+        pytest.skip("no memfd shared memory here")
+    before = shm_files() if os.path.isdir("/dev/shm") else set()
+    pid_file = tmp_path / "hold.pid"
+    script = tmp_path / "caller.py"
+    script.write_text(CALLER_SCRIPT.format(tests=str(Path(__file__).parent), pid_file=str(pid_file)))
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=str(Path(__file__).parent))
+    try:
+        assert caller.stdout is not None and caller.stdout.readline().strip() == "echoed"
+        wait_until(pid_file.exists, "the holding call to start", limit=WAIT)
+        workers = [pid for pid in children_of(caller.pid)]
+        assert len(workers) == 2
+        holder = int(pid_file.read_text())
+        assert holder in _memfd_mappers([caller.pid])  # the running call maps the caller's segment
+        assert caller.pid in _memfd_mappers(workers)  # the caller maps the echo worker's segment
+    finally:
+        caller.kill()
+        caller.wait(timeout=WAIT)
+        caller.stdout.close()
+    wait_until(lambda: all(pid_gone(pid) for pid in workers), "the workers to exit with their caller", limit=WAIT)
+    assert not _memfd_mappers([caller.pid, *workers])
+    if os.path.isdir("/dev/shm"):
+        assert not shm_files() - before
 
 
 # -- 7. hot reload ---------------------------------------------------------------------------------------------------
