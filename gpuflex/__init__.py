@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import importlib as _importlib
+import os as _os
 import typing as _typing
 
 from . import errors as errors
@@ -83,7 +84,11 @@ def _load_public_names() -> None:
 
 def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
-        _load_public_names()
+        if _os.environ.get("GPUFLEX_IN_WORKER"):  # a worker loads only what the endpoint's module uses
+            module, attribute = _LAZY[name]
+            globals()[name] = getattr(_importlib.import_module(module, __name__), attribute)
+        else:
+            _load_public_names()
         return globals()[name]
     raise AttributeError(f"module 'gpuflex' has no attribute {name!r}")
 

@@ -22,13 +22,13 @@ from ..errors import BatchError, ConfigError
 from ..gpus import parse_gpu
 from ..runtime._runner import IN_WORKER_ENV
 from ._calls import abandon, async_stream, call_signature, first_done, owned_result, sync_stream
-from ._session import get_session
 
 if typing.TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 
     from .._job import Job
     from ..backend import Payload
+    from ._session import Session
 from ..progress import track
 
 __all__ = ["Endpoint", "endpoint"]
@@ -37,6 +37,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
+
+
+def _session() -> Session:
+    """The process's session, imported on first call: a worker imports the endpoint's module (so this one) but
+    never calls through it, and need not load the client's event loop, plugins and backends."""
+    from ._session import get_session
+
+    return get_session()
 
 def _kind_of(obj: Any) -> EndpointKind:
     if inspect.isclass(obj):
@@ -209,7 +217,7 @@ class _Callable:
                              for args in itertools.islice(items, window - len(pending))]
                     exhausted = not batch
                     if batch:
-                        pending.extend(get_session().spawn_many(self._ep, self._method, batch))
+                        pending.extend(_session().spawn_many(self._ep, self._method, batch))
                 if not pending:
                     return
                 job = pending.popleft() if order else first_done(pending)
@@ -269,7 +277,7 @@ class Endpoint(_Callable, Generic[P, R]):
     def _spawn(self, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any], *,
                streaming: bool = False) -> Job:
         payload = self._encode(method, args, kwargs)
-        return get_session().spawn(self, method, payload, streaming=streaming)
+        return _session().spawn(self, method, payload, streaming=streaming)
 
     def _encode(self, method: str | None, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Payload:
         """Check the arguments against the callable's signature (a wrong call fails here, as it would locally,
