@@ -230,6 +230,12 @@ class PeerMaps:
                 self._maps.pop(segment_id, None)
                 self._lent.discard(segment_id)
 
+    def clear(self) -> None:
+        """The peer is gone: drop every mapping (views still alive keep theirs until they go)."""
+        with self._lock:
+            self._maps.clear()
+            self._lent.clear()
+
     def __len__(self) -> int:
         return len(self._maps)
 

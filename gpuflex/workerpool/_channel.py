@@ -92,6 +92,8 @@ class WorkerChannel(asyncio.SubprocessProtocol):
             self.preamble_done.set()
             if self.codec.pool is not None:
                 self.codec.pool.release_holder(self.codec.holder)  # the worker's mappings went with it
+            if self.codec.maps is not None:
+                self.codec.maps.clear()  # and its segments go once no result here views them
             self.closed.set()
 
     # -- used by backends -------------------------------------------------------------------------------------
