@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._models import Cost, EndpointSpec, Price
-    from .backend import Backend
+    from .backend import Backend, BackendRef
 
 __all__ = ["build_plugin_manager", "get_plugin_manager", "hookimpl", "reset_plugin_manager"]
 
@@ -92,8 +92,8 @@ def reset_plugin_manager() -> None:
 # Typed wrappers: the core calls hooks through these, with keyword arguments only.
 
 
-def call_register_backends() -> list[type[Backend]]:
-    found: list[type[Backend]] = []
+def call_register_backends() -> list[type[Backend] | BackendRef]:
+    found: list[type[Backend] | BackendRef] = []
     for result in get_plugin_manager().hook.gpuflex_register_backends():
         if result is None:
             continue

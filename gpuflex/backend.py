@@ -22,6 +22,7 @@ A backend reports each job's terminal state with a reason and never leaves one w
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
 import struct
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -37,12 +38,38 @@ if TYPE_CHECKING:
     from ._models import Bundle, EndpointSpec, WorkerState
 
 __all__ = [
-    "WORKER_LOGGER", "Backend", "BackendEvents", "Call", "DeployedEndpoint", "EndpointPlan", "FieldChange",
-    "JobUpdate", "NoConfig", "Payload", "PlanAction", "Release", "ReleaseEndpoint", "TaskSpawner", "Version",
-    "log_worker_output",
+    "WORKER_LOGGER", "Backend", "BackendEvents", "BackendRef", "Call", "DeployedEndpoint", "EndpointPlan",
+    "FieldChange", "JobUpdate", "NoConfig", "Payload", "PlanAction", "Release", "ReleaseEndpoint", "TaskSpawner",
+    "Version", "log_worker_output",
 ]
 
 WORKER_LOGGER = "gpuflex.worker"
+
+
+@attrs.frozen(kw_only=True)
+class BackendRef:
+    """A backend a plugin registers by name without importing it (``gpuflex_register_backends`` may return one
+    instead of the class): ``target`` (``"package.module:ClassName"``) is imported only when the backend is used,
+    so installing a backend costs nothing to processes that use another. ``name`` and ``aliases`` must be the
+    class's own (checked on import)."""
+
+    name: str
+    target: str
+    aliases: tuple[str, ...] = ()
+
+    def load(self) -> type[Backend]:
+        module_name, _, attribute = self.target.partition(":")
+        if not module_name or not attribute:
+            raise ValueError(f"a BackendRef target is 'package.module:ClassName', got {self.target!r}")
+        value: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            value = getattr(value, part)
+        if not (isinstance(value, type) and issubclass(value, Backend)):
+            raise TypeError(f"{self.target} is {value!r}, not a gpuflex.backend.Backend subclass")
+        if value.name != self.name or tuple(value.aliases) != tuple(self.aliases):
+            raise ValueError(f"{self.target} is named {value.name!r} (aliases {tuple(value.aliases)!r}) but was "
+                             f"registered as {self.name!r} (aliases {tuple(self.aliases)!r})")
+        return value
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
 

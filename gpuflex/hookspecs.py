@@ -14,7 +14,7 @@ import pluggy
 if TYPE_CHECKING:
     from ._job import Job
     from ._models import Bundle, Cost, EndpointSpec, Price, WorkerInfo
-    from .backend import Backend
+    from .backend import Backend, BackendRef
 
 hookspec = pluggy.HookspecMarker("gpuflex")
 
@@ -22,14 +22,16 @@ hookspec = pluggy.HookspecMarker("gpuflex")
 
 
 @hookspec
-def gpuflex_register_backends() -> type[Backend] | list[type[Backend]] | None:
-    """Return the backend class (or classes) this plugin provides.
+def gpuflex_register_backends() -> type[Backend] | BackendRef | list[type[Backend] | BackendRef] | None:
+    """Return the backend class (or classes) this plugin provides, or a :class:`~gpuflex.backend.BackendRef` per
+    backend to have it imported only when it is used (processes that use another backend never import it).
 
     Called once, when the registry is first needed (``gpuflex.list_backends()``, the first call of an endpoint).
 
-    :returns: a :class:`~gpuflex.backend.Backend` subclass, a list of them, or ``None``.
+    :returns: a :class:`~gpuflex.backend.Backend` subclass or a ``BackendRef``, a list of them, or ``None``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 a ``BackendRef`` is accepted.
     """
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import os
+import subprocess
+import sys
 from typing import ClassVar
 
 import pytest
@@ -11,7 +15,7 @@ import gpuflex
 from gpuflex import hookimpl
 from gpuflex._plugins import get_plugin_manager, reset_plugin_manager
 from gpuflex._registry import BackendRegistry, get_registry, reset_registry
-from gpuflex.backend import Backend
+from gpuflex.backend import Backend, BackendRef
 from gpuflex.errors import PluginError, UnknownBackendError
 
 
@@ -219,3 +223,58 @@ def test_two_plugins_with_one_name_fail_collection(fresh):
     with pytest.raises(PluginError) as info:
         gpuflex.list_backends()
     assert "AlphaBackend" in str(info.value) and "OtherAlphaBackend" in str(info.value)
+
+
+# -- registering by name (BackendRef): imported on first use ------------------------------------------------------
+
+
+def test_a_ref_is_imported_only_when_its_backend_is_asked_for():
+    registry = BackendRegistry()
+    registry.register(BackendRef(name="alpha", target=f"{__name__}:AlphaBackend", aliases=("a", "first")))
+    assert registry.names() != [] and "alpha" in registry._refs
+    assert registry.get("first") is AlphaBackend
+    assert "alpha" not in registry._refs and registry.get("alpha") is AlphaBackend
+
+
+def test_a_ref_and_a_class_cannot_share_a_name():
+    registry = BackendRegistry()
+    registry.register(BackendRef(name="alpha", target="somewhere.else:Alpha"))
+    with pytest.raises(PluginError, match="two backends are named 'alpha'.*somewhere.else:Alpha"):
+        registry.register(OtherAlphaBackend)
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    (BackendRef(name="beta", target=f"{__name__}:AlphaBackend", aliases=("a", "first")), "named 'alpha'"),
+    (BackendRef(name="alpha", target=f"{__name__}:AlphaBackend"), "aliases"),
+    (BackendRef(name="alpha", target=f"{__name__}:Nameless_missing"), "AttributeError"),
+    (BackendRef(name="alpha", target="no_such_module_anywhere:Alpha"), "ModuleNotFoundError"),
+    (BackendRef(name="alpha", target=f"{__name__}.AlphaBackend"), "package.module:ClassName"),
+    (BackendRef(name="alpha", target=f"{__name__}:pytest"), "not a gpuflex.backend.Backend subclass"),
+])
+def test_a_ref_that_does_not_load_says_why(ref, message):
+    registry = BackendRegistry()
+    registry.register(ref)
+    with pytest.raises(PluginError, match=message):
+        registry.get(ref.name)
+
+
+def test_a_process_using_the_local_backend_imports_no_other_backend(tmp_path):
+    """The installed backends register by name: a first call on the local backend imports none of the others
+    (RunPod's imports alone cost ~400 ms of every process's first call before)."""
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "app.py").write_text(
+        "import sys\nimport gpuflex\n\n@gpuflex.endpoint\ndef double(x):\n    return 2 * x\n\n"
+        "if __name__ == '__main__':\n"
+        "    assert double(4) == 8\n"
+        "    used = {m.split('.')[0] for m in sys.modules if m.startswith('gpuflex_') and '.' in m\n"
+        "            and not m.endswith('.plugin')}\n"
+        "    print(sorted(used | {'ray', 'modal', 'runpod'} & set(sys.modules)))\n"
+        "    print(sorted(gpuflex.list_backends()))\n")
+    done = subprocess.run([sys.executable, "app.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "GPUFLEX_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr
+    imported, listed = map(ast.literal_eval, done.stdout.strip().splitlines()[-2:])
+    assert "gpuflex_local" in imported, done.stdout  # the other plugins' packages hold only their entry point
+    assert not {"gpuflex_pod", "gpuflex_modal", "gpuflex_ray", "gpuflex_runpod", "ray", "modal", "runpod"} & set(
+        imported), done.stdout
+    assert {"local", "pod", "serverless"} <= set(listed)

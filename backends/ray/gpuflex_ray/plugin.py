@@ -1,12 +1,12 @@
-"""Entry point of the Ray backend: it registers the way any third-party plugin does."""
+"""Entry point of the Ray backend: it registers the way any third-party plugin does, by name, so that its modules
+are imported only when a process uses it."""
 
 from __future__ import annotations
 
 from gpuflex import hookimpl
-
-from ._backend import RayBackend
+from gpuflex.backend import BackendRef
 
 
 @hookimpl
-def gpuflex_register_backends() -> type[RayBackend]:
-    return RayBackend
+def gpuflex_register_backends() -> BackendRef:
+    return BackendRef(name='ray', target='gpuflex_ray._backend:RayBackend')
