@@ -16,6 +16,7 @@ PYTHON = "3.11"
 TORCH = "torch==2.13.0"
 MODAL = "modal==1.6.4"  # the Modal backend's offline tests speak this client version's protocol
 RAY = "ray[client]==2.60.0"  # the Ray backend's tests start a real two-node cluster of this version
+RAY_SERVE = "ray[serve]==2.60.0"  # the batching benchmark's baseline: Ray Serve's @serve.batch, same Ray version
 RAY_NODE_DEPS = ["virtualenv"]  # what a Ray node needs to build pip environments (ray[default] has it)
 TEST_DEPS = [
     "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "numpy>=1.26", "mypy>=1.10", "ruff>=0.6", "mkdocs>=1.6",
@@ -66,8 +67,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def benchmarks(session: nox.Session) -> None:
-    """Measure gpuflex against ProcessPoolExecutor and Ray; write docs/benchmarks.md."""
-    _install(session, "numpy>=1.26", RAY, MODAL, *RUNPOD_DEPS, torch=True)
+    """Measure gpuflex against ProcessPoolExecutor, Ray and Ray Serve; write docs/benchmarks.md."""
+    _install(session, "numpy>=1.26", RAY, RAY_SERVE, MODAL, *RUNPOD_DEPS, torch=True)
     session.install("--no-deps", RUNPOD)
     session.run("python", "benchmarks/run.py", *session.posargs)
 

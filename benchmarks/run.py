@@ -8,7 +8,8 @@
 Measures (1) the warm round trip of a no-op call, (2) ``.map`` throughput with two workers, (3) a large numpy
 array sent to a worker and back, (4) the cold start of a ``min_workers=0`` endpoint and (5) a GPU matmul
 endpoint against the same function called directly (CUDA hosts only); then hot reload, the dev server, the pod
-backend (8), the serverless backend (9) and the Ray backend against raw Ray on one local cluster (10). Baselines:
+backend (8), the serverless backend (9), the Ray backend against raw Ray on one local cluster (10) and dynamic
+batching of a torch MLP, unbatched and batched through gpuflex and batched by Ray Serve (11). Baselines:
 ``ProcessPoolExecutor(2)``, Ray (when installed; run in a child process with ``RAY_USAGE_STATS_ENABLED=0``, on
 loopback, in a network namespace where ``unshare`` allows one) and ``numpy.copy``.
 """
@@ -45,6 +46,7 @@ if str(HERE) not in sys.path:
 
 import _endpoints as ep  # noqa: E402
 import numpy as np  # noqa: E402
+from _batch_bench import bench_batch, section_batch  # noqa: E402
 from _pod_bench import bench_pod, section_pod  # noqa: E402
 from _reload import bench_reload, section_reload  # noqa: E402
 from _runpod_bench import bench_runpod, section_runpod  # noqa: E402
@@ -622,6 +624,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_pod(results["pod"]),
         section_runpod(results["runpod"]),
         section_ray_backend(results["ray_backend"]),
+        section_batch(results["batch"]),
     ]
     return "\n".join(parts)
 
@@ -685,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         results["ray_backend"] = {"skip": "skipped (--no-ray)"}
     else:
         results["ray_backend"] = guarded("10. Ray backend against raw Ray", lambda: bench_ray_backend(cfg))
+    results["batch"] = guarded("11. dynamic batching (gpuflex, Ray Serve)",
+                               lambda: bench_batch(quick=args.quick, ray_serve=not args.no_ray))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)
