@@ -185,7 +185,9 @@ def section_batch(res: dict[str, Any]) -> str:
     if isinstance(ray, dict):
         ray_note = (f"Ray Serve {ray['version']}: one deployment, `num_replicas=1`, "
                     f"`@serve.batch(max_batch_size={res['max_batch_size']}, batch_wait_timeout_s="
-                    f"{res['batch_wait_ms'] / 1000:g})`, `max_ongoing_requests={res['max_batch_size']}`, the batch "
+                    f"{res['batch_wait_ms'] / 1000:g})`, `max_ongoing_requests={ray['max_ongoing_requests']}` (with "
+                    f"{res['max_batch_size']}, which Ray allows, its router stalled on this machine: 42 calls/s with "
+                    "the replica mostly idle; see `_batch_serve.py`), the batch "
                     "run on a thread (`asyncio.to_thread`, as gpuflex runs a sync batched function), called through "
                     "its `DeploymentHandle` from the driver (no HTTP proxy)"
                     + (", in its own network namespace" if ray.get("netns") else "")
