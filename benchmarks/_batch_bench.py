@@ -57,7 +57,8 @@ def _netns_prefix() -> list[str]:
 
 # Serve's router asks the replica for its queue length before it sends a request and gives up after 0.1 s by
 # default; on this loaded 2-core machine the answers come later, and at an offered 180 req/s (below its closed-loop
-# capacity) Serve completed 42/s with 756 requests unfinished, against 134/s and none unfinished with 1 s. Its warning
+# capacity; max_ongoing_requests=64) Serve completed 42/s with 756 requests unfinished, against 134/s and none
+# unfinished with 1 s. Its warning
 # ("Failed to get queue length ... configure the deadline using RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S") says to.
 QUEUE_DEADLINE_ENV, QUEUE_DEADLINE_S = "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1.0"
 
@@ -194,11 +195,12 @@ def section_batch(res: dict[str, Any]) -> str:
     if isinstance(ray, dict):
         ray_note = (f"Ray Serve {ray['version']}: one deployment, `num_replicas=1`, "
                     f"`@serve.batch(max_batch_size={res['max_batch_size']}, batch_wait_timeout_s="
-                    f"{res['batch_wait_ms'] / 1000:g})`, `max_ongoing_requests={ray['max_ongoing_requests']}` (with "
-                    f"{res['max_batch_size']}, which Ray allows, its router stalled on this machine: 42 calls/s with "
-                    "the replica mostly idle; see `_batch_serve.py`) and `RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S="
-                    f"{ray.get('queue_deadline_s')}` (default 0.1: here its router then completed 42 of an offered "
-                    "180 req/s, as its own warning suggests raising it), the batch "
+                    f"{res['batch_wait_ms'] / 1000:g})`, `max_ongoing_requests={ray['max_ongoing_requests']}` "
+                    "(so its router sends every request on to the replica: with 32 or 64 its router stalled or "
+                    "collapsed on this machine once requests queued in it; see `_batch_serve.py`) and "
+                    "`RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S="
+                    f"{ray.get('queue_deadline_s')}` (default 0.1 s; Serve's own warning says to raise it when its "
+                    "router's queue-length probes time out, as they did here), the batch "
                     "run on a thread (`asyncio.to_thread`, as gpuflex runs a sync batched function), called through "
                     "its `DeploymentHandle` from the driver (no HTTP proxy)"
                     + (", in its own network namespace" if ray.get("netns") else "")
