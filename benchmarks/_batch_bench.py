@@ -30,10 +30,10 @@ if str(HERE) not in sys.path:
 
 import _batch_load  # noqa: E402
 
-FULL = {"duration": 15.0, "drain_s": 15.0, "calibrate_s": 3.0, "multipliers": [0.5, 1.5, 3.0], "warmup": 64,
-        "seed": 1, "max_rate": 3000.0}
-QUICK = {"duration": 1.0, "drain_s": 5.0, "calibrate_s": 0.5, "multipliers": [0.5, 2.0], "warmup": 8, "seed": 1,
-         "max_rate": 400.0}
+FULL: dict[str, Any] = {"duration": 15.0, "drain_s": 15.0, "calibrate_s": 3.0, "multipliers": [0.5, 1.5, 3.0],
+                        "warmup": 64, "seed": 1, "max_rate": 3000.0}
+QUICK: dict[str, Any] = {"duration": 1.0, "drain_s": 5.0, "calibrate_s": 0.5, "multipliers": [0.5, 2.0],
+                         "warmup": 8, "seed": 1, "max_rate": 400.0}
 SERVERS = {"unbatched": "gpuflex, unbatched", "batched": "gpuflex, batched", "ray_serve": "Ray Serve, `@serve.batch`"}
 
 
@@ -128,7 +128,7 @@ def bench_batch(quick: bool = False, ray_serve: bool = True, device: str = "auto
     """gpuflex's two servers at each offered load, then Ray Serve's (in a child) at the same loads."""
     import gpuflex
 
-    cfg = dict(QUICK if quick else FULL)
+    cfg: dict[str, Any] = dict(QUICK if quick else FULL)
     device = resolve_device(device)
     os.environ["GPUFLEX_BATCH_BENCH_DEVICE"] = device  # read by _batch_model at import, here and on the workers
     import _batch_model as bm

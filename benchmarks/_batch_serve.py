@@ -56,7 +56,7 @@ def main(settings: dict[str, Any]) -> dict[str, Any]:
         async def __call__(self, items: list[Any]) -> list[tuple[Any, int]]:
             return await asyncio.to_thread(bm.infer, items)
 
-    handle = serve.run(BatchedMLP.bind(), name="batch_bench", route_prefix=None)
+    handle = serve.run(BatchedMLP.bind(), name="batch_bench", route_prefix=None)  # type: ignore[attr-defined]
     out["start_s"] = time.perf_counter() - t0
     items = bm.make_items(64)
 
@@ -74,7 +74,7 @@ def main(settings: dict[str, Any]) -> dict[str, Any]:
         return rows
 
     out["rows"] = asyncio.run(measure())
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()
     return out
 
