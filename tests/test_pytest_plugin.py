@@ -16,7 +16,7 @@ def test_gpuflex_backend_is_parametrized_over_installed_backends(pytester):
             assert first is not second and first.name == second.name
         """
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")  # a Ray probe per process
     outcomes = result.parseoutcomes()
     usable = [name for name, cls in installed_backends().items() if probe_backend(cls) is None]
     assert "local" in usable
