@@ -50,6 +50,8 @@ from _batch_bench import bench_batch, section_batch  # noqa: E402
 from _pod_bench import bench_pod, section_pod  # noqa: E402
 from _reload import bench_reload, section_reload  # noqa: E402
 from _runpod_bench import bench_runpod, section_runpod  # noqa: E402
+from _runpod_deploy_bench import measure as bench_deployed  # noqa: E402
+from _runpod_deploy_bench import section as section_deployed  # noqa: E402
 from _serve import bench_serve, section_serve  # noqa: E402
 
 import gpuflex  # noqa: E402
@@ -59,11 +61,11 @@ warnings.simplefilter("ignore", gpuflex.errors.GpuflexWarning)  # GPU endpoints 
 FULL = {"runpod_calls": 30, "runpod_inflight": 10_000, "runpod_fanin": 1000, "runpod_baseline": 200,
         "roundtrip_n": 2000, "warmup": 200, "blocks": 4, "map_n": 10_000, "map_reps": 3, "array_mib": 256,
         "array_reps": 5, "cold_reps": 5, "ray_cold_reps": 3, "matmul_n": 4096, "matmul_reps": 20, "gpu_reps": 5,
-        "reload_reps": 9, "serve_calls": 1000}
+        "reload_reps": 9, "serve_calls": 1000, "deployed_calls": 30}
 QUICK = {"runpod_calls": 3, "runpod_inflight": 0, "runpod_fanin": 100, "runpod_baseline": 10,
          "roundtrip_n": 200, "warmup": 50, "blocks": 2, "map_n": 1000, "map_reps": 1, "array_mib": 32,
          "array_reps": 3, "cold_reps": 3, "ray_cold_reps": 1, "matmul_n": 2048, "matmul_reps": 10, "gpu_reps": 3,
-         "reload_reps": 3, "serve_calls": 100}
+         "reload_reps": 3, "serve_calls": 100, "deployed_calls": 3}
 MIB = 2**20
 
 
@@ -625,6 +627,7 @@ def render(results: dict[str, Any], cfg: dict[str, Any], quick: bool, started: d
         section_runpod(results["runpod"]),
         section_ray_backend(results["ray_backend"]),
         section_batch(results["batch"]),
+        "## 12. " + section_deployed(results["deployed"]).removeprefix("## "),
     ]
     return "\n".join(parts)
 
@@ -690,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         results["ray_backend"] = guarded("10. Ray backend against raw Ray", lambda: bench_ray_backend(cfg))
     results["batch"] = guarded("11. dynamic batching (gpuflex, Ray Serve)",
                                lambda: bench_batch(quick=args.quick, ray_serve=not args.no_ray))
+    results["deployed"] = guarded("12. deployed endpoint: plain HTTP vs gpuflex client (RunPod emulator)",
+                                  lambda: bench_deployed(cfg["deployed_calls"]))
 
     markdown = render(results, cfg, args.quick, started, (load_start, os.getloadavg()),
                       time.perf_counter() - t_start)

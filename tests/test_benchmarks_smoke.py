@@ -24,7 +24,7 @@ def test_quick_benchmark_run_writes_every_section(tmp_path):
     text = out.read_text()
     for heading in ("round trip", ".map", "array to a worker and back", "Cold start", "GPU", "Hot reload",
                     "Dev server", "Pod backend", "RunPod emulator",
-                    "Dynamic batching"):
+                    "Dynamic batching", "Deployed endpoint on the RunPod emulator"):
         assert heading.lower() in text.lower(), f"section {heading!r} missing from the report"
     assert "Traceback" not in text and "\nFailed:" not in text, text
 
