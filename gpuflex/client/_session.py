@@ -211,10 +211,13 @@ class Session:
         if binding is None or binding.source is not endpoint.spec:
             binding = self._rebind(backend, key, endpoint, binding)
         bundle = self._bundles.get(endpoint.project_root)
-        if bundle is None:  # first call, or the code changed: hashing files is blocking work
-            bundle = await anyio.to_thread.run_sync(self.bundle_for, endpoint)
-        if binding.bundle_hash != bundle.hash:
+        if bundle is None or binding.bundle_hash != bundle.hash:
+            # One call at a time, in the order they came (the lock is FIFO): a map's calls then reach the backend
+            # in order, as they would not if each waited on a thread of its own (threads return in any order).
             async with binding.lock:
+                bundle = self._bundles.get(endpoint.project_root)
+                if bundle is None:  # first call, or the code changed: hashing files is blocking work
+                    bundle = await anyio.to_thread.run_sync(self.bundle_for, endpoint)
                 if binding.bundle_hash != bundle.hash:
                     await backend.deploy(binding.spec, bundle)
                     binding.bundle_hash = bundle.hash
