@@ -53,5 +53,6 @@ def test_first_map_submits_its_calls_in_order(monkeypatch):
     RecordingBackend.submitted.clear()
     with backend_in_use(RecordingBackend):
         assert list(ep.echo.map(range(6))) == list(range(6))
-    made = sorted(RecordingBackend.submitted, key=lambda job: (len(job), job))  # ids count up, in hex
-    assert RecordingBackend.submitted == made, f"the map's calls reached the backend out of order: {RecordingBackend.submitted}"
+    submitted = RecordingBackend.submitted
+    made = sorted(submitted, key=lambda job: (len(job), job))  # job ids count up, in hex
+    assert submitted == made, f"the map's calls reached the backend out of order: {submitted}"

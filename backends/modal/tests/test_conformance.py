@@ -19,14 +19,7 @@ def shared_fake():
     server.close()
 
 
-# check_interrupt passes alone (19 s) but failed once in a full run on a machine loaded ~3x over its cores: a
-# terminated container's call outlived the held call's 60 s limit. Reported as xfail there, not hidden.
-FLAKY = {"check_interrupt": "flaky under heavy CPU load: a terminated fake container can outlive the 60 s hold"}
-
-
-@pytest.mark.parametrize("check", [pytest.param(c, marks=pytest.mark.xfail(reason=FLAKY[c.__name__], strict=False))
-                                   if c.__name__ in FLAKY else c for c in CHECKS],
-                         ids=[c.__name__ for c in CHECKS])
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
 def test_conformance(check, shared_fake, monkeypatch, tmp_path):
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
