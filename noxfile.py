@@ -68,7 +68,7 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=PYTHON, venv_params=["--seed"])
 def benchmarks(session: nox.Session) -> None:
     """Measure gpuflex against ProcessPoolExecutor, Ray and Ray Serve; write docs/benchmarks.md."""
-    _install(session, "numpy>=1.26", RAY, RAY_SERVE, MODAL, *RUNPOD_DEPS, torch=True)
+    _install(session, "numpy>=1.26", "uv", RAY, RAY_SERVE, MODAL, *RUNPOD_DEPS, torch=True)  # uv: moto (section 12)
     session.install("--no-deps", RUNPOD)
     session.run("python", "benchmarks/run.py", *session.posargs)
 
