@@ -25,6 +25,7 @@ import abc
 import importlib
 import logging
 import struct
+import sys
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
@@ -40,10 +41,27 @@ if TYPE_CHECKING:
 __all__ = [
     "WORKER_LOGGER", "Backend", "BackendEvents", "BackendRef", "Call", "DeployedEndpoint", "EndpointPlan",
     "FieldChange", "JobUpdate", "NoConfig", "Payload", "PlanAction", "Release", "ReleaseEndpoint", "TaskSpawner",
-    "Version", "log_worker_output",
+    "Version", "lazy_exports", "log_worker_output",
 ]
 
 WORKER_LOGGER = "gpuflex.worker"
+
+
+def lazy_exports(package: str, where: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for a backend package whose public names live in its submodules:
+    ``where`` maps each name to its module (``"._backend"``), imported on first use and kept. With a
+    :class:`BackendRef` entry point, a process that never uses the backend never imports its modules.
+
+    >>> __getattr__ = lazy_exports(__name__, {"AcmeBackend": "._backend", "AcmeConfig": "._config"})
+    """
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(where[name], package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__
 
 
 @attrs.frozen(kw_only=True)

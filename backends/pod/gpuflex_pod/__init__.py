@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gpuflex.backend import lazy_exports
 
 if TYPE_CHECKING:
     from ._backend import HostUsage as HostUsage
@@ -13,14 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["HostSpec", "HostUsage", "PodBackend", "PodConfig"]
 
-# imported on first use: the plugin entry point registers the backend by name, and a process that uses another
-# backend never imports this one's modules (nor what they import)
-_WHERE = {"HostUsage": "._backend", "PodBackend": "._backend", "HostSpec": "._config", "PodConfig": "._config"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# imported on first use: the entry point registers the backend by name (a BackendRef), so a process that uses
+# another backend never imports this one's modules, nor what they import
+__getattr__ = lazy_exports(__name__, {
+    "HostUsage": "._backend", "PodBackend": "._backend",
+    "HostSpec": "._config", "PodConfig": "._config",
+})
