@@ -94,7 +94,7 @@ class _Run:
         slots = self.state.slots()
         for i, payload in enumerate(self.calls):
             await slots.acquire()
-            if len(self.calls) > 1 and self.budget.low():
+            if self.state.exiting or len(self.calls) > 1 and self.budget.low():  # exiting: the client requeues it
                 slots.release()
                 inbox.put_nowait(("skip", i))
                 continue
@@ -181,11 +181,13 @@ class _Run:
     def stop(self, blocking: bool) -> None:
         """The job was stopped (cancel, execution timeout): cancel its calls in the runtime. A sync call runs on in
         its thread and cannot be interrupted, so the worker then exits to free the GPU (RunPod replaces it)."""
+        exiting = blocking and bool(self.open)
+        self.state.exiting = self.state.exiting or exiting  # before the slots free: no job taken now starts a call
         for i in list(self.open):
             self.runtime.cancel(self.ids[i])
             self.state.slots().release()
-        if blocking and self.open:
-            asyncio.get_running_loop().call_later(0.05, os._exit, 75)
+        if exiting:  # time for RunPod's loop to send what the jobs still running here say (their calls skipped)
+            asyncio.get_running_loop().call_later(0.5, os._exit, 75)
 
 
 async def run_calls(state: HandlerState, runtime: WorkerRuntime, job_id: str, request: dict[str, Any],

@@ -25,7 +25,8 @@ items stay under ``AGGREGATE_BUDGET``)::
         "failed"                        the call's outcome is an exception (data: the base64 outcome): the user's,
                                         or PayloadTooLarge for a result that no job could hold
         "cancelled"                     the runtime cancelled the call
-        "skipped"                       never started: too little of the job's result budget was left
+        "skipped"                       never started: too little of the job's result budget was left, or the
+                                        worker is exiting (a stopped sync call): the client sends it again
         "rerun"                         ran, but its result does not fit in what is left of this pack's budget
                                         (it would in a job of its own): the client sends it again, alone
     {"error": "<JSON string>"}     ends the job FAILED, for every call in it; the JSON holds

@@ -89,6 +89,7 @@ class HandlerState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread: int | None = None
         self._slots: asyncio.Semaphore | None = None
+        self.exiting = False  # a stopped sync call cannot be interrupted: the worker exits, and starts no new call
 
     def slots(self) -> asyncio.Semaphore:
         """Calls this worker runs at once, across the jobs it holds: the endpoint's calls per worker."""
