@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from gpuflex.client._session import get_session
 
 from . import _endpoints as ep
-from ._harness import BackendFactory, backend_in_use, needs, tmp_dir, wait_until
+from ._harness import WAIT, BackendFactory, backend_in_use, needs, tmp_dir, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
@@ -30,6 +30,9 @@ __all__ = ["check_interrupt"]
 CALLS = 10  # calls each map starts
 DELIVERED = 2  # results the caller takes before it stops waiting
 ENDPOINT = "conformance_hold"
+# a call after a stopped sync call may wait for a fresh worker (the old one exits to stop it): a RunPod worker's boot
+# on a loaded 2-core machine took over a minute
+START = 3 * WAIT
 
 
 def _map(marks: Path) -> Generator[int, None, None]:
@@ -65,7 +68,7 @@ def _interrupt_main_thread_when(ready: Callable[[], bool], delay: float = 0.0) -
     assert main is not None
 
     def fire() -> None:
-        wait_until(ready, "the interrupted call to start")
+        wait_until(ready, "the interrupted call to start", limit=START)
         time.sleep(delay)
         signal.pthread_kill(main, signal.SIGINT)
 
@@ -147,7 +150,7 @@ async def _async_ways() -> None:
     marks = tmp_dir()
     call = asyncio.ensure_future(ep.hold.aio(DELIVERED, str(marks), DELIVERED))
     started = marks / f"started-{DELIVERED}"
-    await asyncio.to_thread(wait_until, started.exists, "the awaited call to start")
+    await asyncio.to_thread(wait_until, started.exists, "the awaited call to start", START)
     call.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await call
