@@ -306,7 +306,8 @@ def test_client_interrupted_or_killed_mid_job_leaves_no_remote_processes(sshd, r
     script = tmp_path / "client.py"
     config = pod_config([sshd], remote_dir)
     script.write_text(textwrap.dedent(f"""
-        import sys
+        import faulthandler, sys
+        faulthandler.dump_traceback_later(45)  # still running then: every thread's stack, for the failure report
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import gpuflex
         import _pod_app as app
@@ -320,7 +321,12 @@ def test_client_interrupted_or_killed_mid_job_leaves_no_remote_processes(sshd, r
         wait_until(lambda: len(marker_pids(marker)) == 1, "the job to start on the host")
         worker = marker_pids(marker)[0]
         client.send_signal(how)
-        client.wait(timeout=30)
+        try:
+            client.wait(timeout=90)  # seen over 30 s once in a loaded CI run
+        except subprocess.TimeoutExpired:
+            client.kill()
+            stacks = client.communicate()[1].decode()[-6000:]
+            raise AssertionError(f"the client outlived {how.name} by 90 s:\n{stacks}") from None
     finally:
         client.kill()
         client.communicate()
