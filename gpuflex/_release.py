@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._models import Bundle, EndpointSpec
 
 __all__ = ["DEFAULT_ENV", "DeployedEndpoint", "EndpointPlan", "FieldChange", "PlanAction", "Release",
-           "ReleaseEndpoint", "Version", "check_env", "git_commit"]
+           "ReleaseEndpoint", "Version", "check_env", "git_commit", "rollback_record"]
 
 DEFAULT_ENV = "prod"
 _ENV = re.compile(r"[a-z][a-z0-9]{0,15}")
@@ -157,3 +157,28 @@ class Version:
     def to_json(self) -> dict[str, Any]:
         return {"version": self.number, "bundle": self.bundle, "commit": self.commit, "created_at": self.created_at,
                 "note": self.note, "current": self.current, "settings": dict(self.settings)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, current: bool = False) -> Version:
+        """A version from the record a backend keeps for it (a JSON object: ``number``, ``bundle``, ``created_at``,
+        and optionally ``settings``, ``commit``, ``note``)."""
+        return cls(number=record["number"], bundle=record["bundle"], settings=record.get("settings") or {},
+                   commit=record.get("commit"), created_at=record["created_at"], note=record.get("note") or "",
+                   current=current)
+
+
+def rollback_record(records: list[dict[str, Any]], name: str, env: str,
+                    number: int | None) -> tuple[int, dict[str, Any]]:
+    """``gpuflex rollback NAME [VERSION]`` on a backend that keeps its versions as records (oldest first, see
+    :meth:`Version.from_record`): the version restored (``number``, default: the one before the current) and the new
+    record restoring it, numbered next and noted as a rollback; the caller applies it and appends it."""
+    if number is None:
+        if len(records) < 2:
+            raise ConfigError(f"{name!r} has only one version in {env!r}: nothing to roll back to")
+        number = records[-2]["number"]
+    target = next((v for v in records if v["number"] == number), None)
+    if target is None:
+        raise ConfigError(f"{name!r} has no version {number} in {env!r}; it has "
+                          f"{', '.join(str(v['number']) for v in records)}")
+    return number, {**target, "number": len(records) + 1, "created_at": time.time(),
+                    "note": f"rollback to version {number}"}

@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import attrs
 
 from ._models import JobStatus, Price, WorkerInfo
-from ._release import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Release, ReleaseEndpoint, Version
+from ._release import (
+    DeployedEndpoint,
+    EndpointPlan,
+    FieldChange,
+    PlanAction,
+    Release,
+    ReleaseEndpoint,
+    Version,
+    rollback_record,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -41,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "WORKER_LOGGER", "Backend", "BackendEvents", "BackendRef", "Call", "DeployedEndpoint", "EndpointPlan",
     "FieldChange", "JobUpdate", "NoConfig", "Payload", "PlanAction", "Release", "ReleaseEndpoint", "TaskSpawner",
-    "Version", "lazy_exports", "log_worker_output",
+    "Version", "lazy_exports", "log_worker_output", "rollback_record",
 ]
 
 WORKER_LOGGER = "gpuflex.worker"

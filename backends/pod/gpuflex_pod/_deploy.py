@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from gpuflex.backend import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Version
+from gpuflex.backend import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Version, rollback_record
 from gpuflex.errors import BackendUnavailable, ConfigError, JobFailed
 
 from ._deploy_host import is_loopback, service_python, service_tree, start_service
@@ -295,28 +295,15 @@ class PodReleases:
 
     async def versions(self, env: str, name: str) -> list[Version]:
         records = (await self._recorded(env, name))[1]["versions"]["versions"]
-        return [Version(number=v["number"], bundle=v["bundle"], settings=v.get("settings") or {},
-                        commit=v.get("commit"), created_at=v["created_at"], note=v.get("note") or "",
-                        current=i == len(records) - 1) for i, v in enumerate(records)]
+        return [Version.from_record(v, current=i == len(records) - 1) for i, v in enumerate(records)]
 
     async def rollback(self, env: str, name: str, number: int | None) -> Version:
         states, reference = await self._recorded(env, name)
         document = json.loads(json.dumps(reference["versions"]))
         records = document["versions"]
-        if number is None:
-            if len(records) < 2:
-                raise ConfigError(f"{name!r} has only one version in {env!r}: nothing to roll back to")
-            number = records[-2]["number"]
-        target = next((v for v in records if v["number"] == number), None)
-        if target is None:
-            raise ConfigError(f"{name!r} has no version {number} in {env!r}; it has "
-                              f"{', '.join(str(v['number']) for v in records)}")
-        records.append({**target, "number": len(records) + 1, "created_at": time.time(),
-                        "note": f"rollback to version {number}"})
+        records.append(rollback_record(records, name, env, number)[1])
         await self._start(env, name, document, [h.label for h in await self._hosts()], None, states)
-        last = records[-1]
-        return Version(number=last["number"], bundle=last["bundle"], settings=last.get("settings") or {},
-                       commit=last.get("commit"), created_at=last["created_at"], note=last["note"], current=True)
+        return Version.from_record(records[-1], current=True)
 
     # -- plain JSON calls -------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
-from gpuflex.backend import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Version
+from gpuflex.backend import DeployedEndpoint, EndpointPlan, FieldChange, PlanAction, Version, rollback_record
 from gpuflex.errors import BackendError, ConfigError, JobFailed
 from gpuflex.worker import worker_init
 
@@ -339,9 +339,7 @@ class Releases:
             raise ConfigError(f"no deploy of {name!r} is recorded in environment {env!r} (in the object store "
                               f"{store.settings.bucket}/{store.settings.prefix})")
         records = state["versions"]
-        return [Version(number=v["number"], bundle=v["bundle"], settings=v.get("settings") or {},
-                        commit=v.get("commit"), created_at=v["created_at"], note=v.get("note") or "",
-                        current=i == len(records) - 1) for i, v in enumerate(records)]
+        return [Version.from_record(v, current=i == len(records) - 1) for i, v in enumerate(records)]
 
     async def rollback(self, env: str, name: str, number: int | None) -> Version:
         store = await self.backend.object_store(required=True)
@@ -351,31 +349,21 @@ class Releases:
         if not state or not state.get("versions"):
             raise ConfigError(f"no deploy of {name!r} is recorded in environment {env!r}")
         records = state["versions"]
-        if number is None:
-            if len(records) < 2:
-                raise ConfigError(f"{name!r} has only one version in {env!r}: nothing to roll back to")
-            number = records[-2]["number"]
-        target = next((v for v in records if v["number"] == number), None)
-        if target is None:
-            raise ConfigError(f"{name!r} has no version {number} in {env!r}; it has "
-                              f"{', '.join(str(v['number']) for v in records)}")
+        number, restored = rollback_record(records, name, env, number)
         live = await self.backend.control.find(self.remote_name(env, name))
         if live is None:
             raise ConfigError(f"{name!r} is not deployed in {env!r} (its RunPod endpoint is gone): deploy it again")
-        for code in (f"bundles/{target['bundle']}.zip", f"releases/{target['release']}.json"):
+        for code in (f"bundles/{restored['bundle']}.zip", f"releases/{restored['release']}.json"):
             if not await store.exists(code):
                 raise BackendError(f"version {number} of {name!r} cannot be restored: {code} is gone from the "
                                    "object store")
-        data, hidden = self._unmask(target["input"], live)
+        data, hidden = self._unmask(restored["input"], live)
         with hiding(hidden):
             remote = await self.backend.control.update(live, data, force_template=True)
             verify(remote, data)
-        records.append({**target, "number": len(records) + 1, "created_at": time.time(),
-                        "note": f"rollback to version {number}", "endpoint_id": remote.get("id")})
+        records.append({**restored, "endpoint_id": remote.get("id")})
         await store.put_json(key, state)
-        last = records[-1]
-        return Version(number=last["number"], bundle=last["bundle"], settings=last.get("settings") or {},
-                       commit=last.get("commit"), created_at=last["created_at"], note=last["note"], current=True)
+        return Version.from_record(records[-1], current=True)
 
     @staticmethod
     def _unmask(recorded: dict[str, Any], live: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
