@@ -17,10 +17,7 @@ import asyncio
 import importlib.util
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import _batch_load  # noqa: E402
+from _ray_child import run_ray_child  # noqa: E402
 
 FULL: dict[str, Any] = {"duration": 15.0, "drain_s": 15.0, "calibrate_s": 3.0, "multipliers": [0.5, 1.5, 3.0],
                         "warmup": 64, "seed": 1, "max_rate": 3000.0}
@@ -47,14 +45,6 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _netns_prefix() -> list[str]:
-    """``unshare`` into a fresh network namespace (loopback only) when this host allows it (as run.py's Ray)."""
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return []
-    probe = subprocess.run(["unshare", "-rn", "sh", "-c", "ip link set lo up"], capture_output=True)
-    return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else []
-
-
 # Serve's router asks the replica for its queue length before it sends a request and gives up after 0.1 s by
 # default; on this loaded 2-core machine the answers come later, and at an offered 180 req/s (below its closed-loop
 # capacity; max_ongoing_requests=64) Serve completed 42/s with 756 requests unfinished, against 134/s and none
@@ -64,36 +54,13 @@ QUEUE_DEADLINE_ENV, QUEUE_DEADLINE_S = "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE
 
 
 def run_ray_serve(settings: dict[str, Any], device: str, timeout: float) -> dict[str, Any]:
-    """``_batch_serve.py`` in a child process; removes its temp dir and any ``~/.ray`` / ``/tmp/ray`` it created."""
-    home_ray, default_tmp = Path.home() / ".ray", Path(tempfile.gettempdir()) / "ray"
-    had_home, had_default_tmp = home_ray.exists(), default_tmp.exists()
-    temp_dir = tempfile.mkdtemp(prefix="gfserve-")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(HERE),
-               GPUFLEX_BATCH_BENCH_DEVICE=device)
-    env.setdefault(QUEUE_DEADLINE_ENV, QUEUE_DEADLINE_S)
-    command = [*_netns_prefix(), sys.executable, str(HERE / "_batch_serve.py"),
-               json.dumps(dict(settings, temp_dir=temp_dir))]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=str(HERE.parent), start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        raise RuntimeError(f"the Ray Serve child ran past {timeout:.0f} s and was killed") from None
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if not had_home and home_ray.exists():
-            shutil.rmtree(home_ray, ignore_errors=True)
-        if not had_default_tmp and default_tmp.exists():
-            shutil.rmtree(default_tmp, ignore_errors=True)
-    for line in stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT "):])
-            result["netns"] = command[0] == "unshare"
-            result["queue_deadline_s"] = env[QUEUE_DEADLINE_ENV]
-            return result
-    raise RuntimeError(f"the Ray Serve child failed (exit {proc.returncode}): {stderr.strip()[-1200:]}")
+    """``_batch_serve.py`` in a child process, cleaned up after."""
+    deadline = os.environ.get(QUEUE_DEADLINE_ENV, QUEUE_DEADLINE_S)
+    result = run_ray_child(HERE / "_batch_serve.py", settings, timeout, what="Ray Serve", cwd=HERE.parent,
+                           temp_prefix="gfserve-", env={"PYTHONPATH": str(HERE), "GPUFLEX_BATCH_BENCH_DEVICE": device,
+                                                        QUEUE_DEADLINE_ENV: deadline})
+    result["queue_deadline_s"] = deadline
+    return result
 
 
 async def _gpuflex_rows(cfg: dict[str, Any], rates: list[float] | None) -> dict[str, Any]:

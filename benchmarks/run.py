@@ -25,11 +25,9 @@ import json
 import multiprocessing
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -48,6 +46,7 @@ import _endpoints as ep  # noqa: E402
 import numpy as np  # noqa: E402
 from _batch_bench import bench_batch, section_batch  # noqa: E402
 from _pod_bench import bench_pod, section_pod  # noqa: E402
+from _ray_child import netns_prefix, run_ray_child  # noqa: E402
 from _reload import bench_reload, section_reload  # noqa: E402
 from _runpod_bench import bench_runpod, section_runpod  # noqa: E402
 from _runpod_deploy_bench import measure as bench_deployed  # noqa: E402
@@ -107,46 +106,9 @@ def ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def _netns_prefix() -> list[str]:
-    """``unshare`` into a fresh network namespace (loopback only) when this host allows it."""
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return []
-    probe = subprocess.run(["unshare", "-rn", "sh", "-c", "ip link set lo up"], capture_output=True)
-    return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else []
-
-
 def run_ray(settings: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One Ray child process; cleans up its temp dir and any ``~/.ray`` / ``/tmp/ray`` state it created."""
-    home_ray = Path.home() / ".ray"
-    token = home_ray / "auth_token"
-    default_tmp = Path(tempfile.gettempdir()) / "ray"
-    had_home, had_token, had_default_tmp = home_ray.exists(), token.exists(), default_tmp.exists()
-    temp_dir = tempfile.mkdtemp(prefix="gfray-")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
-    command = [*_netns_prefix(), sys.executable, str(HERE / "_ray_bench.py"), json.dumps(dict(settings,
-                                                                                             temp_dir=temp_dir))]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=str(ROOT), start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        raise RuntimeError(f"the Ray child ran past {timeout:.0f} s and was killed") from None
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        if not had_token and token.exists():
-            token.unlink()
-        if not had_home and home_ray.exists():
-            shutil.rmtree(home_ray, ignore_errors=True)
-        if not had_default_tmp and default_tmp.exists():
-            shutil.rmtree(default_tmp, ignore_errors=True)
-    for line in stdout.splitlines():
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT "):])
-            result["netns"] = command[0] == "unshare"
-            return result
-    raise RuntimeError(f"the Ray child failed (exit {proc.returncode}): {stderr.strip()[-800:]}")
+    """One Ray child process (``_ray_bench.py``), cleaned up after."""
+    return run_ray_child(HERE / "_ray_bench.py", settings, timeout, what="Ray", cwd=ROOT)
 
 
 # -- 1. warm round trip ---------------------------------------------------------------------------------------
@@ -330,7 +292,7 @@ def bench_ray_backend(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"skip": "gpuflex-ray or ray is not installed"}
     settings = {"roundtrip_n": cfg["roundtrip_n"] // 2, "warmup": cfg["warmup"], "blocks": cfg["blocks"],
                 "map_n": cfg["map_n"] // 5, "map_reps": cfg["map_reps"], "reload_reps": cfg["reload_reps"]}
-    command = [*_netns_prefix(), sys.executable, str(HERE / "_ray_backend_bench.py"), json.dumps(settings)]
+    command = [*netns_prefix(), sys.executable, str(HERE / "_ray_backend_bench.py"), json.dumps(settings)]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     for line in done.stdout.splitlines():
